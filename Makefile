@@ -1,0 +1,70 @@
+# Two commands: `make run` (everything locally) and `make test` (everything checked).
+# Both set up what they need from this repository's files; a second run downloads nothing.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: setup run test lint typecheck schemas unit bench demo system-deps kafka-fetch lock clean
+
+setup: $(STAMP) system-deps kafka-fetch
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+# Java and Maven run the Kafka broker; Debian's prometheus gives `prometheus` and `promtool`; kcat is
+# the command-line producer the publishing docs show. Installed only when missing.
+system-deps:
+	@command -v java >/dev/null || { echo "Java 17+ is required (apt-get install openjdk-17-jre-headless)"; exit 1; }
+	@missing=""; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v kcat >/dev/null || missing="$$missing kcat"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "please install:$$missing (Debian packages)"; exit 1; fi; \
+	fi
+
+kafka-fetch: $(STAMP)
+	@$(BIN)/pipeline kafka fetch >/dev/null
+
+run: setup
+	$(BIN)/pipeline run
+
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy pipeline
+
+schemas: $(STAMP)
+	$(BIN)/pipeline schemas export --check
+
+test: setup lint typecheck schemas
+	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+demo: setup
+	$(BIN)/pipeline demo
+
+# Re-pin every dependency (needs the network); commit requirements.lock afterwards.
+lock:
+	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
+	.lockenv/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	.lockenv/bin/pip freeze --exclude-editable | grep -v '^whatsapp-delivery-pipeline' > requirements.lock
+	rm -rf .lockenv
+
+clean:
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

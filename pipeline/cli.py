@@ -1,0 +1,208 @@
+"""The `pipeline` command: every stage, the local broker, and the developer's tools.
+
+Stages are imported only when their command runs, so `pipeline --help` stays fast and one stage's
+dependencies never load in another's process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipeline.config import Settings, SettingsError, load_settings
+
+# Rich tracebacks print local variables, which may hold secrets: plain tracebacks only.
+app = typer.Typer(
+    help="Observability-first delivery pipeline for the WhatsApp Cloud API.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+kafka_app = typer.Typer(help="Run a local single-node Kafka broker (KRaft) from Maven jars.", no_args_is_help=True)
+topics_app = typer.Typer(help="Kafka topics of the pipeline.", no_args_is_help=True)
+schemas_app = typer.Typer(help="JSON Schemas of the message contracts.", no_args_is_help=True)
+app.add_typer(kafka_app, name="kafka")
+app.add_typer(topics_app, name="topics")
+app.add_typer(schemas_app, name="schemas")
+
+Host = Annotated[str | None, typer.Option(help="Interface to listen on (default from settings).")]
+Port = Annotated[int | None, typer.Option(help="Port to listen on (default from settings).")]
+
+
+def _settings(**overrides: dict[str, Any]) -> Settings:
+    try:
+        return load_settings(**{k: {f: v for f, v in o.items() if v is not None} for k, o in overrides.items()})
+    except SettingsError as exc:
+        typer.echo(f"pipeline: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _run_stage(module: str, settings: Settings, check: Callable[[Settings], None] | None = None) -> None:
+    if check is not None:
+        try:
+            check(settings)
+        except SettingsError as exc:
+            typer.echo(f"pipeline: {exc}", err=True)
+            raise typer.Exit(2) from None
+    serve: Callable[[Settings], Awaitable[None]] = importlib.import_module(module).serve
+    try:
+        import uvloop
+
+        uvloop.run(serve(settings))
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def api(host: Host = None, port: Port = None) -> None:
+    """Producer API: accept send requests over HTTP and publish them to Kafka."""
+    _run_stage("pipeline.api", _settings(api={"host": host, "port": port}))
+
+
+@app.command()
+def sender(host: Host = None, port: Port = None) -> None:
+    """Sender: consume send requests and deliver them to the Graph API (metrics on --port)."""
+    from pipeline.config import require_sender_credentials
+
+    _run_stage("pipeline.sender", _settings(sender={"host": host, "port": port}), require_sender_credentials)
+
+
+@app.command()
+def ingest(host: Host = None, port: Port = None) -> None:
+    """Status ingest: receive Meta's webhooks and turn them into status events."""
+    _run_stage("pipeline.ingest", _settings(ingest={"host": host, "port": port}))
+
+
+@app.command()
+def sandbox(host: Host = None, port: Port = None) -> None:
+    """Sandbox: a local stand-in for Meta's Graph API, with signed status webhooks."""
+    _run_stage("pipeline.sandbox", _settings(sandbox={"host": host, "port": port}))
+
+
+@app.command()
+def run() -> None:
+    """Everything locally: broker, topics, sandbox (without credentials) and every stage. Ctrl-C stops all."""
+    from pipeline.local.run import run_local
+
+    raise typer.Exit(run_local(_settings()))
+
+
+# --- kafka ----------------------------------------------------------------------------------------
+
+DataDir = Annotated[Path, typer.Option(help="Broker state directory.")]
+_DEFAULT_DATA = Path(".cache/kafka-data")
+
+
+def _broker(data_dir: Path, port: int) -> Any:
+    from pipeline.local.kafka import LocalKafka
+
+    return LocalKafka(data_dir=data_dir, port=port)
+
+
+@kafka_app.command("fetch")
+def kafka_fetch() -> None:
+    """Resolve the broker's jars with Maven (cached; a second call downloads nothing)."""
+    from pipeline.local.kafka import fetch_jars
+
+    typer.echo(fetch_jars())
+
+
+@kafka_app.command("start")
+def kafka_start(data_dir: DataDir = _DEFAULT_DATA, port: int = 9092) -> None:
+    """Start the broker in the background and wait until it answers."""
+    broker = _broker(data_dir, port)
+    if broker.running():
+        typer.echo(f"already running (pid {broker.pid()}) on {broker.bootstrap_servers}")
+        return
+    broker.start()
+    broker.wait_ready()
+    typer.echo(f"kafka ready on {broker.bootstrap_servers} (pid {broker.pid()}, data {data_dir})")
+
+
+@kafka_app.command("stop")
+def kafka_stop(data_dir: DataDir = _DEFAULT_DATA, port: int = 9092) -> None:
+    """Stop the broker started by `pipeline kafka start`."""
+    _broker(data_dir, port).stop()
+    typer.echo("kafka stopped")
+
+
+@kafka_app.command("status")
+def kafka_status(data_dir: DataDir = _DEFAULT_DATA, port: int = 9092) -> None:
+    """Say whether the broker runs; exit 1 if not."""
+    broker = _broker(data_dir, port)
+    if broker.running():
+        typer.echo(f"running (pid {broker.pid()}) on {broker.bootstrap_servers}")
+    else:
+        typer.echo("not running")
+        raise typer.Exit(1)
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create every topic of the catalog that is missing (idempotent)."""
+    from pipeline.topics import create_topics
+
+    settings = _settings()
+    created = asyncio.run(create_topics(settings.kafka))
+    typer.echo(f"created: {', '.join(created)}" if created else "all topics exist")
+
+
+@topics_app.command("list")
+def topics_list() -> None:
+    """Print the topic catalog."""
+    from pipeline.topics import CATALOG, TopicCatalog
+
+    catalog = TopicCatalog(_settings().kafka)
+    for spec in CATALOG:
+        typer.echo(f"{catalog.name(spec.name):24} key={spec.key:22} {spec.carries}")
+
+
+@schemas_app.command("export")
+def schemas_export(
+    directory: Annotated[Path, typer.Option(help="Where to write the schemas.")] = Path("docs/schemas"),
+    check: Annotated[bool, typer.Option(help="Fail if the files differ instead of writing.")] = False,
+) -> None:
+    """Write the JSON Schema of every contract (or check that the committed ones are current)."""
+    from pipeline.contracts.schemas import export_schemas
+
+    stale = export_schemas(directory, check=check)
+    if check and stale:
+        typer.echo(f"stale schemas (run `pipeline schemas export`): {', '.join(stale)}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def send(
+    to: Annotated[str | None, typer.Option(help="Recipient phone number (E.164).")] = None,
+    text: Annotated[str | None, typer.Option(help="Text body.")] = None,
+    file: Annotated[Path | None, typer.Option(help="CSV of recipients (column `to`, plus template params).")] = None,
+    template: Annotated[str | None, typer.Option(help="Template name.")] = None,
+    language: Annotated[str, typer.Option(help="Template language code.")] = "en_US",
+    phone_number_id: Annotated[str | None, typer.Option(help="Business number to send from.")] = None,
+    api_url: Annotated[str, typer.Option(envvar="PIPELINE_API_URL", help="Producer API base URL.")] = (
+        "http://127.0.0.1:8080"
+    ),
+    api_key: Annotated[str, typer.Option(envvar="PIPELINE_API_KEY", help="API key.")] = "dev-key",
+) -> None:
+    """Send one message (`--to --text`) or many from a CSV (`--file --template`) through the API."""
+    from pipeline.api.send_command import send_command
+
+    raise typer.Exit(
+        send_command(
+            to=to, text=text, file=file, template=template, language=language,
+            phone_number_id=phone_number_id, api_url=api_url, api_key=api_key,
+        )
+    )
+
+
+def main() -> None:
+    app(prog_name="pipeline")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

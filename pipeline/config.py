@@ -1,0 +1,303 @@
+"""One settings tree for every stage, read from the environment and an optional `.env`.
+
+    settings = load_settings()          # raises SettingsError listing every bad variable
+    settings.kafka.bootstrap_servers    # "127.0.0.1:9092"
+    settings.whatsapp.access_token      # SecretStr | None — never printed
+
+Each group reads its own prefix (`KAFKA_`, `WHATSAPP_`, `API_`, `SENDER_`, `INGEST_`, `SANDBOX_`,
+`LOG_`). `PIPELINE_ENV=development|production` only changes defaults (see `_PRODUCTION_DEFAULTS`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+META_GRAPH_URL = "https://graph.facebook.com"
+SANDBOX_ACCESS_TOKEN = "sandbox-token"  # noqa: S105 — the sandbox's public, fake token
+
+
+class Profile(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+def current_profile() -> Profile:
+    raw = os.environ.get("PIPELINE_ENV", Profile.DEVELOPMENT.value)
+    try:
+        return Profile(raw)
+    except ValueError:
+        raise SettingsError([("PIPELINE_ENV", f"must be one of development, production; got {raw!r}")]) from None
+
+
+# Production differs only in these defaults; everything else is the same code path.
+_PRODUCTION_DEFAULTS: dict[str, dict[str, Any]] = {
+    "KafkaSettings": {"partitions": 12, "replication_factor": 3},
+    "ApiSettings": {"keys": SecretStr("{}")},
+    "LogSettings": {"level": "INFO"},
+}
+
+
+class _Group(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_file_encoding="utf-8")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_defaults(cls, data: Any) -> Any:
+        if current_profile() is Profile.PRODUCTION and isinstance(data, dict):
+            for name, value in _PRODUCTION_DEFAULTS.get(cls.__name__, {}).items():
+                data.setdefault(name, value)
+        return data
+
+
+class KafkaSettings(_Group):
+    model_config = SettingsConfigDict(env_prefix="KAFKA_")
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")
+    partitions: int = Field(default=3, ge=1, le=1000)
+    replication_factor: int = Field(default=1, ge=1, le=10)
+    client_id: str = "whatsapp-delivery"
+
+    def topic(self, base: str) -> str:
+        return f"{self.topic_prefix}{base}"
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Connection keyword arguments shared by aiokafka producers, consumers and admin clients."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+            "client_id": self.client_id,
+        }
+        if self.sasl_mechanism:
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            kwargs["sasl_plain_username"] = self.sasl_username
+            kwargs["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
+        return kwargs
+
+
+class WhatsAppSettings(_Group):
+    model_config = SettingsConfigDict(env_prefix="WHATSAPP_")
+
+    api_base_url: str = META_GRAPH_URL
+    api_version: str = Field(default="v23.0", pattern=r"^v\d+\.\d+$")
+    access_token: SecretStr | None = None
+    phone_number_id: str | None = Field(default=None, pattern=r"^\d{5,20}$")
+    app_secret: SecretStr | None = None
+    webhook_token: SecretStr | None = None
+    timeout_seconds: float = Field(default=15.0, gt=0, le=120)
+
+    @field_validator("access_token", "phone_number_id", "app_secret", "webhook_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @property
+    def targets_meta(self) -> bool:
+        return self.api_base_url.rstrip("/") == META_GRAPH_URL
+
+
+class ApiKey(BaseModel):
+    """An API key and the business numbers it may send from (`*` for all)."""
+
+    key: SecretStr
+    phone_number_ids: frozenset[str]
+
+    def allows(self, phone_number_id: str) -> bool:
+        return "*" in self.phone_number_ids or phone_number_id in self.phone_number_ids
+
+
+class ApiSettings(_Group):
+    model_config = SettingsConfigDict(env_prefix="API_")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    # JSON object {"<key>": ["<phone_number_id>", ...] | "*"}. A SecretStr as a whole, so that no
+    # dump of the settings (logs, errors) can show a key; parsed and checked by `api_keys()`.
+    keys: SecretStr = SecretStr('{"dev-key": "*"}')
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_batch_size: int = Field(default=1000, ge=1, le=10_000)
+    idempotency_window_seconds: int = Field(default=86_400, ge=1)
+    forbidden_patterns: list[str] = Field(default_factory=list)
+
+    @field_validator("keys")
+    @classmethod
+    def _check_keys(cls, value: SecretStr) -> SecretStr:
+        _parse_api_keys(value.get_secret_value())
+        return value
+
+    def api_keys(self) -> tuple[ApiKey, ...]:
+        return _parse_api_keys(self.keys.get_secret_value())
+
+
+def _parse_api_keys(raw: str) -> tuple[ApiKey, ...]:
+    rule = 'must be a JSON object {"<key>": ["<phone_number_id>", ...] or "*"}'
+    try:
+        parsed = json.loads(raw) if raw.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{rule}: {exc.msg} at character {exc.pos}") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(rule)
+    keys = []
+    for index, (key, numbers) in enumerate(parsed.items()):
+        if numbers != "*" and not (isinstance(numbers, list) and all(isinstance(n, str) for n in numbers)):
+            raise ValueError(f"{rule}; entry {index + 1} is neither")
+        if len(key) < 8 and key != "dev-key":
+            raise ValueError(f"entry {index + 1}: keys must be at least 8 characters")
+        keys.append(ApiKey(key=SecretStr(key), phone_number_ids=frozenset(["*"] if numbers == "*" else numbers)))
+    return tuple(keys)
+
+
+class SenderSettings(_Group):
+    model_config = SettingsConfigDict(env_prefix="SENDER_")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=9101, ge=0, le=65535, description="metrics and health")
+    group_id: str = "delivery-sender"
+    rate_per_second: float = Field(default=80.0, gt=0, le=10_000)
+    max_in_flight: int = Field(default=300, ge=1, le=5000)
+    max_buffered: int = Field(default=20_000, ge=1)
+    pair_interval_seconds: float = Field(default=6.0, ge=0)
+    breaker_failure_threshold: int = Field(default=5, ge=1)
+    breaker_reset_seconds: float = Field(default=60.0, gt=0)
+    retry_max_attempts: int = Field(default=8, ge=1)
+    retry_base_delay_seconds: float = Field(default=0.5, gt=0)
+    retry_max_delay_seconds: float = Field(default=300.0, gt=0)
+    retry_ambiguous: bool = False
+    commit_interval_seconds: float = Field(default=1.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+
+
+class IngestSettings(_Group):
+    model_config = SettingsConfigDict(env_prefix="INGEST_")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8081, ge=0, le=65535, description="webhook receiver")
+    metrics_port: int = Field(default=9102, ge=0, le=65535, description="consumer metrics and health")
+    group_id: str = "delivery-ingest"
+    max_body_bytes: int = Field(default=3 * 1024 * 1024, ge=1024)
+
+
+class SandboxSettings(_Group):
+    model_config = SettingsConfigDict(env_prefix="SANDBOX_")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8090, ge=0, le=65535)
+
+
+class LogSettings(_Group):
+    model_config = SettingsConfigDict(env_prefix="LOG_")
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    instance: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+
+
+class Settings(BaseModel):
+    profile: Profile
+    kafka: KafkaSettings
+    whatsapp: WhatsAppSettings
+    api: ApiSettings
+    sender: SenderSettings
+    ingest: IngestSettings
+    sandbox: SandboxSettings
+    log: LogSettings
+
+
+class SettingsError(Exception):
+    """Every bad variable at once, as `(VARIABLE, why)` pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  {var}: {why}" for var, why in problems)
+        super().__init__(f"invalid configuration ({len(problems)} problem(s)):\n{lines}")
+
+
+_GROUPS: dict[str, type[_Group]] = {
+    "kafka": KafkaSettings,
+    "whatsapp": WhatsAppSettings,
+    "api": ApiSettings,
+    "sender": SenderSettings,
+    "ingest": IngestSettings,
+    "sandbox": SandboxSettings,
+    "log": LogSettings,
+}
+
+
+def load_settings(**overrides: dict[str, Any]) -> Settings:
+    """Read every group; collect all problems before failing so the operator fixes them in one go.
+
+    `overrides` maps a group name to field values that win over the environment (used by the CLI
+    for `--host/--port` and by tests).
+    """
+    problems: list[tuple[str, str]] = []
+    profile = Profile.DEVELOPMENT
+    try:
+        profile = current_profile()
+    except SettingsError as exc:
+        problems.extend(exc.problems)
+    groups: dict[str, Any] = {}
+    for name, group in _GROUPS.items():
+        try:
+            groups[name] = group(**overrides.get(name, {}))
+        except ValidationError as exc:
+            prefix = group.model_config.get("env_prefix", "")
+            for err in exc.errors(include_url=False, include_input=False):
+                field = str(err["loc"][0]) if err["loc"] else ""
+                problems.append((f"{prefix}{field}".upper(), err["msg"]))
+    if problems:
+        raise SettingsError(problems)
+    return Settings(profile=profile, **groups)
+
+
+def require_sender_credentials(settings: Settings) -> None:
+    """The sender must not start against Meta without a token (it would fail every send)."""
+    if settings.whatsapp.targets_meta and settings.whatsapp.access_token is None:
+        raise SettingsError(
+            [
+                (
+                    "WHATSAPP_ACCESS_TOKEN",
+                    "required when WHATSAPP_API_BASE_URL points at Meta's Graph API; "
+                    "set it, or point WHATSAPP_API_BASE_URL at the sandbox (`pipeline run` does this)",
+                )
+            ]
+        )
+
+
+def require_production_api_keys(settings: Settings) -> None:
+    if not settings.api.api_keys():
+        raise SettingsError([("API_KEYS", "at least one API key is required in production")])
+
+
+__all__ = [
+    "ApiKey",
+    "ApiSettings",
+    "IngestSettings",
+    "KafkaSettings",
+    "LogSettings",
+    "Profile",
+    "SandboxSettings",
+    "SenderSettings",
+    "Settings",
+    "SettingsError",
+    "WhatsAppSettings",
+    "load_settings",
+    "require_production_api_keys",
+    "require_sender_credentials",
+]

@@ -1,0 +1,259 @@
+"""The records that travel on the pipeline's Kafka topics.
+
+    req = SendRequest.model_validate_json(raw)      # a ValidationError names field and rule
+    req.to                                         # "+16505551234" (normalised E.164)
+
+Every record is JSON (UTF-8) so producers in any language can write and read them; the JSON Schemas
+are exported to docs/schemas/ by `pipeline schemas export`.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from pipeline.contracts.bodies import MessageBody
+from pipeline.contracts.vocabulary import DeadLetterReason, DeliveryStatus, ErrorClass, MessageOutcome, Stage
+
+# --- identifiers --------------------------------------------------------------------------------
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_request_id() -> str:
+    """`req_` + a ULID: sortable by creation time, unique without coordination.
+
+    Written by hand because it is ten lines and the ULID packages add nothing we use.
+    """
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "req_" + "".join(reversed(chars))
+
+
+_FORMATTING = re.compile(r"[\s().\-]")
+_E164 = re.compile(r"^\+[1-9]\d{7,14}$")
+
+
+def _normalise_phone(value: Any) -> Any:
+    """Accept what people type (`+1 (650) 555-1234`, `16505551234`) and keep E.164 (`+16505551234`)."""
+    if not isinstance(value, str):
+        return value
+    digits = _FORMATTING.sub("", value)
+    if digits.startswith("00"):
+        digits = digits[2:]
+    return digits if digits.startswith("+") else f"+{digits}"
+
+
+def _check_e164(value: str) -> str:
+    if not _E164.match(value):
+        raise ValueError("must be an E.164 phone number: country code and number, 8 to 15 digits, no leading 0")
+    return value
+
+
+PhoneNumber = Annotated[str, BeforeValidator(_normalise_phone), AfterValidator(_check_e164)]
+"""E.164 with a leading `+`; Meta's wire format drops the `+` (the client does that)."""
+
+RequestId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+PhoneNumberId = Annotated[str, StringConstraints(pattern=r"^\d{5,20}$")]
+Wamid = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- send request -------------------------------------------------------------------------------
+
+
+def _bounded_metadata(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > 20:
+        raise ValueError(f"at most 20 metadata entries; got {len(value)}")
+    for key, item in value.items():
+        if not 1 <= len(key) <= 64:
+            raise ValueError(f"metadata key {key[:64]!r} must be 1 to 64 characters")
+        if len(item) > 512:
+            raise ValueError(f"metadata value for {key!r} must be at most 512 characters")
+    return value
+
+
+class SendRequest(Record):
+    """A business's request to send one message: the value on `send.requests`."""
+
+    request_id: RequestId = Field(default_factory=new_request_id)
+    phone_number_id: PhoneNumberId | None = Field(
+        default=None, description="business number to send from; WHATSAPP_PHONE_NUMBER_ID when omitted"
+    )
+    to: PhoneNumber
+    message: MessageBody
+    reply_to: Wamid | None = Field(default=None, description="wamid of the message this one answers")
+    expires_at: datetime | None = Field(default=None, description="not sent after this instant")
+    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = None
+    metadata: Annotated[dict[str, str], AfterValidator(_bounded_metadata)] = Field(default_factory=dict)
+    accepted_at: datetime | None = Field(default=None, description="set by whoever accepted it first")
+
+    @model_validator(mode="after")
+    def _aware_times(self) -> Self:
+        for name in ("expires_at", "accepted_at"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                raise ValueError(f"{name} must carry a timezone (RFC 3339, e.g. 2026-11-24T10:00:00Z)")
+        return self
+
+    @property
+    def message_type(self) -> str:
+        return self.message.type
+
+
+# --- outcomes -----------------------------------------------------------------------------------
+
+
+class ErrorInfo(Record):
+    """A Graph API error, from a synchronous response or a failed-status webhook."""
+
+    code: int | None = None
+    error_class: ErrorClass = ErrorClass.OTHER
+    title: str | None = None
+    message: str | None = None
+    details: str | None = None
+    fbtrace_id: str | None = None
+    http_status: int | None = None
+
+
+class SendResult(Record):
+    """The terminal outcome of one send request: the value on `send.results`."""
+
+    request_id: RequestId
+    phone_number_id: PhoneNumberId
+    to: PhoneNumber
+    outcome: MessageOutcome
+    wamid: Wamid | None = None
+    error: ErrorInfo | None = None
+    attempts: int = Field(ge=0)
+    ambiguous_attempts: int = Field(default=0, ge=0, description="retries after a timeout that may have sent")
+    accepted_at: datetime | None = None
+    completed_at: datetime = Field(default_factory=utcnow)
+    traceparent: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class DeadLetter(Record):
+    """A record a stage could not process, with everything needed to replay it."""
+
+    stage: Stage
+    reason: DeadLetterReason
+    error: Annotated[str, StringConstraints(max_length=4096)]
+    topic: str
+    partition: int
+    offset: int
+    key_b64: str | None = None
+    value_b64: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    request_id: str | None = None
+    failed_at: datetime = Field(default_factory=utcnow)
+
+    @staticmethod
+    def encode(raw: bytes | None) -> str | None:
+        return None if raw is None else base64.b64encode(raw).decode("ascii")
+
+    def raw_value(self) -> bytes:
+        return base64.b64decode(self.value_b64)
+
+
+# --- webhooks -----------------------------------------------------------------------------------
+
+
+class Conversation(Record):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    id: str | None = None
+    origin_type: str | None = None
+    expiration_timestamp: datetime | None = None
+
+
+class Pricing(Record):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    billable: bool | None = None
+    pricing_model: str | None = None
+    category: str | None = None
+    type: str | None = None
+
+
+class StatusEvent(Record):
+    """One status of one message as Meta reported it: the value on `status.updates`/`status.events`."""
+
+    wamid: Wamid
+    status: DeliveryStatus
+    timestamp: datetime
+    recipient_id: str | None = None
+    phone_number_id: str | None = None
+    request_id: str | None = Field(default=None, description="from biz_opaque_callback_data")
+    traceparent: str | None = Field(default=None, description="the original send's trace, from callback data")
+    conversation: Conversation | None = None
+    pricing: Pricing | None = None
+    errors: list[ErrorInfo] = Field(default_factory=list)
+    received_at: datetime = Field(default_factory=utcnow)
+
+
+class InboundMessage(Record):
+    """A message a user sent to a business number: the value on `inbound.messages`."""
+
+    wamid: Wamid
+    from_: Annotated[str, Field(alias="from")]
+    phone_number_id: str | None = None
+    timestamp: datetime
+    type: str
+    profile_name: str | None = None
+    context_wamid: str | None = Field(default=None, description="the business message this replies to")
+    text: str | None = None
+    reply_id: str | None = Field(default=None, description="button/list reply id or quick-reply payload")
+    reply_title: str | None = None
+    raw: dict[str, Any] = Field(default_factory=dict, description="Meta's message object, unchanged")
+    received_at: datetime = Field(default_factory=utcnow)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# --- correlation through Meta -------------------------------------------------------------------
+
+
+class CallbackData(Record):
+    """What the sender puts in `biz_opaque_callback_data` (Meta echoes it on every status webhook).
+
+    Encoded as `<request_id>|<traceparent>`; a bare request id also decodes, so statuses of messages
+    sent by other tools still join.
+    """
+
+    request_id: str
+    traceparent: str | None = None
+
+    def encode(self) -> str:
+        return self.request_id if self.traceparent is None else f"{self.request_id}|{self.traceparent}"
+
+    @classmethod
+    def decode(cls, raw: str | None) -> CallbackData | None:
+        if not raw:
+            return None
+        request_id, _, traceparent = raw.partition("|")
+        return cls(request_id=request_id, traceparent=traceparent or None)

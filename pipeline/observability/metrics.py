@@ -1,0 +1,116 @@
+"""The metric catalog: every `delivery_*` metric, defined once with its help text and labels.
+
+    from pipeline.observability import metrics
+    metrics.MESSAGES.labels(phone_number_id=pnid, outcome=MessageOutcome.SENT).inc(exemplar=exemplar())
+
+Names and labels are a public interface (dashboards, alerts, users' queries): add, never rename.
+Label values come from `pipeline.contracts.vocabulary`; never a phone number, message or request id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.registry import REGISTRY, CollectorRegistry
+
+from pipeline.observability.context import current_trace_id
+
+# Graph API calls sit around 100-300 ms with a tail to the client timeout; API calls are ms.
+_GRAPH_BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0)
+_API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Status transitions span seconds (sent) to days (read).
+_TRANSITION_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 24 * 3600, 3 * 24 * 3600)
+
+registry: CollectorRegistry = REGISTRY
+
+# --- api ------------------------------------------------------------------------------------------
+API_REQUESTS = Counter(
+    "delivery_api_requests", "Send requests received by the HTTP API, by outcome and message type.",
+    ["outcome", "message_type"],
+)
+API_REQUEST_DURATION = Histogram(
+    "delivery_api_request_duration_seconds", "Time to answer an API request, by route.",
+    ["route"], buckets=_API_BUCKETS,
+)
+
+# --- sender ---------------------------------------------------------------------------------------
+SEND_ATTEMPTS = Counter(
+    "delivery_send_attempts", "Graph API send attempts, by outcome and error class/code.",
+    ["phone_number_id", "outcome", "error_class", "error_code"],
+)
+MESSAGES = Counter(
+    "delivery_messages", "Send requests that reached a terminal outcome (one per request).",
+    ["phone_number_id", "outcome"],
+)
+SEND_DURATION = Histogram(
+    "delivery_send_duration_seconds", "Duration of Graph API send calls.",
+    ["phone_number_id"], buckets=_GRAPH_BUCKETS,
+)
+RATE_LIMIT_WAIT = Histogram(
+    "delivery_rate_limit_wait_seconds", "Time a message waited for the number's rate limiter.",
+    ["phone_number_id"], buckets=_WAIT_BUCKETS,
+)
+RATE_LIMIT = Gauge(
+    "delivery_rate_limit_per_second", "Current effective send rate limit of a business number.",
+    ["phone_number_id"],
+)
+RATE_LIMIT_CONFIGURED = Gauge(
+    "delivery_rate_limit_configured_per_second", "Configured send rate limit of a business number.",
+    ["phone_number_id"],
+)
+CIRCUIT_STATE = Gauge(
+    "delivery_circuit_state", "Circuit breaker state per business number: 0 closed, 1 half-open, 2 open.",
+    ["phone_number_id"],
+)
+INFLIGHT = Gauge("delivery_inflight_messages", "Graph API calls in flight in this sender.")
+AMBIGUOUS_ATTEMPTS = Counter(
+    "delivery_ambiguous_attempts",
+    "Attempts that timed out after the request was written: Meta may have sent the message.",
+    ["phone_number_id"],
+)
+NUMBER_BLOCKED = Gauge(
+    "delivery_number_blocked",
+    "1 while a business number is stopped by an auth or policy error (needs an operator).",
+    ["phone_number_id", "error_class"],
+)
+
+# --- every stage ----------------------------------------------------------------------------------
+DEAD_LETTERS = Counter(
+    "delivery_dead_letters", "Records sent to the dead-letter topic, by stage and reason.", ["stage", "reason"],
+)
+CONSUMER_LAG = Gauge(
+    "delivery_consumer_lag_messages", "Messages behind the end of the topic, per topic and consumer group.",
+    ["topic", "group"],
+)
+
+# --- ingest ---------------------------------------------------------------------------------------
+WEBHOOKS = Counter("delivery_webhooks", "Webhook requests received from Meta, by outcome.", ["outcome"])
+STATUS_EVENTS = Counter(
+    "delivery_status_events", "Deduplicated delivery status events, by status.", ["status", "phone_number_id"],
+)
+STATUS_DUPLICATES = Counter("delivery_status_duplicates", "Status updates dropped as duplicates.")
+STATUS_OUT_OF_ORDER = Counter(
+    "delivery_status_out_of_order", "Status updates that arrived after a later state (kept, not applied back).",
+)
+FAILURES = Counter(
+    "delivery_failures", "Failed delivery statuses reported by Meta, by error class and code.",
+    ["error_class", "error_code"],
+)
+TRANSITION = Histogram(
+    "delivery_transition_seconds", "Time between delivery states of one message.",
+    ["transition"], buckets=_TRANSITION_BUCKETS,
+)
+INBOUND_MESSAGES = Counter("delivery_inbound_messages", "Inbound user messages received, by type.", ["type"])
+
+
+def exemplar() -> dict[str, str] | None:
+    """`{"trace_id": …}` for the current span, to attach to an observation (OpenMetrics only)."""
+    trace_id = current_trace_id()
+    return {"trace_id": trace_id} if trace_id else None
+
+
+def error_code_label(code: int | None, known: frozenset[int]) -> str:
+    """Keep the label set bounded: codes outside the documented table become `other`."""
+    if code is None:
+        return "none"
+    return str(code) if code in known else "other"

@@ -1,0 +1,170 @@
+"""The topic catalog: every Kafka topic the pipeline uses, in one place.
+
+    topics = TopicCatalog(settings.kafka)
+    topics.send_requests            # "send.requests" (with the configured prefix)
+    await create_topics(settings.kafka)   # idempotent
+
+docs/topics.md describes each topic for people; this module is what the code uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from enum import StrEnum
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from pipeline.config import KafkaSettings
+
+DAY_MS = 24 * 3600 * 1000
+
+
+class TopicName(StrEnum):
+    SEND_REQUESTS = "send.requests"
+    SEND_RESULTS = "send.results"
+    DEAD_LETTERS = "dead-letters"
+    WEBHOOKS_RAW = "webhooks.raw"
+    STATUS_UPDATES = "status.updates"
+    STATUS_EVENTS = "status.events"
+    STATUS_STATE = "status.state"
+    INBOUND_MESSAGES = "inbound.messages"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: TopicName
+    key: str
+    carries: str
+    retention_ms: int
+    compacted: bool = False
+
+
+CATALOG: tuple[TopicSpec, ...] = (
+    TopicSpec(
+        TopicName.SEND_REQUESTS,
+        key="phone_number_id",
+        carries="SendRequest (JSON)",
+        retention_ms=7 * DAY_MS,
+    ),
+    TopicSpec(
+        TopicName.SEND_RESULTS,
+        key="phone_number_id",
+        carries="SendResult (JSON): one terminal outcome per request",
+        retention_ms=14 * DAY_MS,
+    ),
+    TopicSpec(
+        TopicName.DEAD_LETTERS,
+        key="original key",
+        carries="DeadLetter (JSON): stage, reason, origin and raw bytes, replayable",
+        retention_ms=30 * DAY_MS,
+    ),
+    TopicSpec(
+        TopicName.WEBHOOKS_RAW,
+        key="none (spread evenly)",
+        carries="raw webhook body as received, after signature check",
+        retention_ms=7 * DAY_MS,
+    ),
+    TopicSpec(
+        TopicName.STATUS_UPDATES,
+        key="wamid",
+        carries="StatusEvent (JSON) per status in a webhook, duplicates included",
+        retention_ms=7 * DAY_MS,
+    ),
+    TopicSpec(
+        TopicName.STATUS_EVENTS,
+        key="wamid",
+        carries="StatusEvent (JSON), deduplicated and forward-only",
+        retention_ms=30 * DAY_MS,
+    ),
+    TopicSpec(
+        TopicName.STATUS_STATE,
+        key="wamid",
+        carries="latest known state per message (compacted); restores dedupe state",
+        retention_ms=-1,
+        compacted=True,
+    ),
+    TopicSpec(
+        TopicName.INBOUND_MESSAGES,
+        key="user wa_id",
+        carries="InboundMessage (JSON)",
+        retention_ms=14 * DAY_MS,
+    ),
+)
+
+
+class TopicCatalog:
+    """Full topic names for one deployment (the prefix is applied here and nowhere else)."""
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self._prefix = kafka.topic_prefix
+
+    def name(self, topic: TopicName) -> str:
+        return f"{self._prefix}{topic.value}"
+
+    @property
+    def send_requests(self) -> str:
+        return self.name(TopicName.SEND_REQUESTS)
+
+    @property
+    def send_results(self) -> str:
+        return self.name(TopicName.SEND_RESULTS)
+
+    @property
+    def dead_letters(self) -> str:
+        return self.name(TopicName.DEAD_LETTERS)
+
+    @property
+    def webhooks_raw(self) -> str:
+        return self.name(TopicName.WEBHOOKS_RAW)
+
+    @property
+    def status_updates(self) -> str:
+        return self.name(TopicName.STATUS_UPDATES)
+
+    @property
+    def status_events(self) -> str:
+        return self.name(TopicName.STATUS_EVENTS)
+
+    @property
+    def status_state(self) -> str:
+        return self.name(TopicName.STATUS_STATE)
+
+    @property
+    def inbound_messages(self) -> str:
+        return self.name(TopicName.INBOUND_MESSAGES)
+
+
+def new_topics(kafka: KafkaSettings) -> list[NewTopic]:
+    catalog = TopicCatalog(kafka)
+    topics = []
+    for spec in CATALOG:
+        config = {"retention.ms": str(spec.retention_ms)}
+        if spec.compacted:
+            config["cleanup.policy"] = "compact"
+        topics.append(
+            NewTopic(
+                catalog.name(spec.name),
+                num_partitions=kafka.partitions,
+                replication_factor=kafka.replication_factor,
+                topic_configs=config,
+            )
+        )
+    return topics
+
+
+async def create_topics(kafka: KafkaSettings) -> list[str]:
+    """Create every catalog topic that does not exist yet; return the names created."""
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in new_topics(kafka) if t.name not in existing]
+        if missing:
+            # Another process may create them between list and create; that is success too.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(missing)
+        return [t.name for t in missing]
+    finally:
+        await admin.close()

@@ -64,7 +64,7 @@ def settings(kafka_bootstrap: str, topic_prefix: str) -> Settings:
 @pytest.fixture
 async def topics(settings: Settings) -> AsyncIterator[TopicCatalog]:
     await create_topics(settings.kafka)
-    yield TopicCatalog(settings.kafka)
+    return TopicCatalog(settings.kafka)
 
 
 @pytest.fixture

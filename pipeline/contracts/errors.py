@@ -31,7 +31,7 @@ def field_errors(exc: ValidationError, data: Any = None) -> list[FieldError]:
     """
     return [
         FieldError(
-            field=_path(err["loc"], data) or "(body)",
+            field=_path(err["loc"], data, missing=err["type"] == "missing") or "(body)",
             rule=err["type"],
             message=err["msg"],
             limit=next((err["ctx"][k] for k in _LIMIT_KEYS if k in err.get("ctx", {})), None),
@@ -40,14 +40,16 @@ def field_errors(exc: ValidationError, data: Any = None) -> list[FieldError]:
     ]
 
 
-def _path(loc: tuple[int | str, ...], data: Any) -> str:
+def _path(loc: tuple[int | str, ...], data: Any, missing: bool = False) -> str:
     parts: list[str] = []
     node = data
     tag_skipped = False
     for i, part in enumerate(loc):
+        last = i == len(loc) - 1
         if isinstance(node, dict) and isinstance(part, str) and not tag_skipped:
-            is_tag = node.get("type") == part or (part not in node and i < len(loc) - 1)
-            if is_tag:  # the union member pydantic tried, not a field the producer wrote
+            repeated = not last and loc[i + 1] == part and node.get("type") == part  # `text.text.body`
+            absent = part not in node and not (last and missing)  # a tag the producer never wrote
+            if repeated or absent:
                 tag_skipped = True
                 continue
         parts.append(f"[{part}]" if isinstance(part, int) else part)

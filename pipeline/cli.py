@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -49,7 +48,7 @@ def _run_stage(module: str, settings: Settings, check: Callable[[Settings], None
         except SettingsError as exc:
             typer.echo(f"pipeline: {exc}", err=True)
             raise typer.Exit(2) from None
-    serve: Callable[[Settings], Awaitable[None]] = importlib.import_module(module).serve
+    serve: Callable[[Settings], Coroutine[Any, Any, None]] = importlib.import_module(module).serve
     try:
         import uvloop
 
@@ -205,4 +204,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

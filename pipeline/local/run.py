@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 from rich.console import Console
@@ -87,8 +88,14 @@ def _stages(settings: Settings, use_sandbox: bool) -> list[tuple[str, str, int, 
     ]
     return [
         c for c in candidates
-        if (use_sandbox or c[0] != "sandbox") and importlib.util.find_spec(f"pipeline.{c[0]}") is not None
+        if (use_sandbox or c[0] != "sandbox") and _stage_exists(c[0])
     ]
+
+
+def _stage_exists(name: str) -> bool:
+    # An empty folder imports as a namespace package, so look for a real package with `serve`.
+    spec = importlib.util.find_spec(f"pipeline.{name}")
+    return spec is not None and spec.origin is not None and (Path(spec.origin).parent / "__init__.py").exists()
 
 
 def run_local(settings: Settings) -> int:

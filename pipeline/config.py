@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from enum import StrEnum
 from typing import Any, Literal
@@ -133,14 +134,32 @@ class ApiSettings(_Group):
     # dump of the settings (logs, errors) can show a key; parsed and checked by `api_keys()`.
     keys: SecretStr = SecretStr('{"dev-key": "*"}')
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_batch_body_bytes: int = Field(default=16 * 1_048_576, ge=1024, description="for /v1/messages:batch")
     max_batch_size: int = Field(default=1000, ge=1, le=10_000)
-    idempotency_window_seconds: int = Field(default=86_400, ge=1)
+    # At most the retention of the idempotency topic (7 days): older records are gone from Kafka.
+    idempotency_window_seconds: int = Field(default=86_400, ge=1, le=7 * 86_400)
+    # Python regular expressions; a text field matching any of them is rejected (422).
     forbidden_patterns: list[str] = Field(default_factory=list)
+    # How long a request may wait for Kafka's acknowledgement before the API answers 503.
+    publish_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    retry_after_seconds: int = Field(default=5, ge=1, le=3600, description="Retry-After on 503")
+    # The producer waits this long to batch concurrent requests into one Kafka request.
+    linger_ms: int = Field(default=2, ge=0, le=1000)
 
     @field_validator("keys")
     @classmethod
     def _check_keys(cls, value: SecretStr) -> SecretStr:
         _parse_api_keys(value.get_secret_value())
+        return value
+
+    @field_validator("forbidden_patterns")
+    @classmethod
+    def _check_patterns(cls, value: list[str]) -> list[str]:
+        for index, pattern in enumerate(value):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"entry {index + 1} is not a valid regular expression: {exc}") from None
         return value
 
     def api_keys(self) -> tuple[ApiKey, ...]:

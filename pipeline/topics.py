@@ -30,6 +30,7 @@ class TopicName(StrEnum):
     STATUS_EVENTS = "status.events"
     STATUS_STATE = "status.state"
     INBOUND_MESSAGES = "inbound.messages"
+    API_IDEMPOTENCY = "api.idempotency"
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,12 @@ CATALOG: tuple[TopicSpec, ...] = (
         carries="InboundMessage (JSON)",
         retention_ms=14 * DAY_MS,
     ),
+    TopicSpec(
+        TopicName.API_IDEMPOTENCY,
+        key="phone_number_id:idempotency key",
+        carries="producer API idempotency records (JSON: claimed, accepted, released)",
+        retention_ms=7 * DAY_MS,
+    ),
 )
 
 
@@ -134,6 +141,10 @@ class TopicCatalog:
     @property
     def inbound_messages(self) -> str:
         return self.name(TopicName.INBOUND_MESSAGES)
+
+    @property
+    def api_idempotency(self) -> str:
+        return self.name(TopicName.API_IDEMPOTENCY)
 
 
 def new_topics(kafka: KafkaSettings) -> list[NewTopic]:

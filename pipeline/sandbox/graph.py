@@ -1,0 +1,181 @@
+"""The Graph API endpoints the pipeline uses, answered the way Meta answers them.
+
+    POST   /{version}/{phone_number_id}/messages   JSON send body -> {"messaging_product", "contacts", "messages"}
+    POST   /{version}/{phone_number_id}/media      multipart file, type, messaging_product -> {"id"}
+    GET    /{version}/{object_id}                  a business number's details (or an uploaded media item)
+    DELETE /{version}/{media_id}                   forget an upload
+
+Every answer (errors included) waits the configured latency; an outage answers 503, hangs, or drops
+the connection instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from pipeline.sandbox.errors import GraphError
+from pipeline.sandbox.metrics import outcome_of
+from pipeline.sandbox.scenarios import Answer, scenario_for
+from pipeline.sandbox.state import SandboxState
+from pipeline.sandbox.validation import check_send_body
+
+log = logging.getLogger(__name__)
+STATE: web.AppKey[SandboxState] = web.AppKey("sandbox_state", SandboxState)
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.post("/{version}/{phone_number_id}/messages", send_message),
+        web.post("/{version}/{phone_number_id}/media", upload_media),
+        web.get("/{version}/{object_id}", get_object),
+        web.delete("/{version}/{object_id}", delete_object),
+    ]
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+async def _answer(state: SandboxState, endpoint: str, error: GraphError, delay: float) -> web.Response:
+    state.count(endpoint, outcome_of(error.code), error.code)
+    if delay > 0:
+        await asyncio.sleep(delay)
+    return _json(error.body(), error.status)
+
+
+async def _outage(state: SandboxState, request: web.Request, endpoint: str, mode: str) -> web.StreamResponse:
+    state.count(endpoint, f"outage_{mode}")
+    if mode == "disconnect":
+        # A dropped connection, as a load balancer does mid-incident: the client sees no HTTP answer.
+        if request.transport is not None:
+            request.transport.abort()
+        raise asyncio.CancelledError
+    if mode == "timeout":
+        await asyncio.sleep(state.settings.hang_seconds)
+    return _json(GraphError(2, "Service temporarily unavailable (sandbox outage)").body(), 503)
+
+
+async def _guard(
+    state: SandboxState, request: web.Request, endpoint: str, number: str | None
+) -> web.StreamResponse | None:
+    """The checks every Graph endpoint shares: outage, token, version and (for numbers) the number's id."""
+    mode = state.outage_for(number or "")
+    if mode is not None:
+        return await _outage(state, request, endpoint, mode)
+    if not state.token_ok(request.headers.get("Authorization"), request.query.get("access_token")):
+        error = GraphError(190, "Invalid OAuth access token - Cannot parse access token")
+        return await _answer(state, endpoint, error, state.latency())
+    try:
+        state.check_version(request.match_info["version"])
+        if number is not None:
+            state.check_number(number)
+    except GraphError as error:
+        return await _answer(state, endpoint, error, state.latency())
+    return None
+
+
+async def send_message(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    number = request.match_info["phone_number_id"]
+    refused = await _guard(state, request, "messages", number)
+    if refused is not None:
+        return refused
+    raw = await request.read()
+    try:
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise GraphError(100, "the request body must be JSON") from None
+        message = check_send_body(body)
+        scenario = scenario_for(message.wa_id)
+        wamid = state.accept(number, message, scenario, asyncio.get_running_loop().time())
+    except GraphError as error:
+        return await _answer(state, "messages", error, state.latency())
+    state.count("messages", "accepted" if scenario.answer is not Answer.HANG else "accepted_held")
+    delay = state.latency(scenario)
+    if delay > 0:
+        state.metrics.delay.observe(delay)
+        await asyncio.sleep(delay)
+    return _json({
+        "messaging_product": "whatsapp",
+        "contacts": [{"input": message.to, "wa_id": message.wa_id}],
+        "messages": [{"id": wamid}],
+    })
+
+
+async def upload_media(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    number = request.match_info["phone_number_id"]
+    refused = await _guard(state, request, "media", number)
+    if refused is not None:
+        return refused
+    try:
+        if not request.content_type.startswith("multipart/"):
+            raise GraphError(100, "the upload must be multipart/form-data with file, type and messaging_product")
+        form = await request.post()
+        if form.get("messaging_product") != "whatsapp":
+            raise GraphError(100, "The parameter messaging_product is required and must be 'whatsapp'.")
+        mime = form.get("type")
+        if not isinstance(mime, str) or not mime:
+            raise GraphError(100, "The parameter type is required (the file's MIME type).")
+        upload = form.get("file")
+        if not isinstance(upload, web.FileField):
+            raise GraphError(100, "The parameter file is required (a file part).")
+        content = upload.file.read()
+        item = state.media.upload(content, mime, number, time.time(), state.settings.media_ttl_seconds)
+    except GraphError as error:
+        return await _answer(state, "media", error, state.latency())
+    state.count("media", "accepted")
+    state.metrics.media_uploads.inc()
+    await asyncio.sleep(state.latency())
+    return _json({"id": item.id})
+
+
+async def get_object(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    object_id = request.match_info["object_id"]
+    item = state.media.get(object_id)
+    refused = await _guard(state, request, "object", None if item is not None else object_id)
+    if refused is not None:
+        return refused
+    state.count("object", "accepted")
+    await asyncio.sleep(state.latency())
+    if item is not None:
+        return _json({
+            "messaging_product": "whatsapp",
+            "url": f"{request.url.origin()}/_sandbox/media/{item.id}",
+            "mime_type": item.mime_type,
+            "sha256": item.sha256,
+            "file_size": item.size,
+            "id": item.id,
+        })
+    s = state.settings
+    rate = state.rate_for(object_id)
+    return _json({
+        "verified_name": "Sandbox Business",
+        "code_verification_status": "VERIFIED",
+        "display_phone_number": f"+{s.display_phone_number}",
+        "quality_rating": "GREEN",
+        "platform_type": "CLOUD_API",
+        "throughput": {"level": "HIGH" if rate >= 1000 else "STANDARD"},
+        "id": object_id,
+    })
+
+
+async def delete_object(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    object_id = request.match_info["object_id"]
+    refused = await _guard(state, request, "object", None)
+    if refused is not None:
+        return refused
+    if not state.media.delete(object_id):
+        error = GraphError(100, f"Unsupported delete request. Object with ID '{object_id}' does not exist.", subcode=33)
+        return await _answer(state, "object", error, state.latency())
+    state.count("object", "accepted")
+    return _json({"success": True})

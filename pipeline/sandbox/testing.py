@@ -99,15 +99,15 @@ class SandboxControl:
         result: dict[str, Any] = await self._call("GET", "webhooks")
         return result
 
-    async def wait_webhooks_idle(self, timeout: float = 10.0) -> dict[str, Any]:
+    async def wait_webhooks_idle(self, within: float = 10.0) -> dict[str, Any]:
         """Wait until every scheduled webhook was acknowledged (or given up); returns the summary."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while True:
             summary: dict[str, Any] = (await self.webhooks())["summary"]
             if summary["pending"] == 0:
                 return summary
             if time.monotonic() > deadline:
-                raise TimeoutError(f"webhooks still pending after {timeout} s: {summary}")
+                raise TimeoutError(f"webhooks still pending after {within} s: {summary}")
             await asyncio.sleep(0.05)
 
     async def media(self) -> dict[str, Any]:

@@ -1,34 +1,45 @@
-"""`/metrics`, `/healthz` and `/readyz` for every stage.
+"""HTTP side of observability: `/metrics`, `/healthz`, `/readyz`, server spans, uvicorn's logs.
 
-    routes = ops_routes(ready=lambda: consumer.assigned())   # mount on the stage's own app, or
-    await serve_ops(host, port, ready)                       # a small server for consumer stages
+    app = FastAPI(routes=ops_routes(ready=lambda: consumer.assignment() != set()))
+    instrument_app(app, telemetry)                          # server spans (ops routes excluded)
+    server = uvicorn.Server(uvicorn_config(app, host, port)) # uvicorn's logs go through the JSON formatter
+
+    await serve_ops(host, port, ready)                      # consumer stages without an HTTP server
+    async with OpsServer(host, 0, ready) as ops: ops.port   # the same, when the caller needs the port
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import socket
 from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
-from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.exposition import choose_encoder
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from pipeline.observability.logs import OPS_PATHS
 from pipeline.observability.metrics import registry
 
+if TYPE_CHECKING:
+    from pipeline.observability import Telemetry
+
 ReadyCheck = Callable[[], bool | Awaitable[bool]]
+# Patterns searched in the request URL; anchored on the path so /v1/metrics-report is still traced.
+EXCLUDED_URLS = ",".join(rf"{path}(\?|$)" for path in sorted(OPS_PATHS))
 
 
 async def metrics_endpoint(request: Request) -> Response:
     """Prometheus text by default; OpenMetrics (with trace_id exemplars) when the scraper asks."""
-    if "application/openmetrics-text" in request.headers.get("accept", ""):
-        return Response(generate_openmetrics(registry), media_type=OPENMETRICS_TYPE)  # type: ignore[no-untyped-call]
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encoder(registry), headers={"Content-Type": content_type})
 
 
 def ops_routes(ready: ReadyCheck) -> list[Route]:
@@ -47,13 +58,75 @@ def ops_routes(ready: ReadyCheck) -> list[Route]:
     ]
 
 
+def instrument_app(app: Starlette, telemetry: Telemetry) -> None:
+    """Server spans for every request except the ops routes, with the stage's tracer provider.
+
+    The span is current while the endpoint runs, so a Kafka publish inside becomes its child.
+    FastAPI apps get route templates as span names (`POST /v1/messages`).
+    """
+    from fastapi import FastAPI
+
+    # "http send/receive" spans per ASGI message add cost and nothing an operator reads.
+    common: dict[str, Any] = {"tracer_provider": telemetry.tracer_provider, "exclude_spans": ["receive", "send"]}
+    if isinstance(app, FastAPI):
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(app, excluded_urls=EXCLUDED_URLS, **common)
+    else:
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+        app.add_middleware(OpenTelemetryMiddleware, excluded_urls=EXCLUDED_URLS, **common)
+
+
+def uvicorn_config(app: Any, host: str, port: int, **options: Any) -> uvicorn.Config:
+    """A uvicorn config whose logs (access lines included) go through the pipeline's JSON formatter.
+
+    uvicorn's default `log_config` installs plain-text handlers; `None` leaves logging to `setup()`.
+    """
+    options.setdefault("lifespan", "off")
+    return uvicorn.Config(app, host=host, port=port, log_config=None, **options)
+
+
+class OpsServer:
+    """`ops_routes` on their own small server; `port` is the bound port (useful with port 0)."""
+
+    def __init__(self, host: str, port: int, ready: ReadyCheck) -> None:
+        self.host = host
+        self._socket = socket.create_server((host, port), family=_family(host))
+        self.port: int = self._socket.getsockname()[1]
+        config = uvicorn_config(Starlette(routes=ops_routes(ready)), host, self.port, access_log=False)
+        self._server = uvicorn.Server(config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def serve(self) -> None:
+        """Serve until cancelled."""
+        try:
+            await self._server.serve(sockets=[self._socket])
+        except asyncio.CancelledError:
+            self._server.should_exit = True
+            raise
+        finally:
+            self._socket.close()
+
+    async def __aenter__(self) -> OpsServer:
+        self._task = asyncio.create_task(self.serve())
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raises what stopped it
+            await asyncio.sleep(0.01)
+        return self
+
+    async def __aexit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
+        if self._task is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 async def serve_ops(host: str, port: int, ready: ReadyCheck) -> None:
     """Serve the ops routes until cancelled (for stages that have no HTTP server of their own)."""
-    config = uvicorn.Config(Starlette(routes=ops_routes(ready)), host=host, port=port, log_config=None,
-                            access_log=False, lifespan="off")
-    server = uvicorn.Server(config)
-    try:
-        await server.serve()
-    except asyncio.CancelledError:
-        server.should_exit = True
-        raise
+    await OpsServer(host, port, ready).serve()

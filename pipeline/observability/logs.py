@@ -3,7 +3,9 @@
     log = get_logger(__name__)
     log.info("message_sent", request_id=rid, to=req.to, duration_ms=42)   # `to` is masked
 
-Fields follow docs/observability.md: ts, level, event, stage, instance, trace_id, span_id, …
+Fields follow docs/observability.md: ts, level, event, logger, stage, instance, trace_id, span_id, …
+Libraries' standard-library records (uvicorn, aiokafka, FastStream) go through the same formatter,
+so every line on stdout is JSON and passes through the same redaction.
 """
 
 from __future__ import annotations
@@ -17,7 +19,22 @@ import structlog
 from structlog.typing import EventDict, WrappedLogger
 
 from pipeline.observability.context import current_span_id, current_trace_id
-from pipeline.observability.redaction import redact
+from pipeline.observability.redaction import redact, scrub_url
+from pipeline.observability.stage import current_stage
+
+OPS_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
+# Loggers whose INFO lines are per-connection or per-message chatter; their warnings still come through.
+_QUIET_AT_INFO = ("aiokafka", "kafka", "httpx", "httpcore")
+# FastStream logs through these with `propagate = False` and its own coloured handler; ours replaces it.
+_FASTSTREAM_LOGGERS = ("faststream", "faststream.access.kafka")
+_UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+_PER_MESSAGE = frozenset({"Received", "Processed"})  # FastStream's lines around every message
+
+_defaults: dict[str, str] = {"stage": "", "instance": ""}
+
+
+class _PipelineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Our stdout handler; a distinct type so that re-configuring replaces it and nothing else."""
 
 
 def _add_trace(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
@@ -25,6 +42,26 @@ def _add_trace(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     if trace_id:
         event.setdefault("trace_id", trace_id)
         event.setdefault("span_id", current_span_id())
+    return event
+
+
+def _stage_fields(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    event.setdefault("stage", current_stage() or _defaults["stage"])
+    event.setdefault("instance", _defaults["instance"])
+    return event
+
+
+def _foreign_fields(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    """Tidy standard-library records; uvicorn's access line becomes fields, secret query values redacted."""
+    args = event.pop("positional_args", None)
+    # Copies of the message that another handler's formatting or uvicorn's colours left on the record.
+    event.pop("message", None)
+    event.pop("color_message", None)
+    record = event.get("_record")
+    if record is not None and record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) == 5:
+        _client, method, path, http_version, status = args
+        event.update(event="http_request", method=method, path=scrub_url(str(path)), status=status,
+                     http_version=http_version)
     return event
 
 
@@ -36,50 +73,84 @@ def _dumps(obj: Any, **_: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
 
 
+class _DropNoise(logging.Filter):
+    """Per-message chatter is dropped unless the level is DEBUG: FastStream's "Received"/"Processed"
+    lines and access lines of Prometheus scrapes and health probes."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.level <= logging.DEBUG:
+            return True
+        if record.name.startswith("faststream.access") and record.msg in _PER_MESSAGE:
+            return record.levelno >= logging.WARNING
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == 5:
+            return str(record.args[2]).partition("?")[0] not in OPS_PATHS
+        return True
+
+
 def configure_logging(stage: str, instance: str, level: str = "INFO", stream: TextIO | None = None) -> None:
-    """Route structlog and the standard library (uvicorn, aiokafka, faststream) to JSON on `stream`."""
+    """Route structlog and the standard library (uvicorn, aiokafka, faststream) to JSON on `stream`.
+
+    Safe to call again (tests, several stages in one process): it replaces its own handler only.
+    """
+    _defaults.update(stage=stage, instance=instance)
+    numeric_level = logging.getLevelName(level) if isinstance(level, str) else level
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
+        structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
         _add_trace,
         structlog.processors.format_exc_info,
     ]
     structlog.configure(
-        processors=[
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder(), _foreign_fields],
+        pass_foreign_args=True,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             _redact,
-            _stage_fields(stage, instance),
+            _stage_fields,
             structlog.processors.JSONRenderer(serializer=_dumps),
         ],
     )
-    handler = logging.StreamHandler(stream or sys.stdout)
+    handler = _PipelineHandler(stream or sys.stdout)
     handler.setFormatter(formatter)
+    handler.addFilter(_DropNoise(numeric_level))
+
     root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    # Libraries are chatty at INFO about connections; their warnings still come through.
-    for name in ("aiokafka", "kafka", "uvicorn.access", "httpx", "httpcore"):
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    _replace_handlers(root, handler)
+    root.setLevel(numeric_level)
+    for name in _QUIET_AT_INFO:
+        logging.getLogger(name).setLevel(max(logging.WARNING, numeric_level))
+    for name in _FASTSTREAM_LOGGERS:
+        # Our handler on the logger itself: FastStream sees a stdout handler and adds none of its own.
+        _replace_handlers(logging.getLogger(name), handler)
+    for name in _UVICORN_LOGGERS:
+        # uvicorn's own dictConfig (when a server is built without log_config=None) installs plain
+        # text handlers that do not propagate; send those records to the root handler instead.
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
 
 
-def _stage_fields(stage: str, instance: str) -> Any:
-    def add(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
-        event.setdefault("stage", stage)
-        event.setdefault("instance", instance)
-        return event
+def _replace_handlers(logger: logging.Logger, handler: logging.Handler) -> None:
+    """Swap our previous handler and plain console handlers for `handler`; keep others (pytest's)."""
 
-    return add
+    def console(h: logging.Handler) -> bool:
+        return isinstance(h, _PipelineHandler) or (
+            isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (sys.stdout, sys.stderr)
+        )
+
+    logger.handlers[:] = [h for h in logger.handlers if not console(h)] + [handler]
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:

@@ -1,51 +1,185 @@
 """OpenTelemetry tracing from the standard `OTEL_*` environment variables.
 
+    provider = configure_tracing("delivery-sender", instance)    # done by `setup()`
+    instrument_http_client(client)                                 # httpx clients on a custom transport
+
 With no exporter endpoint configured, spans are still created (trace ids reach logs and exemplars)
-but nothing is exported.
+but nothing is exported. Each stage gets its own provider (its own `service.name`); the process-wide
+provider that libraries find through `trace.get_tracer()` hands each span to the provider of the
+stage whose task started it, so one process may host several stages (tests, `pipeline run`).
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
+import httpx
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.util.types import Attributes
+
+from pipeline.observability.redaction import scrub_query, scrub_url
+from pipeline.observability.stage import current_stage
 
 _ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+FASTSTREAM_SCOPE = "opentelemetry.instrumentation.faststream"
+# FastStream names spans "{topic} {action}" (messaging conventions before 1.24); the project's and
+# today's conventions put the operation first: "send {topic}", "process {topic}", "create {topic}".
+_FASTSTREAM_OPERATIONS = {"publish": "send", "process": "process", "create": "create", "receive": "receive"}
+# Attributes that may carry a URL or query with a secret parameter (hub.verify_token=…).
+_URL_ATTRIBUTES = ("http.url", "http.target", "url.full")
+_QUERY_ATTRIBUTES = ("url.query",)
+
+
+class ConventionsSpanProcessor(SpanProcessor):
+    """Renames FastStream's Kafka spans to the conventions and redacts secrets in URL attributes.
+
+    Runs at span start, while the span is still writable; exporters see the result.
+    """
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        scope = span.instrumentation_scope
+        if scope is not None and scope.name == FASTSTREAM_SCOPE:
+            destination, _, action = span.name.rpartition(" ")
+            operation = _FASTSTREAM_OPERATIONS.get(action)
+            if destination and operation:
+                span.update_name(f"{operation} {destination}")
+                span.set_attribute("messaging.operation.name", operation)
+            return
+        attributes = span.attributes or {}
+        for key in _URL_ATTRIBUTES:
+            value = attributes.get(key)
+            if isinstance(value, str) and "?" in value:
+                span.set_attribute(key, scrub_url(value))
+        for key in _QUERY_ATTRIBUTES:
+            value = attributes.get(key)
+            if isinstance(value, str) and value:
+                span.set_attribute(key, scrub_query(value))
+
+    def on_end(self, span: ReadableSpan) -> None:
+        pass
 
 
 def configure_tracing(service_name: str, instance: str, exporter: SpanExporter | None = None) -> TracerProvider:
-    """Build the stage's provider and make it global (FastStream and httpx instrumentation use it).
+    """Build a stage's provider and make the process-wide provider route to it.
 
-    `exporter` is for tests (an in-memory exporter, processed synchronously).
+    `exporter` is for tests (an in-memory exporter, processed synchronously). Otherwise spans go to
+    OTLP/HTTP when `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT` is set, and nowhere when it is not.
     """
     resource = Resource.create(
         {SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME", service_name), SERVICE_INSTANCE_ID: instance}
     )
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=resource)  # sampler from OTEL_TRACES_SAMPLER(_ARG)
+    provider.add_span_processor(ConventionsSpanProcessor())
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     elif any(os.environ.get(var) for var in _ENDPOINT_VARS) and os.environ.get("OTEL_TRACES_EXPORTER") != "none":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    _set_global(provider)
     return provider
 
 
-def _set_global(provider: TracerProvider) -> None:
-    # The API refuses to replace a global provider; tests and `pipeline run` may configure twice.
+# --- the process-wide provider --------------------------------------------------------------------
+
+_stage_providers: dict[str, TracerProvider] = {}
+_last_provider: list[TracerProvider] = []
+
+
+def register_stage_provider(stage: str, provider: TracerProvider) -> None:
+    """Make `provider` the one that spans started in `stage`'s tasks go to (see `StageTracerProvider`)."""
+    _stage_providers[stage] = provider
+    _last_provider[:] = [provider]
+    _install_router()
+
+
+def provider_for_current_stage() -> trace.TracerProvider:
+    stage = current_stage()
+    provider = _stage_providers.get(stage) if stage else None
+    if provider is not None:
+        return provider
+    return _last_provider[0] if _last_provider else trace.NoOpTracerProvider()
+
+
+class _StageTracer(trace.Tracer):
+    """A tracer that asks, at each span, which stage is running and uses that stage's provider."""
+
+    def __init__(self, name: str, version: str | None, schema_url: str | None, attributes: Attributes) -> None:
+        self._args = (name, version, schema_url, attributes)
+        self._tracers: dict[trace.TracerProvider, trace.Tracer] = {}
+
+    def _delegate(self) -> trace.Tracer:
+        provider = provider_for_current_stage()
+        tracer = self._tracers.get(provider)
+        if tracer is None:
+            name, version, schema_url, attributes = self._args
+            tracer = self._tracers[provider] = provider.get_tracer(name, version, schema_url, attributes)
+        return tracer
+
+    def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
+        return self._delegate().start_span(*args, **kwargs)
+
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
+        return self._delegate().start_as_current_span(*args, **kwargs)
+
+
+class StageTracerProvider(trace.TracerProvider):
+    """The global provider: libraries instrumented once (httpx) still report to the right stage."""
+
+    def get_tracer(
+        self,
+        instrumenting_module_name: str,
+        instrumenting_library_version: str | None = None,
+        schema_url: str | None = None,
+        attributes: Attributes = None,
+    ) -> trace.Tracer:
+        return _StageTracer(instrumenting_module_name, instrumenting_library_version, schema_url, attributes)
+
+
+_ROUTER = StageTracerProvider()
+
+
+def _install_router() -> None:
+    if trace.get_tracer_provider() is _ROUTER:
+        return
+    # The API refuses to replace a global provider once set; ours must win over an earlier one
+    # (a library or test that set its own), because every stage's spans depend on it.
     trace._TRACER_PROVIDER_SET_ONCE._done = False
-    trace.set_tracer_provider(provider)
+    trace.set_tracer_provider(_ROUTER)
 
 
-def instrument_httpx(provider: TracerProvider) -> None:
-    """Client spans for every httpx request (the Graph API calls)."""
+# --- httpx ----------------------------------------------------------------------------------------
+
+
+def instrument_httpx(provider: TracerProvider | None = None) -> None:
+    """Client spans for every request through httpx's own transports (the Graph API calls).
+
+    Instrumented once per process, against the stage-routing provider; `provider` is accepted for
+    compatibility and not needed.
+    """
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
     instrumentor = HTTPXClientInstrumentor()
-    if instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.uninstrument()
-    instrumentor.instrument(tracer_provider=provider)
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument(tracer_provider=_ROUTER)
+
+
+def instrument_http_client(client: httpx.AsyncClient | httpx.Client) -> None:
+    """Client spans for a client whose transport httpx's global instrumentation does not cover.
+
+    `instrument_httpx` patches `httpx.AsyncHTTPTransport` only; a client on another transport
+    (httpx-aiohttp's `AiohttpTransport`) produces no spans without this. Safe on any client:
+    one on httpx's own transport is left alone (it would get two spans per request otherwise).
+    """
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    transport = client._transport
+    if isinstance(transport, httpx.AsyncHTTPTransport | httpx.HTTPTransport):
+        return
+    if getattr(client, "_is_instrumented_by_opentelemetry", False):
+        return
+    HTTPXClientInstrumentor.instrument_client(client, tracer_provider=_ROUTER)

@@ -1,0 +1,167 @@
+"""One trace runs through a real Kafka broker: HTTP request → produce → consume → HTTP call."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from fastapi import FastAPI
+from faststream.kafka import KafkaBroker
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from pipeline.config import Settings
+from pipeline.contracts.vocabulary import Stage
+from pipeline.observability import broker_middlewares, get_logger, instrument_app, setup
+from pipeline.topics import TopicCatalog
+from tests.observability.helpers import by_name, json_lines, parent_id, serve_app, wait_for_spans
+
+PNID = "106540352242922"
+
+
+def _echo_app() -> Starlette:
+    async def echo(request: Request) -> JSONResponse:
+        return JSONResponse({"traceparent": request.headers.get("traceparent")})
+
+    return Starlette(routes=[Route("/echo", echo)])
+
+
+async def test_publish_consume_http_call_is_one_correctly_parented_trace(
+    settings: Settings, topics: TopicCatalog, capsys
+) -> None:
+    exporter = InMemorySpanExporter()
+    telemetry = setup(Stage.SENDER, settings, span_exporter=exporter)
+    topic = topics.send_requests
+    app = _echo_app()
+    instrument_app(app, telemetry)
+    handled = asyncio.Event()
+    broker = KafkaBroker(
+        settings.kafka.bootstrap_servers, middlewares=broker_middlewares(telemetry.tracer_provider, "test")
+    )
+
+    async with serve_app(app) as base_url:
+
+        @broker.subscriber(topic, group_id=settings.sender.group_id, auto_offset_reset="earliest")
+        async def handle(body: dict[str, str]) -> None:
+            async with httpx.AsyncClient() as client:
+                response = await client.get(f"{base_url}/echo")
+            get_logger("test.handler").info("handled", status=response.status_code)
+            handled.set()
+
+        await broker.start()
+        try:
+            await broker.publish({"hello": "world"}, topic, key=PNID.encode())
+            await asyncio.wait_for(handled.wait(), 30)
+            spans = await wait_for_spans(exporter, lambda s: any(x.name == f"process {topic}" for x in s))
+        finally:
+            await broker.stop()
+
+    create = by_name(spans, f"create {topic}")
+    send = by_name(spans, f"send {topic}")
+    process = by_name(spans, f"process {topic}")
+    client = by_name(spans, "GET")
+    server = by_name(spans, "GET /echo")
+
+    assert len({s.context.trace_id for s in spans}) == 1, "every span belongs to one trace"
+    assert create.parent is None
+    assert parent_id(send) == create.context.span_id
+    assert parent_id(process) == create.context.span_id  # the context carried in the traceparent header
+    assert parent_id(client) == process.context.span_id
+    assert parent_id(server) == client.context.span_id
+    assert [s.kind for s in (create, send, process, client, server)] == [
+        SpanKind.PRODUCER, SpanKind.PRODUCER, SpanKind.CONSUMER, SpanKind.CLIENT, SpanKind.SERVER,
+    ]
+    attrs = process.attributes or {}
+    assert attrs["messaging.system"] == "kafka"
+    assert attrs["messaging.destination.name"] == topic
+    assert attrs["messaging.consumer.group.name"] == settings.sender.group_id
+    assert attrs["messaging.destination.partition.id"] == str(attrs["messaging.kafka.destination.partition"])
+    assert attrs["messaging.kafka.offset"] == 0
+    assert (send.attributes or {})["messaging.destination.name"] == topic
+    assert all(s.resource.attributes["service.name"] == "delivery-sender" for s in spans)
+
+    handled_lines = [line for line in json_lines(capsys.readouterr().out) if line.get("event") == "handled"]
+    assert len(handled_lines) == 1
+    assert handled_lines[0]["trace_id"] == format(process.context.trace_id, "032x")
+    assert handled_lines[0]["span_id"] == format(process.context.span_id, "016x")
+    assert handled_lines[0]["stage"] == "sender"
+
+
+async def test_api_server_span_is_the_parent_of_the_kafka_produce_span(
+    settings: Settings, topics: TopicCatalog
+) -> None:
+    """Two stages in one process, each with its own provider: the trace crosses from one to the other."""
+    exporter = InMemorySpanExporter()
+    api = setup(Stage.API, settings, span_exporter=exporter)
+    sender = setup(Stage.SENDER, settings, span_exporter=exporter)
+    topic = topics.send_requests
+    producer = KafkaBroker(settings.kafka.bootstrap_servers, middlewares=broker_middlewares(api.tracer_provider, "api"))
+    consumer = KafkaBroker(
+        settings.kafka.bootstrap_servers, middlewares=broker_middlewares(sender.tracer_provider, "sender")
+    )
+    received = asyncio.Event()
+
+    @consumer.subscriber(topic, group_id=settings.sender.group_id, auto_offset_reset="earliest")
+    async def handle(body: dict[str, str]) -> None:
+        received.set()
+
+    app = FastAPI()
+
+    @app.post("/v1/messages")
+    async def accept() -> dict[str, bool]:
+        await producer.publish({"to": "+16505551234"}, topic, key=PNID.encode())
+        return {"accepted": True}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    instrument_app(app, api)
+    await producer.start()
+    await consumer.start()
+    try:
+        async with serve_app(app) as base_url, httpx.AsyncClient(base_url=base_url) as client:
+            assert (await client.post("/v1/messages")).status_code == 200
+            assert (await client.get("/healthz")).status_code == 200
+            await asyncio.wait_for(received.wait(), 30)
+            spans = await wait_for_spans(exporter, lambda s: any(x.name == f"process {topic}" for x in s))
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+    server = by_name(spans, "POST /v1/messages")
+    create = by_name(spans, f"create {topic}")
+    process = by_name(spans, f"process {topic}")
+    assert server.kind is SpanKind.SERVER
+    assert parent_id(create) == server.context.span_id
+    assert process.context.trace_id == server.context.trace_id
+    assert server.resource.attributes["service.name"] == "delivery-api"
+    assert create.resource.attributes["service.name"] == "delivery-api"
+    assert process.resource.attributes["service.name"] == "delivery-sender"
+    assert not [s for s in spans if "healthz" in s.name], "ops routes are not traced"
+
+
+async def test_personal_message_keys_are_masked_in_spans(settings: Settings, topics: TopicCatalog) -> None:
+    exporter = InMemorySpanExporter()
+    telemetry = setup(Stage.INGEST, settings, span_exporter=exporter)
+    broker = KafkaBroker(
+        settings.kafka.bootstrap_servers, middlewares=broker_middlewares(telemetry.tracer_provider, "ingest")
+    )
+    await broker.start()
+    try:
+        await broker.publish(b"{}", topics.inbound_messages, key=b"16505551234")
+        await broker.publish(b"{}", topics.status_events, key=b"wamid.HBgL")
+    finally:
+        await broker.stop()
+
+    keys = {
+        (s.attributes or {})["messaging.destination.name"]: (s.attributes or {}).get("messaging.kafka.message.key")
+        for s in exporter.get_finished_spans()
+        if s.name.startswith("send ")
+    }
+    assert keys[topics.inbound_messages] == "+1*******234"
+    assert keys[topics.status_events] == "wamid.HBgL"  # message ids are fine in spans

@@ -1,0 +1,194 @@
+"""Log lines are JSON, carry the current trace, and never show a secret or a full phone number."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+
+import httpx
+from faststream.kafka import KafkaBroker
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route
+
+from pipeline.config import Settings, load_settings
+from pipeline.contracts.vocabulary import Stage
+from pipeline.observability import broker_middlewares, get_logger, ops_routes, setup
+from pipeline.topics import TopicCatalog
+from tests.observability.helpers import json_lines, serve_app
+
+ACCESS_TOKEN = "EAAGm0PX4ZCpsBAKZBZCx7fZBq0ZAGlr9mQ1vY2ZCZBs8ZD"  # shaped like Meta's tokens
+OTHER_BEARER = "ya29.a0AfH6SMBx-not-configured-anywhere"  # only the Bearer pattern can catch this
+API_KEY = "k3y-5f1e0c9a7b2d4e68"
+SASL_PASSWORD = "kafka-sasl-pa55word"
+
+
+def _secret_settings(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={
+            "whatsapp": settings.whatsapp.model_copy(update={"access_token": SecretStr(ACCESS_TOKEN)}),
+            "api": load_settings(api={"keys": f'{{"{API_KEY}": "*"}}'}).api,
+            "kafka": settings.kafka.model_copy(
+                update={
+                    "sasl_mechanism": "PLAIN", "sasl_username": "pipeline", "sasl_password": SecretStr(SASL_PASSWORD)
+                }
+            ),
+        }
+    )
+
+
+class GraphApiError(Exception):
+    """Stands in for the client's error: what a careless raise could put in its text and details."""
+
+    def __init__(self, message: str, details: dict[str, object]) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+async def test_lines_are_json_with_trace_stage_and_instance(settings: Settings, capsys) -> None:
+    telemetry = setup(Stage.SENDER, settings, span_exporter=InMemorySpanExporter())
+    log = get_logger("pipeline.sender.test")
+    log.info("outside_any_span")
+    with telemetry.tracer("test").start_as_current_span("work") as span:
+        log.info("message_sent", request_id="req_1", duration_ms=12.5)
+        logging.getLogger("aiokafka.consumer").warning("Heartbeat failed for group %s", "g1")
+    lines = json_lines(capsys.readouterr().out)
+
+    outside, sent, library = lines
+    trace_id = format(span.get_span_context().trace_id, "032x")
+    span_id = format(span.get_span_context().span_id, "016x")
+    assert "trace_id" not in outside
+    for line in (sent, library):
+        assert line["trace_id"] == trace_id
+        assert line["span_id"] == span_id
+        assert line["stage"] == "sender"
+        assert line["instance"] == settings.log.instance
+        assert datetime.fromisoformat(line["ts"]).utcoffset().total_seconds() == 0
+    assert sent["event"] == "message_sent"
+    assert sent["level"] == "info"
+    assert sent["logger"] == "pipeline.sender.test"
+    assert sent["request_id"] == "req_1"
+    assert sent["duration_ms"] == 12.5
+    assert library["event"] == "Heartbeat failed for group g1"
+    assert library["level"] == "warning"
+    assert library["logger"] == "aiokafka.consumer"
+
+
+async def test_settings_and_graph_api_errors_reach_the_log_without_secrets(settings: Settings, capsys) -> None:
+    settings = _secret_settings(settings)
+    setup(Stage.SENDER, settings)
+    log = get_logger("pipeline.sender.test")
+    body = {
+        "error": {
+            "message": "Invalid OAuth access token - Cannot parse access token",
+            "type": "OAuthException",
+            "code": 190,
+            "fbtrace_id": "AbCdEf123",
+            "access_token": ACCESS_TOKEN,
+        }
+    }
+    error = GraphApiError(f"POST /v23.0/1065/messages failed: Authorization: Bearer {OTHER_BEARER}", body)
+
+    log.info("settings_loaded", settings=settings)
+    headers = {"Authorization": f"Bearer {ACCESS_TOKEN}"}
+    log.warning("graph_api_error", error=error, details=error.details, headers=headers)
+    try:
+        raise error
+    except GraphApiError:
+        log.exception("send_failed")
+    # A library formatting the token into free text, with no recognisable shape around it.
+    logging.getLogger("httpx").error("request to graph with %s failed", ACCESS_TOKEN)
+    logging.getLogger("aiokafka").error("SASL handshake with password=%s failed", SASL_PASSWORD)
+    out = capsys.readouterr().out
+
+    lines = json_lines(out)
+    assert [line["event"] for line in lines][:3] == ["settings_loaded", "graph_api_error", "send_failed"]
+    for secret in (ACCESS_TOKEN, OTHER_BEARER, API_KEY, SASL_PASSWORD, "sandbox-app-secret"):
+        assert secret not in out
+    dumped = lines[0]["settings"]
+    assert dumped["whatsapp"]["phone_number_id"] == "106540352242922"  # the useful parts survive
+    assert dumped["whatsapp"]["access_token"] == "[redacted]"
+    assert lines[1]["details"]["error"]["code"] == 190
+    assert lines[1]["details"]["error"]["access_token"] == "[redacted]"
+    assert "Bearer [redacted]" in lines[1]["error"]
+    assert "GraphApiError" in lines[2]["exception"]
+
+
+async def test_phone_numbers_are_masked(settings: Settings, capsys) -> None:
+    setup(Stage.INGEST, settings)
+    get_logger("pipeline.ingest.test").info(
+        "inbound",
+        to="+16505551234",
+        wa_id="447700900123",
+        contacts=[{"input": "+4915123456789", "wa_id": "4915123456789"}],
+        note="user +16505551234 replied",
+    )
+    out = capsys.readouterr().out
+    (line,) = json_lines(out)
+    assert line["to"] == "+1*******234"
+    assert line["wa_id"] == "+44*******123"
+    assert line["contacts"] == [{"input": "+49********789", "wa_id": "+49********789"}]
+    assert line["note"] == "user +1*******234 replied"
+    for raw in ("6505551234", "7700900123", "15123456789"):
+        assert raw not in out
+
+
+async def test_uvicorn_access_lines_are_json_without_secrets_or_scrapes(settings: Settings, capsys) -> None:
+    setup(Stage.INGEST, settings)
+
+    async def verify(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(request.query_params.get("hub.challenge", ""))
+
+    app = Starlette(routes=[Route("/webhooks/whatsapp", verify), Mount("/", routes=ops_routes(lambda: True))])
+    async with serve_app(app) as base_url, httpx.AsyncClient(base_url=base_url) as client:
+        query = {"hub.mode": "subscribe", "hub.verify_token": "verify-me-0123", "hub.challenge": "42"}
+        assert (await client.get("/webhooks/whatsapp", params=query)).text == "42"
+        assert (await client.get("/metrics")).status_code == 200
+        assert (await client.get("/healthz")).status_code == 200
+    out = capsys.readouterr().out
+
+    access = [line for line in json_lines(out) if line.get("logger") == "uvicorn.access"]
+    assert len(access) == 1, "scrapes and probes are not logged"
+    assert access[0]["event"] == "http_request"
+    assert access[0]["method"] == "GET"
+    assert access[0]["status"] == 200
+    assert access[0]["path"] == "/webhooks/whatsapp?hub.mode=subscribe&hub.verify_token=[redacted]&hub.challenge=42"
+    assert "verify-me-0123" not in out
+
+
+async def test_faststream_lines_are_json_and_per_message_chatter_is_dropped(
+    settings: Settings, topics: TopicCatalog, capsys
+) -> None:
+    telemetry = setup(Stage.SENDER, settings)
+    broker = KafkaBroker(
+        settings.kafka.bootstrap_servers, middlewares=broker_middlewares(telemetry.tracer_provider, "test")
+    )
+    calls = asyncio.Event()
+
+    @broker.subscriber(topics.send_requests, group_id=settings.sender.group_id, auto_offset_reset="earliest")
+    async def handle(body: str) -> None:
+        calls.set()
+        raise RuntimeError(f"graph said no: Authorization: Bearer {OTHER_BEARER}")
+
+    await broker.start()
+    try:
+        await broker.publish("hello", topics.send_requests)
+        await asyncio.wait_for(calls.wait(), 30)
+        await asyncio.sleep(0.2)  # the error line is written after the handler returns
+    finally:
+        await broker.stop()
+    out = capsys.readouterr().out
+
+    lines = [line for line in json_lines(out) if line["logger"].startswith("faststream")]
+    events = [line["event"] for line in lines]
+    assert "`Handle` waiting for messages" in events
+    assert "Received" not in events
+    assert "Processed" not in events
+    (error,) = [line for line in lines if line["level"] == "error"]
+    assert error["topic"] == topics.send_requests
+    assert "RuntimeError" in error["exception"]
+    assert OTHER_BEARER not in out

@@ -1,0 +1,79 @@
+"""The redaction rules themselves: keys, token shapes, configured values, phone numbers, URLs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from pydantic import SecretStr
+
+from pipeline.observability.redaction import (
+    REDACTED,
+    mask_phone,
+    redact,
+    register_secrets,
+    scrub_text,
+    scrub_url,
+)
+
+
+@pytest.mark.parametrize(
+    ("number", "masked"),
+    [
+        ("+16505551234", "+1*******234"),  # one-digit country code
+        ("447700900123", "+44*******123"),  # two digits, no plus
+        ("+351912345678", "+351******678"),  # three digits
+        ("12345", "***"),  # too short to be a number worth keeping anything of
+        ("not-a-number", "***"),
+    ],
+)
+def test_mask_phone_keeps_country_and_last_three_digits(number: str, masked: str) -> None:
+    assert mask_phone(number) == masked
+
+
+def test_secret_keys_are_redacted_at_any_depth_and_empty_values_stay_visible() -> None:
+    event = {
+        "headers": {"Authorization": "Bearer abc.def.ghi.jkl", "X-Hub-Signature-256": "sha256=ff"},
+        "items": [{"api_key": "k"}, {"client_secret": ""}],
+        "password": None,
+    }
+    assert redact(event) == {
+        "headers": {"Authorization": REDACTED, "X-Hub-Signature-256": REDACTED},
+        "items": [{"api_key": REDACTED}, {"client_secret": ""}],  # "" tells the operator it is unset
+        "password": None,
+    }
+
+
+def test_objects_that_are_not_plain_data_become_scrubbed_text() -> None:
+    @dataclass
+    class Attempt:
+        to: str
+        token: str
+        attempt: int
+
+    class Opaque:
+        def __str__(self) -> str:
+            return "opaque with Bearer sk_live_0123456789"
+
+    assert redact(Attempt("+16505551234", "t0ken-value", 2)) == {"to": "+1*******234", "token": REDACTED, "attempt": 2}
+    assert redact(Opaque()) == f"opaque with Bearer {REDACTED}"
+    assert redact(ValueError("Bearer abcdefghijkl")) == f"ValueError: Bearer {REDACTED}"
+    assert redact(SecretStr("x")) == REDACTED
+    assert redact(b"EAAGm0PX4ZCpsBAKZBZCx7fZBq0") == REDACTED
+
+
+def test_configured_secrets_vanish_from_text_whatever_surrounds_them() -> None:
+    register_secrets([SecretStr("s3cr3t-app-value"), "short", None])
+    assert scrub_text("signing with s3cr3t-app-value!") == f"signing with {REDACTED}!"
+    assert scrub_text("a short word") == "a short word"  # values under 8 characters are not tracked
+
+
+def test_secret_query_parameters_are_redacted_in_urls() -> None:
+    assert (
+        scrub_url("/webhooks/whatsapp?hub.mode=subscribe&hub.verify_token=abc&hub.challenge=9")
+        == f"/webhooks/whatsapp?hub.mode=subscribe&hub.verify_token={REDACTED}&hub.challenge=9"
+    )
+    assert scrub_url("https://graph.example/v23.0/me?access_token=EAAx&fields=id#frag") == (
+        f"https://graph.example/v23.0/me?access_token={REDACTED}&fields=id#frag"
+    )
+    assert scrub_url("/v1/messages?page=2") == "/v1/messages?page=2"

@@ -52,7 +52,7 @@ def _json(body: Any, status: int = 200) -> web.Response:
 
 def _bad(problem: str, status: int = 400) -> web.HTTPException:
     error = web.HTTPConflict if status == 409 else web.HTTPBadRequest
-    return error(body=orjson.dumps({"error": problem}), content_type="application/json")
+    return error(text=orjson.dumps({"error": problem}).decode(), content_type="application/json")
 
 
 async def _object(request: web.Request) -> dict[str, Any]:
@@ -141,13 +141,13 @@ async def media(request: web.Request) -> web.Response:
 async def media_item(request: web.Request) -> web.Response:
     item = request.app[STATE].media.get(request.match_info["media_id"])
     if item is None:
-        raise web.HTTPNotFound(body=orjson.dumps({"error": "media_id: unknown"}), content_type="application/json")
+        raise web.HTTPNotFound(text='{"error": "media_id: unknown"}', content_type="application/json")
     return _json(asdict(item))
 
 
 async def expire_media(request: web.Request) -> web.Response:
     if not request.app[STATE].media.expire(request.match_info["media_id"], time.time()):
-        raise web.HTTPNotFound(body=orjson.dumps({"error": "media_id: unknown"}), content_type="application/json")
+        raise web.HTTPNotFound(text='{"error": "media_id: unknown"}', content_type="application/json")
     return _json({"expired": True})
 
 

@@ -82,7 +82,8 @@ async def test_interactive_header_media_is_checked_too(graph: Graph) -> None:
     body = {
         "messaging_product": "whatsapp", "to": USER, "type": "interactive",
         "interactive": {"type": "button", "header": {"type": "image", "image": {"id": "404404404"}},
-                        "body": {"text": "t"}, "action": {"buttons": [{"type": "reply", "reply": {"id": "a", "title": "A"}}]}},
+                        "body": {"text": "t"},
+                        "action": {"buttons": [{"type": "reply", "reply": {"id": "a", "title": "A"}}]}},
     }
     status, answer = await graph.send(body)
     assert (status, answer["error"]["code"]) == (400, 131009)

@@ -91,7 +91,8 @@ def _button(title: str, button_id: str | None = None) -> dict[str, Any]:
 
 BUTTONS = {
     "messaging_product": "whatsapp", "to": USER, "type": "interactive",
-    "interactive": {"type": "button", "body": {"text": "Pick one"}, "action": {"buttons": [_button("Yes"), _button("No")]}},
+    "interactive": {"type": "button", "body": {"text": "Pick one"},
+                    "action": {"buttons": [_button("Yes"), _button("No")]}},
 }
 LIST = {
     "messaging_product": "whatsapp", "to": USER, "type": "interactive",

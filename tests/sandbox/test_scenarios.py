@@ -37,7 +37,7 @@ async def test_error_numbers_answer_their_code_and_http_status(graph: Graph, sce
 @pytest.mark.parametrize("to", ["16505559999", "16505559047", "16505559005", "16505559201"])
 async def test_accepting_numbers_answer_200_and_are_logged(graph: Graph, to: str) -> None:
     await graph.sandbox.control.configure(slow_ms=0)
-    status, body = await graph.send(text_body(to=to))
+    status, _body = await graph.send(text_body(to=to))
     assert status == 200
     assert (await graph.sandbox.control.sends())[0]["scenario"] == scenario_for(to).name
 

@@ -49,7 +49,8 @@ def quantile(phi: float, bucket: str, *matchers: str, by: str = "") -> str:
 def slo_steps(slo: Slo) -> dict[str, Any]:
     """Threshold lines at each burn-rate alert's ratio: ticket (1x), slow page (6x), fast page (14.4x)."""
     colors = {1.0: "yellow", 6.0: "orange", 14.4: "red"}
-    return thresholds(*((round(b.factor * slo.budget, 6), colors[b.factor]) for b in BURN_ALERTS))
+    # Grafana expects steps in ascending order.
+    return thresholds(*sorted((round(b.factor * slo.budget, 6), colors[b.factor]) for b in BURN_ALERTS))
 
 
 def slo_panel(board: Dashboard, slo: Slo, *matchers: str, width: int = 8) -> None:

@@ -3,7 +3,7 @@
     server = PrometheusServer(workdir, local_targets(settings), scrape_interval="1s")
     server.start(); server.wait_targets_up()
     server.query('sum(rate(delivery_messages_total[1m]))')   # [{"metric": {...}, "value": [ts, "0.5"]}]
-    server.alerts()                                         # [{"labels": {"alertname": ...}, "state": "firing"}]
+    server.alerts_named("DeliveryDeadLetters")              # [{"labels": {...}, "state": "firing", ...}]
     server.stop()
 
 `pipeline run` calls `start_local_prometheus(settings, workdir)`. The binary is Debian's `prometheus`
@@ -171,6 +171,9 @@ class PrometheusServer:
     def alerts(self) -> list[dict[str, Any]]:
         """Active (pending or firing) alerts with their labels and `state`."""
         return list(self._api("/api/v1/alerts")["alerts"])
+
+    def alerts_named(self, alertname: str) -> list[dict[str, Any]]:
+        return [a for a in self.alerts() if a["labels"].get("alertname") == alertname]
 
     def rules(self) -> list[dict[str, Any]]:
         return list(self._api("/api/v1/rules")["groups"])

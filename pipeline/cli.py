@@ -199,6 +199,26 @@ def send(
     )
 
 
+@app.command()
+def demo(
+    rate: Annotated[float, typer.Option(help="Requests per second.")] = 20.0,
+    duration: Annotated[float, typer.Option(help="Seconds to run.")] = 600.0,
+    api_url: Annotated[str, typer.Option(envvar="PIPELINE_API_URL", help="Producer API base URL.")] = (
+        "http://127.0.0.1:8080"
+    ),
+    api_key: Annotated[str, typer.Option(envvar="PIPELINE_API_KEY", help="API key.")] = "dev-key",
+    seed: Annotated[int | None, typer.Option(help="Random seed, for a repeatable mix.")] = None,
+) -> None:
+    """Drive a realistic mix of outcomes through the API (to the sandbox's test numbers)."""
+    from pipeline.local.demo import DemoPlan, run_demo
+
+    try:
+        answers = asyncio.run(run_demo(api_url, api_key, DemoPlan(rate, duration), seed))
+    except KeyboardInterrupt:
+        return
+    typer.echo(", ".join(f"{status}: {count}" for status, count in sorted(answers.items())))
+
+
 def main() -> None:
     app(prog_name="pipeline")
 

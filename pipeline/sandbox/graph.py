@@ -68,7 +68,9 @@ async def _guard(
     mode = state.outage_for(number or "")
     if mode is not None:
         return await _outage(state, request, endpoint, mode)
-    if not state.token_ok(request.headers.get("Authorization"), request.query.get("access_token")):
+    authorization = request.headers.get("Authorization")
+    query_token = request.query.get("access_token") if authorization is None else None
+    if not state.token_ok(authorization, query_token):
         error = GraphError(190, "Invalid OAuth access token - Cannot parse access token")
         return await _answer(state, endpoint, error, state.latency())
     try:

@@ -54,6 +54,7 @@ class SendRecord:
 class NumberStats:
     requests: SlidingWindow  # every /messages request that passed the token check
     accepted: SlidingWindow  # those answered 200
+    accepted_metric: Any  # the number's child of sandbox_accepted_messages_total, bound once
 
 
 class SandboxState:
@@ -70,6 +71,7 @@ class SandboxState:
         self.received: dict[str, Counter[str]] = {}  # endpoint -> outcome -> count
         self.outages: dict[str, str] = {}
         self._seq = 0
+        self._request_metrics: dict[tuple[str, str], Any] = {}
 
     # --- configuration ------------------------------------------------------------------------------
 
@@ -159,7 +161,9 @@ class SandboxState:
         s = self.settings
         delay = 0.0
         if s.latency_median_ms > 0:
-            delay = s.latency_median_ms * math.exp(s.latency_sigma * self.rng.gauss(0.0, 1.0))
+            delay = s.latency_median_ms
+            if s.latency_sigma > 0:
+                delay *= math.exp(s.latency_sigma * self.rng.gauss(0.0, 1.0))
             delay = min(delay, s.latency_max_ms) / 1000
         if scenario is not None and scenario.answer is Answer.SLOW:
             delay += s.slow_ms / 1000
@@ -173,12 +177,21 @@ class SandboxState:
     def number(self, phone_number_id: str) -> NumberStats:
         stats = self.numbers.get(phone_number_id)
         if stats is None:
-            stats = self.numbers[phone_number_id] = NumberStats(SlidingWindow(), SlidingWindow())
+            stats = self.numbers[phone_number_id] = NumberStats(
+                SlidingWindow(), SlidingWindow(), self.metrics.accepted.labels(phone_number_id)
+            )
         return stats
 
     def count(self, endpoint: str, outcome: str, code: int | None = None) -> None:
-        self.received.setdefault(endpoint, Counter())[outcome] += 1
-        self.metrics.requests.labels(endpoint, outcome).inc()
+        received = self.received.get(endpoint)
+        if received is None:
+            received = self.received[endpoint] = Counter()
+        received[outcome] += 1
+        # Bound metric children are cached: `labels()` takes a lock and builds a tuple on every call.
+        child = self._request_metrics.get((endpoint, outcome))
+        if child is None:
+            child = self._request_metrics[(endpoint, outcome)] = self.metrics.requests.labels(endpoint, outcome)
+        child.inc()
         if code is not None:
             self.metrics.error_codes.labels(str(code)).inc()
 
@@ -220,7 +233,7 @@ class SandboxState:
         number.accepted.add(now)
         if number.accepted.max_seen != previous_max:
             self.metrics.window_max.labels(phone_number_id).set(number.accepted.max_seen)
-        self.metrics.accepted.labels(phone_number_id).inc()
+        number.accepted_metric.inc()
         wamid = ids.outbound_wamid(message.wa_id)
         self._seq += 1
         self.sends.append(SendRecord(

@@ -116,3 +116,19 @@ def test_the_sandbox_never_imports_the_client_or_the_contracts() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+def test_docs_list_every_test_number_and_setting() -> None:
+    from pathlib import Path
+
+    from pipeline.config import SandboxSettings
+    from pipeline.sandbox.scenarios import SCENARIOS
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "sandbox.md").read_text()
+    for scenario in SCENARIOS:
+        assert f"| `{scenario.suffix}` | {scenario.name} |" in doc
+    for name in SandboxSettings.model_fields:
+        env = f"SANDBOX_{name.upper()}"
+        # Grouped rows abbreviate a shared prefix: `SANDBOX_LATENCY_MEDIAN_MS`, `_SIGMA`, `_MAX_MS`.
+        short = {f"`_{name.upper()}`", f"`_{name.upper().split('_', 1)[-1]}`"}
+        assert env in doc or any(s in doc for s in short), env

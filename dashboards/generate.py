@@ -245,10 +245,9 @@ def api_dashboard() -> Dashboard:
         unit="s",
     )
     board.timeseries(
-        "Kafka publishes",
-        [q(f"sum by (destination, status) ({rate('faststream_published_messages_total', job, I)})",
-           "{{destination}} {{status}}")],
-        unit="ops", description="FastStream's publisher middleware: records written per topic and status.",
+        "Requests by route",
+        [q(f"sum by (route) ({rate('delivery_api_request_duration_seconds_count', I)})", "{{route}}")],
+        unit="reqps", description="Single messages and batches (one batch request carries up to 1,000 messages).",
     )
     board.row("Instances")
     board.state_timeline(
@@ -315,11 +314,19 @@ def sender_dashboard() -> Dashboard:
         [q(f"sum by (topic) ({s('delivery_consumer_lag_messages', job, I)})", "{{topic}}")],
         unit="short",
     )
+    board.state_timeline(
+        "Numbers stopped by auth or policy errors",
+        q(f"max by (phone_number_id, error_class) ({s('delivery_number_blocked', P, I)})",
+          "{{phone_number_id}} {{error_class}}"),
+        {"0": ("sending", "green"), "1": ("stopped", "red")},
+        description="1 while the sender holds a business number's messages because Meta rejected the token "
+        "(auth) or the account (policy): an operator must act (docs/operations.md#deliveryauthfailures).",
+    )
     board.timeseries(
-        "Results published",
-        [q(f"sum by (destination, status) ({rate('faststream_published_messages_total', job, I)})",
-           "{{destination}} {{status}}")],
-        unit="ops", description="FastStream's publisher middleware: send results and dead letters written.",
+        "Ambiguous attempts",
+        [q(f"sum by (phone_number_id) ({rate('delivery_ambiguous_attempts_total', P, I)})", "{{phone_number_id}}")],
+        unit="ops", description="Calls that timed out after the request was written: Meta may have sent the "
+        "message. Not retried unless SENDER_RETRY_AMBIGUOUS=true.",
     )
     board.timeseries(
         "Dead letters",
@@ -355,6 +362,12 @@ def ingest_dashboard() -> Dashboard:
         [q(f"sum({rate('delivery_status_duplicates_total', I)})", "duplicates")],
         unit="ops", description="Status updates Meta sent more than once (at-least-once webhooks).",
     )
+    board.timeseries(
+        "Out-of-order statuses",
+        [q(f"sum({rate('delivery_status_out_of_order_total', I)})", "out of order")],
+        unit="ops",
+        description="Statuses that arrived after a later one (read before delivered): kept, not applied back.",
+    )
     slo_panel(board, SLOS[1], P, I)
     board.timeseries(
         "Delivery failures by error class and code",
@@ -376,10 +389,9 @@ def ingest_dashboard() -> Dashboard:
         unit="short",
     )
     board.timeseries(
-        "Records published",
-        [q(f"sum by (destination, status) ({rate('faststream_published_messages_total', job, I)})",
-           "{{destination}} {{status}}")],
-        unit="ops", description="FastStream's publisher middleware: raw webhooks, status updates and events.",
+        "Inbound messages by type",
+        [q(f"sum by (type) ({rate('delivery_inbound_messages_total', I)})", "{{type}}")],
+        unit="ops", description="Messages users wrote to the business numbers, published to inbound.messages.",
     )
     board.timeseries(
         "Dead letters",

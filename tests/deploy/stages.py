@@ -121,6 +121,9 @@ class LocalStages:
             "SANDBOX_DELIVERED_AFTER_MS": "150",
             "SANDBOX_READ_AFTER_MS": "300",
             "SANDBOX_FAILED_AFTER_MS": "100",
+            # `…9030` recipients hang past the client's timeout: ambiguous attempts, quickly.
+            "SANDBOX_HANG_SECONDS": "3",
+            "WHATSAPP_TIMEOUT_SECONDS": "1",
         })
         return env
 

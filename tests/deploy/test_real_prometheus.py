@@ -3,7 +3,7 @@ real running pipeline; and the send-error alert goes off when most sends fail.
 
 The pipeline is every stage as its own process (tests/deploy/stages.py) on the session's Kafka broker,
 talking to the sandbox. Traffic mixes what each panel needs: successes, undeliverable recipients (failed
-statuses), duplicate and out-of-order statuses, auth and transient Graph errors, invalid and
+statuses), duplicate and out-of-order statuses, auth and transient Graph errors, timeouts, invalid and
 unauthorized API calls, idempotent replays, a batch, an API without Kafka (503), junk on send.requests
 (a dead letter), bad webhook signatures, malformed webhooks, verification handshakes and inbound messages.
 """
@@ -74,6 +74,7 @@ async def _mixed_traffic(client: httpx.AsyncClient, stages: LocalStages, setting
     statuses += await _send(client, api, [_text(_recipient(n, "9202")) for n in range(3)])  # read first
     statuses += await _send(client, api, [_text(_recipient(n, "9190"), AUTH_NUMBER) for n in range(3)])
     statuses += await _send(client, api, [_text(_recipient(n, "9000"), FLAKY_NUMBER) for n in range(6)])
+    statuses += await _send(client, api, [_text(_recipient(n, "9030"), FLAKY_NUMBER) for n in range(2)])  # timeouts
     assert set(statuses) == {202}, statuses
     batch = {"messages": [_text(_recipient(100 + n)) for n in range(5)]}
     assert (await client.post(f"{api}/v1/messages:batch", json=batch, headers=HEADERS)).status_code == 202

@@ -233,7 +233,7 @@ def api_dashboard() -> Dashboard:
         unit="reqps", stack=True,
     )
     slo_panel(board, SLOS[2], I)
-    board.row("Latency and Kafka")
+    board.row("Latency")
     board.timeseries(
         "Request latency p99 by route",
         [q(quantile(0.99, "delivery_api_request_duration_seconds_bucket", I, by="route"), "{{route}}")],
@@ -303,17 +303,12 @@ def sender_dashboard() -> Dashboard:
         unit="short", description="Graph API calls in flight; flat at SENDER_MAX_IN_FLIGHT means saturated.",
     )
     board.timeseries(
-        "Graph API latency heat (p99 per number)",
+        "Graph API latency p99 per number",
         [q(quantile(0.99, "delivery_send_duration_seconds_bucket", P, I, by="phone_number_id"),
            "{{phone_number_id}}")],
         unit="s",
     )
-    board.row("Kafka")
-    board.timeseries(
-        "Consumer lag",
-        [q(f"sum by (topic) ({s('delivery_consumer_lag_messages', job, I)})", "{{topic}}")],
-        unit="short",
-    )
+    board.row("Blocked numbers and dead letters")
     board.state_timeline(
         "Numbers stopped by auth or policy errors",
         q(f"max by (phone_number_id, error_class) ({s('delivery_number_blocked', P, I)})",
@@ -332,6 +327,12 @@ def sender_dashboard() -> Dashboard:
         "Dead letters",
         [q(f"sum by (reason) ({rate('delivery_dead_letters_total', STAGE_SENDER, I)})", "{{reason}}")],
         unit="ops",
+    )
+    board.row("Kafka")
+    board.timeseries(
+        "Consumer lag",
+        [q(f"sum by (topic) ({s('delivery_consumer_lag_messages', job, I)})", "{{topic}}")],
+        unit="short", width=24,
     )
     return board
 

@@ -111,9 +111,9 @@ def _text(value: Any, path: str, maximum: int, minimum: int = 1) -> str:
     return value
 
 
-def _optional_text(obj: dict[str, Any], key: str, path: str, maximum: int) -> None:
+def _optional_text(obj: dict[str, Any], key: str, path: str, maximum: int, minimum: int = 1) -> None:
     if obj.get(key) is not None:
-        _text(obj[key], _join(path, key), maximum)
+        _text(obj[key], _join(path, key), maximum, minimum)
 
 
 def _number(value: Any, path: str, low: float, high: float) -> None:
@@ -154,7 +154,7 @@ def _check_media(payload: dict[str, Any], path: str, found: _Found) -> None:
     if payload.get("caption") is not None:
         if kind in ("audio", "sticker"):
             raise GraphError(131009, f"{path}.caption is not allowed for {kind}")
-        _text(payload["caption"], f"{path}.caption", 1024)
+        _text(payload["caption"], f"{path}.caption", 1024, minimum=0)
     if payload.get("filename") is not None:
         if kind != "document":
             raise GraphError(131009, f"{path}.filename is only allowed for documents")
@@ -254,7 +254,7 @@ def _check_list(action: dict[str, Any], path: str) -> None:
             at = f"{where}.rows[{j}]"
             row_id = _text(_field(_object(row, at), "id", at), f"{at}.id", 200)
             _text(_field(row, "title", at), f"{at}.title", 24)
-            _optional_text(row, "description", at, 72)
+            _optional_text(row, "description", at, 72, minimum=0)
             if row_id in row_ids:
                 raise GraphError(131009, f"{at}.id must be unique across the list ({row_id!r} repeats)")
             row_ids.add(row_id)
@@ -265,14 +265,15 @@ def _check_list(action: dict[str, Any], path: str) -> None:
 def _check_location(payload: dict[str, Any], path: str, _: _Found) -> None:
     _number(_field(payload, "latitude", path), f"{path}.latitude", -90, 90)
     _number(_field(payload, "longitude", path), f"{path}.longitude", -180, 180)
-    _optional_text(payload, "name", path, 1000)
-    _optional_text(payload, "address", path, 1000)
+    _optional_text(payload, "name", path, 1000, minimum=0)
+    _optional_text(payload, "address", path, 1000, minimum=0)
 
 
 def _check_reaction(payload: dict[str, Any], path: str, _: _Found) -> None:
     _text(_field(payload, "message_id", path), f"{path}.message_id", 512)
     emoji = _field(payload, "emoji", path)
-    # An empty emoji removes the reaction; otherwise one emoji (a few code points with modifiers).
+    # An empty emoji removes the reaction; otherwise one emoji: the longest standard (RGI) emoji
+    # sequences are 10 code points (ZWJ sequences with skin tones).
     _text(emoji, f"{path}.emoji", 10, minimum=0)
 
 

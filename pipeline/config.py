@@ -212,6 +212,19 @@ class IngestSettings(_Group):
     metrics_port: int = Field(default=9102, ge=0, le=65535, description="consumer metrics and health")
     group_id: str = "delivery-ingest"
     max_body_bytes: int = Field(default=3 * 1024 * 1024, ge=1024)
+    components: Literal["all", "receiver", "consumers"] = Field(
+        default="all",
+        description="all: receiver and consumers in one process on `port`; consumers: ops on `metrics_port`",
+    )
+    produce_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=60, description="how long a webhook POST waits for Kafka before answering 503"
+    )
+    batch_max_records: int = Field(default=500, ge=1, le=10_000, description="records per consumer batch")
+    linger_ms: int = Field(default=5, ge=0, le=1000, description="consumers' producer batching delay")
+    session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
+    state_retention_days: float = Field(
+        default=8.0, gt=0, description="forget a message's dedupe state this long after its last status"
+    )
 
 
 class SandboxSettings(_Group):

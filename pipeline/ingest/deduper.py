@@ -1,0 +1,209 @@
+"""`status.updates` → `status.events` (deduplicated, forward-only) and `status.state` (compacted).
+
+    deduper = Deduper(Outbox(producer), topics, tracer, group, restorer, committed=consumer.committed,
+                      retention_ms=8 * 86_400_000)
+    loop = BatchLoop(consumer, deduper, topics.status_updates, max_records=500)
+
+The owner of a `status.updates` partition owns the state of every wamid in it: restored from Kafka on
+its first record after an assignment (see `restore`), kept in memory, written back to `status.state`
+after every change, and written to the same partition number as the input (co-partitioning). Events
+carry the headers `status` and `source-offset` that a later restore reads back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiokafka import TopicPartition
+from opentelemetry.trace import SpanKind, Tracer
+from pydantic import TypeAdapter, ValidationError
+
+from pipeline.contracts import DeadLetterReason, DeliveryStatus, ErrorClass, Stage, StatusEvent, describe, field_errors
+from pipeline.ingest.consumer import Outbox
+from pipeline.ingest.records import dead_letter, header_map, link_to, messaging_attributes, outgoing_headers
+from pipeline.ingest.restore import SOURCE_OFFSET, STATUS, PartitionState, Restorer
+from pipeline.ingest.state import Decision, MessageState, Outcome
+from pipeline.observability import get_logger
+from pipeline.observability.context import context_from_headers
+from pipeline.observability.metrics import (
+    DEAD_LETTERS,
+    FAILURES,
+    STATUS_DUPLICATES,
+    STATUS_EVENTS,
+    STATUS_OUT_OF_ORDER,
+    TRANSITION,
+    error_code_label,
+    exemplar,
+)
+from pipeline.topics import TopicCatalog
+from pipeline.whatsapp.errors import KNOWN_ERROR_CODES
+
+log = get_logger(__name__)
+
+_STATUS_JSON = TypeAdapter(StatusEvent)
+_YIELD_EVERY = 16  # records between yields to the event loop (the webhook receiver shares it)
+_SWEEP_EVERY_MS = 10 * 60 * 1000
+
+Committed = Callable[[TopicPartition], Awaitable[int | None]]
+
+
+class Deduper:
+    def __init__(
+        self,
+        outbox: Outbox,
+        topics: TopicCatalog,
+        tracer: Tracer,
+        group: str,
+        restorer: Restorer,
+        committed: Committed,
+        retention_ms: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.outbox = outbox
+        self.topics = topics
+        self.tracer = tracer
+        self.group = group
+        self.restorer = restorer
+        self.committed = committed
+        self.retention_ms = retention_ms
+        self.clock = clock
+        self.partitions: dict[TopicPartition, PartitionState] = {}
+        self._swept_ms: dict[TopicPartition, int] = {}
+
+    async def assigned(self, partitions: set[TopicPartition]) -> None:
+        return None  # restored lazily, on the partition's first record (a failure then retries the batch)
+
+    async def revoked(self, partitions: set[TopicPartition]) -> None:
+        for tp in partitions:
+            self.partitions.pop(tp, None)
+            self._swept_ms.pop(tp, None)
+
+    async def flush(self) -> None:
+        await self.outbox.flush()
+
+    async def process(self, tp: TopicPartition, records: list[Any]) -> None:
+        part = self.partitions.get(tp)
+        if part is None:
+            part = await self._restore(tp)
+        now_ms = int(self.clock() * 1000)
+        for i, record in enumerate(records):
+            await self._one(tp, part, record, now_ms)
+            if part.emitted and record.offset >= part.emitted_until:
+                part.emitted.clear()  # past everything written before the crash
+            if i % _YIELD_EVERY == _YIELD_EVERY - 1:
+                await asyncio.sleep(0)
+        if now_ms - self._swept_ms.get(tp, now_ms) >= _SWEEP_EVERY_MS:
+            await self._sweep(tp, part, now_ms)
+        self._swept_ms.setdefault(tp, now_ms)
+
+    async def _restore(self, tp: TopicPartition) -> PartitionState:
+        started = time.monotonic()
+        committed = await self.committed(tp) or 0
+        part = await self.restorer.restore(tp.partition, committed)
+        self.partitions[tp] = part
+        log.info("state_restored", partition=tp.partition, committed=committed, messages=len(part.states),
+                 replayed_events=len(part.emitted), duration_ms=round((time.monotonic() - started) * 1000))
+        return part
+
+    async def _one(self, tp: TopicPartition, part: PartitionState, record: Any, now_ms: int) -> None:
+        try:
+            update = StatusEvent.model_validate_json(record.value or b"")
+        except ValidationError as exc:
+            await self._dead_letter(record, describe(field_errors(exc)))
+            return
+        link = link_to(update.traceparent)
+        with self.tracer.start_as_current_span(
+            f"process {record.topic}",
+            context=context_from_headers(header_map(record)),  # the webhook that carried it
+            kind=SpanKind.CONSUMER,
+            links=[link] if link is not None else None,  # the send, minutes or days earlier
+            attributes=messaging_attributes(record, self.group),
+        ) as span:
+            state = part.states.get(update.wamid) or MessageState()
+            decision = state.apply(update.status, int(update.timestamp.timestamp()), record.offset, now_ms)
+            span.set_attribute("delivery.status", update.status.value)
+            span.set_attribute("delivery.outcome", decision.outcome.value)
+            span.set_attribute("delivery.wamid", update.wamid)
+            if update.request_id:
+                span.set_attribute("delivery.request_id", update.request_id)
+            if decision.outcome is Outcome.DUPLICATE:
+                STATUS_DUPLICATES.inc()
+                return
+            part.states[update.wamid] = state
+            await self._emit(tp, part, record, update, decision)
+            await self.outbox.send(
+                self.topics.status_state, state.to_json(), key=update.wamid.encode(), partition=tp.partition
+            )
+
+    async def _emit(
+        self, tp: TopicPartition, part: PartitionState, record: Any, update: StatusEvent, decision: Decision
+    ) -> None:
+        if decision.outcome is Outcome.OUT_OF_ORDER:
+            STATUS_OUT_OF_ORDER.inc()
+            log.debug("status_out_of_order", wamid=update.wamid, status=update.status)
+        for label, seconds in decision.transitions:
+            TRANSITION.labels(transition=label).observe(seconds, exemplar())
+        for status, implied_by in decision.emit:
+            if (update.wamid, status) in part.emitted:
+                continue  # written before a crash, its state was not: the replay must not repeat it
+            extra = {STATUS: status.value, SOURCE_OFFSET: str(record.offset)}
+            if implied_by is None:
+                value = record.value  # the update itself, byte for byte
+            else:
+                value = _STATUS_JSON.dump_json(_implied(update, status))
+                extra["implied-by"] = implied_by.value
+            await self.outbox.send(
+                self.topics.status_events,
+                value,
+                key=update.wamid.encode(),
+                partition=tp.partition,
+                headers=outgoing_headers(update.request_id, **extra),
+            )
+            STATUS_EVENTS.labels(status=status.value, phone_number_id=update.phone_number_id or "unknown").inc(
+                exemplar=exemplar()
+            )
+            if status is DeliveryStatus.FAILED:
+                _count_failure(update)
+
+    async def _sweep(self, tp: TopicPartition, part: PartitionState, now_ms: int) -> None:
+        """Forget messages silent for longer than the retention: tombstones keep the topic bounded too."""
+        self._swept_ms[tp] = now_ms
+        cutoff = now_ms - self.retention_ms
+        expired = [wamid for wamid, state in part.states.items() if state.updated_ms < cutoff]
+        for wamid in expired:
+            del part.states[wamid]
+            await self.outbox.send(self.topics.status_state, None, key=wamid.encode(), partition=tp.partition)
+        if expired:
+            log.info("state_expired", partition=tp.partition, messages=len(expired))
+
+    async def _dead_letter(self, record: Any, error: str) -> None:
+        letter = dead_letter(record, DeadLetterReason.SCHEMA_INVALID, error)
+        await self.outbox.send(
+            self.topics.dead_letters, letter.model_dump_json().encode(), key=record.key, headers=outgoing_headers()
+        )
+        DEAD_LETTERS.labels(stage=Stage.INGEST, reason=DeadLetterReason.SCHEMA_INVALID).inc()
+        log.warning("status_update_dead_lettered", error=error[:500], offset=record.offset)
+
+
+def _implied(update: StatusEvent, status: DeliveryStatus) -> StatusEvent:
+    """The event a later status implies: same message and time, no pricing/conversation/errors of its own."""
+    return update.model_copy(update={"status": status, "pricing": None, "conversation": None, "errors": []})
+
+
+def _count_failure(update: StatusEvent) -> None:
+    error = update.errors[0] if update.errors else None
+    FAILURES.labels(
+        error_class=error.error_class.value if error else ErrorClass.NONE.value,
+        error_code=error_code_label(error.code if error else None, KNOWN_ERROR_CODES),
+    ).inc(exemplar=exemplar())
+    log.info(
+        "message_failed",
+        wamid=update.wamid,
+        request_id=update.request_id,
+        phone_number_id=update.phone_number_id,
+        error_code=error.code if error else None,
+        error_class=error.error_class if error else None,
+    )

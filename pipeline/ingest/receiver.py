@@ -1,0 +1,275 @@
+"""The webhook endpoint Meta posts to: verify, store durably in `webhooks.raw`, and only then say 200.
+
+    writer = RawWebhookWriter(settings, topics.webhooks_raw)
+    await writer.start()                      # connects in the background; 503 until Kafka answers
+    app = WebhookApp(settings, writer, tracer, ready=writer.ready)
+    # uvicorn serves `app`: POST/GET /webhooks/whatsapp, /metrics, /healthz, /readyz
+
+POST answers: 200 once the raw body is acknowledged by Kafka (acks=all); 401 for a missing or wrong
+`X-Hub-Signature-256` (nothing is stored); 413 above `max_body_bytes`; 503 when Kafka does not take
+the body within `produce_timeout_seconds`, so Meta retries later. Parsing happens downstream: the
+request path only hashes and produces, which keeps it fast under load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from opentelemetry.trace import SpanKind, StatusCode, Tracer
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from pipeline.config import Settings, SettingsError
+from pipeline.contracts import WebhookOutcome
+from pipeline.ingest.signature import signature_matches
+from pipeline.observability import get_logger, ops_routes
+from pipeline.observability.context import context_from_traceparent, current_traceparent
+from pipeline.observability.metrics import WEBHOOKS
+
+log = get_logger(__name__)
+
+PATH = "/webhooks/whatsapp"
+SIGNATURE_HEADER = "x-hub-signature-256"
+_CONNECT_BACKOFF = (0.5, 1.0, 2.0, 5.0)
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+def app_secret_of(settings: Settings) -> bytes:
+    secret = settings.whatsapp.app_secret
+    if secret is None:
+        raise SettingsError([("WHATSAPP_APP_SECRET", "required by the ingest to verify X-Hub-Signature-256")])
+    return secret.get_secret_value().encode()
+
+
+class RawWebhookWriter:
+    """Produces verified bodies to `webhooks.raw`; `write` says False when Kafka cannot take one in time.
+
+    While Kafka is unreachable, one request at a time probes it (waiting up to the timeout) and the
+    others get False at once: Meta retries either way, and a pile of requests each holding a
+    connection for the whole timeout would only add load when Kafka comes back.
+    """
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self._settings = settings
+        self.topic = topic
+        self.timeout = settings.ingest.produce_timeout_seconds
+        self.producer: AIOKafkaProducer | None = None
+        self._down = False
+        self._probing = False
+        self._connecting: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._connecting = asyncio.create_task(self._connect())
+
+    def ready(self) -> bool:
+        return self.producer is not None and not self._down
+
+    async def wait_connected(self, timeout: float) -> bool:
+        """Give the first connection a moment before listening, so a fresh start does not answer 503."""
+        if self._connecting is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._connecting), timeout)
+        return self.producer is not None
+
+    async def _connect(self) -> None:
+        attempt = 0
+        while True:
+            producer = AIOKafkaProducer(
+                **self._settings.kafka.client_kwargs(), enable_idempotence=True, acks="all", linger_ms=0
+            )
+            try:
+                await producer.start()
+            except (KafkaError, OSError) as exc:
+                await producer.stop()
+                delay = _CONNECT_BACKOFF[min(attempt, len(_CONNECT_BACKOFF) - 1)]
+                log.warning("kafka_unreachable", retry_in_s=delay, error=str(exc))
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
+            self.producer = producer
+            log.info("webhook_writer_connected", topic=self.topic)
+            return
+
+    async def stop(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connecting
+        if self.producer is not None:
+            await self.producer.stop()  # flushes what is still buffered
+
+    async def write(self, body: bytes, headers: list[tuple[str, bytes]]) -> bool:
+        producer = self.producer
+        if producer is None or (self._down and self._probing):
+            return False
+        probe = self._down
+        self._probing = self._probing or probe
+        try:
+            async with asyncio.timeout(self.timeout):
+                future = await producer.send(self.topic, body, headers=headers)
+                # Shielded: a timeout must not cancel the record; if it lands later, Meta's retry
+                # becomes a duplicate that the state processor drops.
+                await asyncio.shield(future)
+        except (TimeoutError, KafkaError) as exc:
+            if not self._down:
+                log.error("webhook_not_stored", error=str(exc) or type(exc).__name__)
+            self._down = True
+            return False
+        finally:
+            if probe:
+                self._probing = False
+        if self._down:
+            log.info("webhook_writer_recovered")
+        self._down = False
+        return True
+
+
+class WebhookApp:
+    """ASGI app: the POST path is served directly, everything else by a small Starlette app.
+
+    Why not a Starlette route with the OpenTelemetry ASGI middleware like the other stages: measured on
+    this machine, that stack spent about twice the CPU per webhook (≈ 450 µs against ≈ 230 µs with this
+    path and a hand-made server span), and this endpoint must take thousands of webhooks a second.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        writer: RawWebhookWriter,
+        tracer: Tracer,
+        ready: Callable[[], bool | Awaitable[bool]],
+    ) -> None:
+        self._secret = app_secret_of(settings)
+        token = settings.whatsapp.webhook_token
+        self._verify_token = token.get_secret_value().encode() if token is not None else None
+        self._max_body = settings.ingest.max_body_bytes
+        self._writer = writer
+        self._tracer = tracer
+        self._other = Starlette(routes=[Route(PATH, self._verify, methods=["GET"]), *ops_routes(ready)])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == PATH:
+            await self._post(scope, receive, send)
+        else:
+            await self._other(scope, receive, send)
+
+    async def _post(self, scope: Scope, receive: Receive, send: Send) -> None:
+        length, signature, traceparent = _headers(scope)
+        with self._tracer.start_as_current_span(
+            f"POST {PATH}",
+            context=context_from_traceparent(traceparent),
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": "POST", "http.route": PATH, "url.path": PATH},
+        ) as span:
+            try:
+                status = await self._answer(length, signature, receive)
+            except ClientGone:
+                span.set_attribute("http.request.aborted", True)
+                return
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(StatusCode.ERROR)
+            await _respond(send, status)
+
+    async def _answer(self, length: int | None, signature: bytes | None, receive: Receive) -> int:
+        if length is not None and length > self._max_body:
+            WEBHOOKS.labels(outcome=WebhookOutcome.MALFORMED).inc()
+            return 413
+        body = await _read_body(receive, self._max_body)
+        if body is None:
+            WEBHOOKS.labels(outcome=WebhookOutcome.MALFORMED).inc()
+            return 413
+        if not signature_matches(self._secret, body, signature):
+            WEBHOOKS.labels(outcome=WebhookOutcome.BAD_SIGNATURE).inc()
+            log.info("webhook_rejected", reason="missing signature" if not signature else "bad signature")
+            return 401
+        headers = [
+            (SIGNATURE_HEADER, signature or b""),
+            ("received-at", datetime.now(UTC).isoformat().encode()),
+            ("content-type", b"application/json"),
+        ]
+        traceparent = current_traceparent()
+        if traceparent:
+            headers.append(("traceparent", traceparent.encode()))
+        if not await self._writer.write(body, headers):
+            return 503
+        WEBHOOKS.labels(outcome=WebhookOutcome.ACCEPTED).inc()
+        return 200
+
+    async def _verify(self, request: Request) -> Response:
+        """Meta's subscription check: echo `hub.challenge` when `hub.verify_token` is ours."""
+        params = request.query_params
+        given = params.get("hub.verify_token", "").encode()
+        challenge = params.get("hub.challenge")
+        if (
+            params.get("hub.mode") == "subscribe"
+            and self._verify_token is not None
+            and hmac.compare_digest(given, self._verify_token)
+            and challenge is not None
+        ):
+            WEBHOOKS.labels(outcome=WebhookOutcome.VERIFIED).inc()
+            return PlainTextResponse(challenge)
+        WEBHOOKS.labels(outcome=WebhookOutcome.VERIFY_FAILED).inc()
+        log.warning("webhook_verification_failed", mode=params.get("hub.mode"))
+        return PlainTextResponse("verification failed", status_code=403)
+
+
+class ClientGone(Exception):
+    """The client hung up before sending the whole body: nothing to verify, store or answer."""
+
+
+def _headers(scope: Scope) -> tuple[int | None, bytes | None, str | None]:
+    length: int | None = None
+    signature: bytes | None = None
+    traceparent: str | None = None
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            with contextlib.suppress(ValueError):
+                length = int(value)
+        elif name == b"x-hub-signature-256":
+            signature = value
+        elif name == b"traceparent":
+            traceparent = value.decode("latin-1")
+    return length, signature, traceparent
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it exceeds `limit` (chunked bodies have no Content-Length)."""
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+_REASONS = {200: b"ok", 401: b"invalid signature", 413: b"body too large", 503: b"try again later"}
+
+
+async def _respond(send: Send, status: int) -> None:
+    body = _REASONS.get(status, b"")
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+    if status == 503:
+        headers.append((b"retry-after", b"5"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

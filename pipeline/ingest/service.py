@@ -1,0 +1,238 @@
+"""The ingest stage: webhook receiver and the two consumers, wired from settings.
+
+    await serve(settings)                       # `pipeline ingest`: until SIGTERM/SIGINT
+    async with Ingest(settings, telemetry) as ingest:
+        ingest.port                             # the bound HTTP port (tests bind port 0)
+
+`settings.ingest.components` picks what runs here: `all` (default: receiver and consumers in one
+process, everything on `port`), `receiver`, or `consumers` (ops routes on `metrics_port`).
+Consumer groups: `<group_id>-normaliser` on webhooks.raw and `<group_id>-dedupe` on status.updates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+from types import TracebackType
+
+import uvicorn
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from pipeline.config import Settings
+from pipeline.contracts import Stage
+from pipeline.ingest.consumer import BatchLoop, Outbox, new_consumer, new_producer
+from pipeline.ingest.deduper import Deduper
+from pipeline.ingest.normaliser import Normaliser
+from pipeline.ingest.receiver import RawWebhookWriter, WebhookApp, app_secret_of
+from pipeline.ingest.restore import Restorer
+from pipeline.observability import OpsServer, Telemetry, get_logger, setup, track_lag, uvicorn_config
+from pipeline.topics import TopicCatalog, create_topics
+
+log = get_logger(__name__)
+
+_RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)
+DAY_MS = 86_400_000
+
+
+class CoPartitioningError(RuntimeError):
+    pass
+
+
+class Ingest:
+    def __init__(self, settings: Settings, telemetry: Telemetry) -> None:
+        self.settings = settings
+        self.telemetry = telemetry
+        self.tracer = telemetry.tracer("pipeline.ingest")
+        self.topics = TopicCatalog(settings.kafka)
+        components = settings.ingest.components
+        self.runs_receiver = components in ("all", "receiver")
+        self.runs_consumers = components in ("all", "consumers")
+        if self.runs_receiver:
+            app_secret_of(settings)  # fail at start, not on the first webhook
+        self.port: int | None = None
+        self.ops_port: int | None = None
+        self.writer: RawWebhookWriter | None = None
+        self.loops: list[BatchLoop] = []
+        self._server: uvicorn.Server | None = None
+        self._ops: OpsServer | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._consumers_running = False
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Ingest:
+        if self.runs_consumers:
+            self._tasks.append(asyncio.create_task(self._run_consumers(), name="ingest-consumers"))
+        if self.runs_receiver:
+            await self._start_receiver()
+        elif self.runs_consumers:
+            self._ops = OpsServer(self.settings.ingest.host, self.settings.ingest.metrics_port, self.ready)
+            await self._ops.__aenter__()
+            self.ops_port = self._ops.port
+        return self
+
+    async def __aexit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
+        # The receiver first (Meta's retries go to other replicas), then the consumers finish their batch.
+        if self._server is not None:
+            self._server.should_exit = True
+        self._stop.set()
+        results = await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.writer is not None:
+            await self.writer.stop()
+        if self._ops is not None:
+            await self._ops.__aexit__(None, None, None)
+        for result in results:
+            if isinstance(result, Exception):
+                log.error("ingest_component_failed", error=str(result))
+
+    async def wait(self) -> None:
+        """Return when a component stops on its own (a failure: it is raised)."""
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+
+    def ready(self) -> bool:
+        receiver_ok = not self.runs_receiver or (self.writer is not None and self.writer.ready())
+        consumers_ok = not self.runs_consumers or self._consumers_running
+        return receiver_ok and consumers_ok
+
+    # --- receiver ----------------------------------------------------------------------------------
+
+    async def _start_receiver(self) -> None:
+        ingest = self.settings.ingest
+        self.writer = RawWebhookWriter(self.settings, self.topics.webhooks_raw)
+        await self.writer.start()
+        await self.writer.wait_connected(ingest.produce_timeout_seconds)
+        app = WebhookApp(self.settings, self.writer, self.tracer, ready=self.ready)
+        sock = socket.create_server((ingest.host, ingest.port), family=_family(ingest.host), backlog=2048)
+        self.port = sock.getsockname()[1]
+        config = uvicorn_config(
+            app, ingest.host, self.port, access_log=False,  # the verify query holds a token; metrics count requests
+            timeout_graceful_shutdown=int(ingest.produce_timeout_seconds) + 1, backlog=2048,
+        )
+        self._server = uvicorn.Server(config)
+        task = asyncio.create_task(self._server.serve(sockets=[sock]), name="ingest-http")
+        self._tasks.append(task)
+        while not self._server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        log.info("webhook_receiver_listening", host=ingest.host, port=self.port)
+
+    # --- consumers ---------------------------------------------------------------------------------
+
+    async def _run_consumers(self) -> None:
+        settings = self.settings
+        group = settings.ingest.group_id
+        producer = new_producer(settings, settings.ingest.linger_ms)
+        restore_consumer = AIOKafkaConsumer(**settings.kafka.client_kwargs(), enable_auto_commit=False)
+        try:
+            if not await self._until_connected(producer, restore_consumer):
+                return  # stopped before Kafka ever answered
+            await check_copartitioned(producer, self.topics)
+            normaliser = BatchLoop(
+                new_consumer(settings, f"{group}-normaliser"),
+                Normaliser(Outbox(producer), self.topics, self.tracer, f"{group}-normaliser"),
+                self.topics.webhooks_raw,
+                settings.ingest.batch_max_records,
+            )
+            dedupe_consumer = new_consumer(settings, f"{group}-dedupe")
+            deduper = BatchLoop(
+                dedupe_consumer,
+                Deduper(
+                    Outbox(producer),
+                    self.topics,
+                    self.tracer,
+                    f"{group}-dedupe",
+                    Restorer(restore_consumer, self.topics, tail_window=4 * settings.ingest.batch_max_records),
+                    committed=dedupe_consumer.committed,
+                    retention_ms=int(settings.ingest.state_retention_days * DAY_MS),
+                ),
+                self.topics.status_updates,
+                settings.ingest.batch_max_records,
+            )
+            self.loops = [normaliser, deduper]
+            for loop in self.loops:
+                await loop.start()
+            self._consumers_running = True
+            log.info("ingest_consumers_started", group=group)
+            lags = [
+                asyncio.create_task(track_lag(loop.consumer, name))
+                for loop, name in ((normaliser, f"{group}-normaliser"), (deduper, f"{group}-dedupe"))
+            ]
+            try:
+                await asyncio.gather(*(loop.run(self._stop) for loop in self.loops))
+            finally:
+                self._consumers_running = False
+                for task in lags:
+                    task.cancel()
+                await asyncio.gather(*lags, return_exceptions=True)
+        finally:
+            await producer.stop()
+            await restore_consumer.stop()
+
+    async def _until_connected(self, producer: AIOKafkaProducer, restore_consumer: AIOKafkaConsumer) -> bool:
+        """Create missing topics and connect, retrying until Kafka answers; False if stopped first."""
+        attempt = 0
+        pending = [producer, restore_consumer]
+        while not self._stop.is_set():
+            try:
+                with contextlib.suppress(KafkaError):  # no permission to create: they must exist
+                    await create_topics(self.settings.kafka)
+                while pending:
+                    await pending[0].start()
+                    pending.pop(0)
+                return True
+            except (KafkaError, OSError) as exc:
+                delay = _RETRY_SECONDS[min(attempt, len(_RETRY_SECONDS) - 1)]
+                log.warning("kafka_unreachable", retry_in_s=delay, error=str(exc))
+                attempt += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+        return False
+
+
+async def check_copartitioned(producer: AIOKafkaProducer, topics: TopicCatalog) -> None:
+    """The dedupe state of a wamid must live in the partition number its updates arrive on."""
+    names = (topics.status_updates, topics.status_state, topics.status_events)
+    counts = {name: len(await producer.partitions_for(name)) for name in names}
+    if len(set(counts.values())) != 1:
+        raise CoPartitioningError(
+            "status.updates, status.state and status.events must have the same partition count "
+            f"(they are co-partitioned by wamid); got {counts}"
+        )
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or `stop`); a failing component ends the process with its error."""
+    telemetry = setup(Stage.INGEST, settings)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread: caller stops us
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        async with Ingest(settings, telemetry) as ingest:
+            log.info("ingest_started", components=settings.ingest.components, port=ingest.port,
+                     ops_port=ingest.ops_port)
+            stopped = asyncio.create_task(stop.wait())
+            failed = asyncio.create_task(ingest.wait())
+            await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if failed.done():
+                failed.result()  # raises the component's error
+            failed.cancel()
+    finally:
+        for sig in signals:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+        log.info("ingest_stopped")

@@ -52,13 +52,20 @@ def local_targets(settings: Settings) -> list[ScrapeTarget]:
         # A stage bound to every interface is scraped on loopback.
         return f"{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"  # noqa: S104
 
+    # Ingest serves /metrics on its webhook port unless it runs the consumers alone (then on
+    # metrics_port); one process never serves both, so its counters are scraped once.
+    ingest_port = settings.ingest.metrics_port if _ingest_components(settings) == "consumers" else settings.ingest.port
     return [
         ScrapeTarget("delivery-api", at(settings.api.host, settings.api.port)),
         ScrapeTarget("delivery-sender", at(settings.sender.host, settings.sender.port)),
-        ScrapeTarget("delivery-ingest", at(settings.ingest.host, settings.ingest.port)),
-        ScrapeTarget("delivery-ingest", at(settings.ingest.host, settings.ingest.metrics_port)),
+        ScrapeTarget("delivery-ingest", at(settings.ingest.host, ingest_port)),
         ScrapeTarget("delivery-sandbox", at(settings.sandbox.host, settings.sandbox.port)),
     ]
+
+
+def _ingest_components(settings: Settings) -> str:
+    # `components` (all | receiver | consumers) arrives with the ingest stage's settings.
+    return str(getattr(settings.ingest, "components", "all"))
 
 
 def render_config(

@@ -85,8 +85,7 @@ class LocalStages:
             ScrapeTarget("delivery-api", at("api")),
             ScrapeTarget("delivery-api", at("api_no_kafka")),
             ScrapeTarget("delivery-sender", at("sender")),
-            ScrapeTarget("delivery-ingest", at("ingest")),
-            ScrapeTarget("delivery-ingest", at("ingest_metrics")),
+            ScrapeTarget("delivery-ingest", at("ingest")),  # receiver and consumers: one process, one port
             ScrapeTarget("delivery-sandbox", at("sandbox")),
         ]
 

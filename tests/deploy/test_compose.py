@@ -63,7 +63,6 @@ def test_ports_are_the_documented_defaults(services: dict[str, Any]) -> None:
     defaults = load_settings()
     assert _published(services["api"]) == {defaults.api.port} == {8080}
     assert _published(services["ingest"]) == {defaults.ingest.port} == {8081}
-    assert defaults.ingest.metrics_port in _container_ports(services["ingest"])
     assert _published(services["sandbox"]) == {defaults.sandbox.port} == {8090}
     assert "ports" not in services["sender"], "two replicas cannot publish the same host port"
     assert defaults.sender.port in _container_ports(services["sender"])
@@ -135,9 +134,7 @@ def test_compose_prometheus_scrapes_the_same_jobs_as_the_local_run() -> None:
     assert jobs["delivery-sender"]["dns_sd_configs"][0] == {
         "names": ["sender"], "type": "A", "port": defaults.sender.port, "refresh_interval": "15s",
     }
-    assert jobs["delivery-ingest"]["static_configs"][0]["targets"] == [
-        f"ingest:{defaults.ingest.port}", f"ingest:{defaults.ingest.metrics_port}",
-    ]
+    assert jobs["delivery-ingest"]["static_configs"][0]["targets"] == [f"ingest:{defaults.ingest.port}"]
     assert jobs["delivery-sandbox"]["static_configs"][0]["targets"] == [f"sandbox:{defaults.sandbox.port}"]
 
 

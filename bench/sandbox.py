@@ -8,6 +8,7 @@ A raw aiohttp client keeps `--in-flight` requests open against a server in its o
   baseline  a bare aiohttp app that sleeps the latency and returns a fixed answer (the floor)
   sandbox   the sandbox (validation, limits, send log, metrics), no webhooks
   webhooks  the sandbox posting sent/delivered/read webhooks to a receiver in a third process
+  starlette (with --stacks) the baseline's handler on uvicorn + Starlette, the stack not chosen
 The ceiling is in_flight / latency; the figures to compare across runs are the ratios.
 """
 
@@ -48,6 +49,28 @@ async def main():
     await site.start()
     print(runner.addresses[0][1], flush=True)
     await asyncio.Event().wait()
+uvloop.run(main())
+"""
+
+# The same bare handler on uvicorn + Starlette (h11: httptools is not installed), for `--stacks`.
+_STARLETTE = """
+import asyncio, sys, uvicorn, uvloop
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+ANSWER = b'{"messaging_product":"whatsapp","contacts":[{"input":"1","wa_id":"1"}],"messages":[{"id":"wamid.X"}]}'
+async def send(request):
+    await request.body()
+    await asyncio.sleep(float(sys.argv[1]))
+    return Response(ANSWER, media_type="application/json")
+app = Starlette(routes=[Route("/{version}/{number}/messages", send, methods=["POST"])])
+async def main():
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, access_log=False, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    print(server.servers[0].sockets[0].getsockname()[1], flush=True)
+    await task
 uvloop.run(main())
 """
 
@@ -161,6 +184,10 @@ async def run(args: argparse.Namespace) -> None:
     async with script_server(_BASELINE, str(latency)) as (port, pid):
         results.append(await drive("baseline", f"http://127.0.0.1:{port}{path}", pid, "x", args.in_flight,
                                    args.duration))
+    if args.stacks:
+        async with script_server(_STARLETTE, str(latency)) as (port, pid):
+            results.append(await drive("starlette", f"http://127.0.0.1:{port}{path}", pid, "x", args.in_flight,
+                                       args.duration))
 
     async with running_sandbox(in_subprocess=True, send_log_limit=100_000, **sandbox_settings) as sandbox:
         assert sandbox.pid is not None
@@ -173,7 +200,7 @@ async def run(args: argparse.Namespace) -> None:
               f"max in one second: {stats['numbers'][NUMBER]['max_accepted_per_second']}")
 
     if not args.skip_webhooks:
-        async with script_server(_RECEIVER) as (hook_port, hook_pid), running_sandbox(
+        async with script_server(_RECEIVER) as (hook_port, _), running_sandbox(
             in_subprocess=True, webhook_url=f"http://127.0.0.1:{hook_port}/hook", sent_after_ms=50,
             delivered_after_ms=150, read_after_ms=300, **sandbox_settings,
         ) as sandbox:
@@ -186,7 +213,6 @@ async def run(args: argparse.Namespace) -> None:
             statuses = sum(v for k, v in summary.items() if k.startswith("delivered_"))
             print(f"  webhooks: {statuses} statuses in {posts} posts "
                   f"({statuses / max(1, posts):.1f} per post), dropped {summary.get('dropped_events', 0)}")
-            del hook_pid
 
     ceiling = args.in_flight / latency
     base = results[0]
@@ -209,6 +235,8 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=400)
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--skip-webhooks", action="store_true")
+    parser.add_argument("--stacks", action="store_true",
+                        help="also measure the bare handler on uvicorn + Starlette (how the stack was chosen)")
     uvloop.run(run(parser.parse_args()))
 
 

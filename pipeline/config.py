@@ -228,8 +228,8 @@ class IngestSettings(_Group):
 
 
 class SandboxSettings(_Group):
-    """The local Graph API stand-in (docs/sandbox.md). Every field but host/port can also be changed at
-    run time through `PATCH /_sandbox/config`."""
+    """The local Graph API stand-in (docs/sandbox.md). Every field but host, port and webhook_concurrency
+    can also be changed at run time through `PATCH /_sandbox/config`."""
 
     model_config = SettingsConfigDict(env_prefix="SANDBOX_")
 

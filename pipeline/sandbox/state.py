@@ -33,7 +33,7 @@ from pipeline.sandbox.webhooks import WebhookDispatcher
 
 OUTAGE_MODES = ("error", "timeout", "disconnect")
 ALL_NUMBERS = "*"
-_FIXED = frozenset({"host", "port"})  # only read at start-up
+_FIXED = frozenset({"host", "port", "webhook_concurrency"})  # only read at start-up
 
 
 class SendRecord(NamedTuple):

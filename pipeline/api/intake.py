@@ -1,0 +1,157 @@
+"""From a caller's JSON to a `SendRequest`, or to every reason it cannot be one.
+
+    intake = Intake(settings)
+    result = intake.admit(data, idempotency_key=header, now=utcnow())
+    if isinstance(result, Rejection): ...    # status 422, one FieldError per problem
+    else: result.request                     # sanitised, defaults filled, accepted_at set
+
+Sanitation happens before validation, so limits apply to what is actually sent: control characters
+(other than tab and line breaks) are removed from every string, and the operator's forbidden-content
+patterns are checked against every text under `message`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, get_args
+
+import orjson
+from pydantic import ValidationError
+
+from pipeline.config import Settings
+from pipeline.contracts import FieldError, MessageBody, SendRequest, field_errors
+
+# C0 and C1 control characters except \t \n \r, which text bodies legitimately contain.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+MESSAGE_TYPES: frozenset[str] = frozenset(
+    model.model_fields["type"].default for model in get_args(get_args(MessageBody)[0])
+)
+"""Every `message.type` the contract knows; anything else is reported as `unknown` in metrics."""
+
+
+_STAMPED = frozenset({"accepted_at", "idempotency_key"})
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why an item was not accepted; `status` is the HTTP status it maps to."""
+
+    status: int
+    code: str
+    message: str
+    fields: list[FieldError] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Admitted:
+    request: SendRequest
+    stamped: frozenset[str]
+    """Fields the API filled in rather than the caller."""
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies what the caller asked for (for idempotency): the request minus what the API stamped."""
+        return fingerprint(self.request, exclude=set(self.stamped))
+
+
+def message_type_label(data: Any) -> str:
+    """A bounded metric label from untrusted input."""
+    message = data.get("message") if isinstance(data, dict) else None
+    kind = message.get("type") if isinstance(message, dict) else None
+    return kind if isinstance(kind, str) and kind in MESSAGE_TYPES else "unknown"
+
+
+def strip_controls(value: Any) -> Any:
+    """A copy of a JSON value with control characters removed from every string in it."""
+    if isinstance(value, str):
+        return _CONTROL.sub("", value) if _CONTROL.search(value) else value
+    if isinstance(value, dict):
+        return {k: strip_controls(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [strip_controls(v) for v in value]
+    return value
+
+
+class Intake:
+    def __init__(self, settings: Settings) -> None:
+        self._default_phone_number_id = settings.whatsapp.phone_number_id
+        self._forbidden = [re.compile(p) for p in settings.api.forbidden_patterns]
+
+    def admit(self, data: Any, *, idempotency_key: str | None, now: datetime) -> Admitted | Rejection:
+        if not isinstance(data, dict):
+            return invalid([FieldError(field="(body)", rule="model_type", message="must be a JSON object")])
+        data = strip_controls(data)
+        problems = self._forbidden_content(data.get("message"), "message")
+
+        if idempotency_key is not None:
+            given = data.get("idempotency_key")
+            if given is not None and given != idempotency_key:
+                problems.append(
+                    FieldError(
+                        field="idempotency_key",
+                        rule="idempotency_key_mismatch",
+                        message="differs from the Idempotency-Key header; send one or make them equal",
+                    )
+                )
+            data["idempotency_key"] = idempotency_key
+        if data.get("phone_number_id") is None:
+            if self._default_phone_number_id is None:
+                problems.append(
+                    FieldError(
+                        field="phone_number_id",
+                        rule="missing",
+                        message="required: the request names no business number and the API has no default "
+                        "(WHATSAPP_PHONE_NUMBER_ID)",
+                    )
+                )
+            else:
+                data["phone_number_id"] = self._default_phone_number_id
+        stamped = _STAMPED if data.get("request_id") is not None else _STAMPED | {"request_id"}
+        # The API is where the request enters the pipeline, so it is the one that accepts it.
+        data["accepted_at"] = now
+        try:
+            request = SendRequest.model_validate(data)
+        except ValidationError as exc:
+            return invalid([*field_errors(exc, data), *problems])
+        if problems:
+            return invalid(problems)
+        return Admitted(request=request, stamped=stamped)
+
+    def _forbidden_content(self, value: Any, path: str) -> list[FieldError]:
+        if not self._forbidden:
+            return []
+        if isinstance(value, str):
+            for number, pattern in enumerate(self._forbidden, start=1):
+                if pattern.search(value):
+                    return [
+                        FieldError(
+                            field=path,
+                            rule="forbidden_content",
+                            message=f"matches forbidden content pattern #{number} of this API",
+                        )
+                    ]
+            return []
+        if isinstance(value, dict):
+            return [e for k, v in value.items() if k != "type" for e in self._forbidden_content(v, f"{path}.{k}")]
+        if isinstance(value, list):
+            return [e for i, v in enumerate(value) for e in self._forbidden_content(v, f"{path}[{i}]")]
+        return []
+
+
+def fingerprint(request: SendRequest, exclude: set[str]) -> str:
+    canonical = orjson.dumps(request.model_dump(mode="json", exclude=exclude), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()[:32]
+
+
+def invalid(problems: list[FieldError]) -> Rejection:
+    count = len(problems)
+    return Rejection(
+        status=422,
+        code="invalid_request",
+        message=f"{count} problem{'s' if count != 1 else ''} with the request; see `fields`",
+        fields=problems,
+    )

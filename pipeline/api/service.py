@@ -1,0 +1,211 @@
+"""What the API does with the items of a request, apart from HTTP.
+
+    service = ApiService(settings, telemetry)
+    await service.start(); ...; await service.stop()
+    outcomes = await service.submit(api_key, [item, ...], idempotency_keys=[key_or_None, ...])
+    # one Accepted or Rejection per item, in order
+
+Order of checks per item: sanitation and validation (422), the key's permission for the business
+number (403), the idempotency key (replay, 409, 422), then Kafka (202 only after the broker's
+acknowledgement, else 503). Valid items are published together, so a batch costs one produce round
+trip however many of its items are rejected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.api.auth import ApiKeys
+from pipeline.api.idempotency import Conflict, IdempotencyStore, Owner, Replay, scope_of
+from pipeline.api.intake import Admitted, Intake, Rejection, invalid, message_type_label
+from pipeline.api.publisher import Publisher, Unavailable
+from pipeline.config import ApiKey, Settings
+from pipeline.contracts import ApiOutcome, FieldError, utcnow
+from pipeline.observability import Telemetry, get_logger
+from pipeline.observability import metrics as m
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    request_id: str
+    accepted_at: str
+    phone_number_id: str
+    replayed: bool = False
+
+
+Outcome = Accepted | Rejection
+
+
+class ApiService:
+    def __init__(self, settings: Settings, telemetry: Telemetry) -> None:
+        self.settings = settings
+        self.keys = ApiKeys(settings.api.api_keys())
+        self.intake = Intake(settings)
+        self.publisher = Publisher(settings, telemetry.tracer_provider)
+        self.idempotency = IdempotencyStore(settings, self.publisher)
+        self._retry_after = settings.api.retry_after_seconds
+
+    async def start(self) -> None:
+        await self.publisher.start()
+        await self.idempotency.start()
+
+    async def stop(self) -> None:
+        await self.idempotency.stop()
+        await self.publisher.stop()
+
+    async def ready(self) -> bool:
+        return self.idempotency.ready and await self.publisher.connected()
+
+    # --- rejections -------------------------------------------------------------------------------
+
+    def unavailable(self) -> Rejection:
+        return Rejection(
+            status=503,
+            code="unavailable",
+            message="Kafka did not acknowledge the message in time, so it was not accepted; "
+            f"retry after {self._retry_after} s (with the same Idempotency-Key to stay safe)",
+        )
+
+    def in_progress(self) -> Rejection:
+        return Rejection(
+            status=409,
+            code="idempotency_key_in_progress",
+            message="a request with this Idempotency-Key is still being processed; "
+            f"retry after {self._retry_after} s to get its result",
+        )
+
+    # --- submitting -------------------------------------------------------------------------------
+
+    async def submit(
+        self, key: ApiKey, items: Sequence[Any], idempotency_keys: Sequence[str | None]
+    ) -> list[Outcome]:
+        now = utcnow()
+        outcomes: list[Outcome | None] = [None] * len(items)
+        admitted: dict[int, Admitted] = {}
+        scopes: dict[str, int] = {}
+        for index, (item, idempotency_key) in enumerate(zip(items, idempotency_keys, strict=True)):
+            result = self.intake.admit(item, idempotency_key=idempotency_key, now=now)
+            if isinstance(result, Rejection):
+                outcomes[index] = result
+                continue
+            request = result.request
+            phone_number_id = request.phone_number_id or ""
+            if not key.allows(phone_number_id):
+                outcomes[index] = Rejection(
+                    status=403,
+                    code="forbidden",
+                    message=f"this API key may not send from phone_number_id {phone_number_id}",
+                )
+                continue
+            if request.idempotency_key is not None:
+                scope = scope_of(phone_number_id, request.idempotency_key)
+                if scope in scopes:
+                    outcomes[index] = invalid([_duplicate_key(scopes[scope])])
+                    continue
+                scopes[scope] = index
+            admitted[index] = result
+
+        owners = await self._claim(admitted, outcomes)
+        to_publish = [i for i in admitted if outcomes[i] is None]
+        await self._publish(to_publish, admitted, owners, outcomes)
+
+        final = [o if o is not None else self.unavailable() for o in outcomes]
+        for item, outcome in zip(items, final, strict=True):
+            self.count(outcome, message_type_label(item))
+        return final
+
+    async def _claim(self, admitted: dict[int, Admitted], outcomes: list[Outcome | None]) -> dict[int, Owner]:
+        keyed = [i for i, a in admitted.items() if a.request.idempotency_key is not None]
+        if not keyed:
+            return {}
+
+        async def claim(index: int) -> Replay | Conflict | Owner | Rejection:
+            request = admitted[index].request
+            scope = scope_of(request.phone_number_id or "", request.idempotency_key or "")
+            try:
+                return await self.idempotency.claim(scope, admitted[index].fingerprint, request.request_id)
+            except Unavailable:
+                return self.unavailable()
+
+        owners: dict[int, Owner] = {}
+        for index, decision in zip(keyed, await asyncio.gather(*(claim(i) for i in keyed)), strict=True):
+            phone_number_id = admitted[index].request.phone_number_id or ""
+            match decision:
+                case Owner():
+                    owners[index] = decision
+                case Replay(request_id=request_id, accepted_at=accepted_at):
+                    outcomes[index] = Accepted(request_id, accepted_at, phone_number_id, replayed=True)
+                case Conflict(reason="mismatch"):
+                    outcomes[index] = invalid([_reused_key()])
+                case Conflict():
+                    outcomes[index] = self.in_progress()
+                case Rejection():
+                    outcomes[index] = decision
+        return owners
+
+    async def _publish(
+        self,
+        indexes: list[int],
+        admitted: dict[int, Admitted],
+        owners: dict[int, Owner],
+        outcomes: list[Outcome | None],
+    ) -> None:
+        if not indexes:
+            return
+        requests = [admitted[i].request for i in indexes]
+        try:
+            durable = await self.publisher.publish(requests)
+        except Unavailable:
+            durable = [False] * len(requests)
+        if not all(durable):
+            log.warning("kafka_not_acknowledged", messages=len(requests), acknowledged=sum(durable))
+        settle = []
+        for index, request, ok in zip(indexes, requests, durable, strict=True):
+            accepted_at = _rfc3339(request.accepted_at)
+            if ok:
+                outcomes[index] = Accepted(request.request_id, accepted_at, request.phone_number_id or "")
+            if index in owners:
+                owner = owners[index]
+                settle.append(self.idempotency.accept(owner, accepted_at) if ok else self.idempotency.release(owner))
+        await asyncio.gather(*settle)
+
+    @staticmethod
+    def count(outcome: Outcome, message_type: str) -> None:
+        m.API_REQUESTS.labels(outcome=api_outcome(outcome), message_type=message_type).inc()
+
+
+def api_outcome(outcome: Outcome) -> ApiOutcome:
+    if isinstance(outcome, Accepted):
+        return ApiOutcome.DUPLICATE if outcome.replayed else ApiOutcome.ACCEPTED
+    if outcome.status in (401, 403):
+        return ApiOutcome.UNAUTHORIZED
+    if outcome.status == 503:
+        return ApiOutcome.UNAVAILABLE
+    if outcome.status == 409:
+        return ApiOutcome.DUPLICATE
+    return ApiOutcome.INVALID
+
+
+def _rfc3339(value: Any) -> str:
+    return str(value.isoformat().replace("+00:00", "Z"))
+
+
+def _reused_key() -> FieldError:
+    return FieldError(
+        field="idempotency_key",
+        rule="idempotency_key_reused",
+        message="was already used for a different request within the idempotency window",
+    )
+
+
+def _duplicate_key(first: int) -> FieldError:
+    return FieldError(
+        field="idempotency_key",
+        rule="duplicate_in_batch",
+        message=f"the same idempotency key is used by item {first} of this batch",
+    )

@@ -1,0 +1,47 @@
+"""SendRequest → the JSON body of `POST /{version}/{phone_number_id}/messages`.
+
+    message_payload(request, callback_data="req_01J…|00-…")
+    # {"messaging_product": "whatsapp", "recipient_type": "individual", "to": "16505551234",
+    #  "type": "text", "text": {"body": "hi", "preview_url": false}, "biz_opaque_callback_data": "…"}
+
+Thin on purpose: message bodies already mirror Meta's JSON (pipeline/contracts/bodies.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.contracts import SendRequest
+
+# Meta's documented limit for `biz_opaque_callback_data`.
+MAX_CALLBACK_DATA = 512
+
+MEDIA_TYPES = frozenset({"image", "video", "document", "audio", "sticker"})
+
+
+def message_payload(request: SendRequest, callback_data: str | None = None) -> dict[str, Any]:
+    if callback_data is not None and len(callback_data) > MAX_CALLBACK_DATA:
+        raise ValueError(
+            f"callback_data: biz_opaque_callback_data must be at most {MAX_CALLBACK_DATA} characters; "
+            f"got {len(callback_data)}"
+        )
+    payload: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": request.to.removeprefix("+"),  # Meta's wire format: E.164 digits without the +
+    }
+    payload.update(request.message.model_dump(mode="json", exclude_none=True))
+    if request.reply_to is not None:
+        payload["context"] = {"message_id": request.reply_to}
+    if callback_data:
+        payload["biz_opaque_callback_data"] = callback_data
+    return payload
+
+
+def with_media_id(payload: dict[str, Any], media_id: str) -> dict[str, Any]:
+    """The payload with its media (image, video, …) pointing at an uploaded id instead of id/link."""
+    kind = payload.get("type")
+    if kind not in MEDIA_TYPES:
+        raise ValueError(f"message.type: must be one of {', '.join(sorted(MEDIA_TYPES))} to attach media; got {kind!r}")
+    media = {k: v for k, v in payload[kind].items() if k not in ("id", "link")}
+    return {**payload, kind: {"id": media_id, **media}}

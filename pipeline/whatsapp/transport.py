@@ -1,0 +1,132 @@
+"""An httpx transport on aiohttp's connection pool, with errors that say whether the request left.
+
+    transport = AiohttpTransport(max_connections=400)
+    await transport.handle_async_request(httpx.Request("POST", url, content=body))
+
+Why not httpx's own transport: at 50-400 requests in flight its pool cost 20-90x the CPU per call
+of raw aiohttp and stalled (bench/client.py; docs/whatsapp.md). Why not `httpx-aiohttp`'s transport:
+it maps every `aiohttp.ClientConnectionError` (a disconnect *after* the request was sent included) to
+`httpx.ConnectTimeout`, which would hide a possible duplicate send, and its streamed responses cost
+more per call than reading these small JSON bodies whole. This one is the same idea in ~80 lines:
+whole bodies, precise errors, env proxies resolved once per host rather than on every request.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import aiohttp
+import httpx
+import yarl
+from aiohttp.helpers import get_env_proxy_for_url
+
+# Meta's edge and most servers (uvicorn: 5 s) drop idle keep-alive connections after a few seconds.
+# A POST on a connection the server has just closed fails with a disconnect that looks exactly like
+# "Meta may have sent it" (aiohttp never retries a POST), so idle connections are dropped first.
+KEEPALIVE_EXPIRY_SECONDS = 4.0
+
+_Proxy = tuple[yarl.URL, aiohttp.BasicAuth | None] | None
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """One pool per process, opened lazily inside the running loop. Reads each response whole:
+    meant for API calls, not for streaming large downloads. httpx's write timeout is not enforced
+    (aiohttp has none); connect, read and pool timeouts are."""
+
+    def __init__(
+        self,
+        max_connections: int = 400,
+        *,
+        keepalive_expiry: float = KEEPALIVE_EXPIRY_SECONDS,
+        verify: ssl.SSLContext | bool = True,
+        trust_env: bool = True,
+    ) -> None:
+        self._max_connections = max_connections
+        self._keepalive_expiry = keepalive_expiry
+        self._ssl = httpx.create_ssl_context(verify=verify) if verify is not False else False
+        self._trust_env = trust_env
+        self._proxies: dict[tuple[str, str], _Proxy] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections, keepalive_timeout=self._keepalive_expiry, ttl_dns_cache=300, ssl=self._ssl
+        )
+        # No cookie jar (the Graph API sets none we need); bodies decoded by httpx, as it expects.
+        self._session = aiohttp.ClientSession(
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False
+        )
+        return self._session
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        session = self._session or self._open()
+        timeouts = request.extensions.get("timeout", {})
+        url = yarl.URL(str(request.url), encoded=True)
+        proxy, proxy_auth = self._proxy_for(url) or (None, None)
+        try:
+            content = request.content
+        except httpx.RequestNotRead:
+            content = await request.aread()
+        try:
+            async with session.request(
+                request.method,
+                url,
+                headers=request.headers.multi_items(),
+                data=content or None,
+                allow_redirects=False,
+                proxy=proxy,
+                proxy_auth=proxy_auth,
+                timeout=aiohttp.ClientTimeout(
+                    connect=timeouts.get("pool"), sock_connect=timeouts.get("connect"), sock_read=timeouts.get("read")
+                ),
+            ) as response:
+                body = await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _httpx_error(exc, request) from exc
+        return httpx.Response(
+            response.status,
+            headers=response.raw_headers,
+            content=body,
+            request=request,
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": (response.reason or "").encode()},
+        )
+
+    def _proxy_for(self, url: yarl.URL) -> _Proxy:
+        if not self._trust_env:
+            return None
+        key = (url.scheme, url.host or "")
+        if key not in self._proxies:
+            try:
+                self._proxies[key] = get_env_proxy_for_url(url)  # HTTP(S)_PROXY, NO_PROXY, .netrc
+            except LookupError:
+                self._proxies[key] = None
+        return self._proxies[key]
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _httpx_error(exc: BaseException, request: httpx.Request) -> httpx.TransportError:
+    """The httpx error that means what aiohttp's does, keeping "before" and "after sending" apart."""
+    mapped: type[httpx.TransportError]
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        mapped = httpx.ConnectTimeout  # aiohttp's "connect" covers waiting for a pool slot too
+    elif isinstance(exc, aiohttp.ClientProxyConnectionError | aiohttp.ClientHttpProxyError):
+        mapped = httpx.ProxyError
+    elif isinstance(exc, aiohttp.ClientConnectorError | aiohttp.InvalidURL):
+        mapped = httpx.ConnectError
+    elif isinstance(exc, TimeoutError):  # ServerTimeoutError (sock_read) included
+        mapped = httpx.ReadTimeout
+    elif isinstance(exc, aiohttp.ServerDisconnectedError):
+        mapped = httpx.RemoteProtocolError
+    else:
+        # A reset, a broken pipe, a truncated body: aiohttp writes through a buffer, so a failed write
+        # surfaces here too and cannot be told from a failed read. Assume the request may have arrived.
+        mapped = httpx.ReadError
+    return mapped(str(exc) or type(exc).__name__, request=request)
+
+
+def aiohttp_transport(max_connections: int = 400) -> httpx.AsyncBaseTransport:
+    return AiohttpTransport(max_connections)

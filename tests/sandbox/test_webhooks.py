@@ -245,7 +245,13 @@ async def test_webhook_verification_handshake(hooked: Graph, receiver: WebhookRe
     assert (wrong["verified"], wrong["status"]) == (False, 403)
 
 
-async def test_webhook_url_can_be_set_at_run_time(receiver: WebhookReceiver, graph: Graph) -> None:
-    await graph.sandbox.control.configure(webhook_url=receiver.url, **FAST)
-    await graph.send(text_body())
-    assert [s["status"] for s in await receiver.wait_statuses(3)] == ["sent", "delivered", "read"]
+async def test_webhook_url_can_be_set_at_run_time(receiver: WebhookReceiver, http: aiohttp.ClientSession) -> None:
+    async with running_sandbox(webhook_concurrency=1) as sandbox:
+        graph = Graph(sandbox, http)
+        await graph.send(text_body())  # no URL yet: no webhooks for this one
+        await sandbox.control.configure(webhook_url=receiver.url, **{k: v for k, v in FAST.items()
+                                                                      if k != "webhook_concurrency"})
+        await graph.send(text_body(request_id="after"))
+        statuses = await receiver.wait_statuses(3)
+        assert [s["status"] for s in statuses] == ["sent", "delivered", "read"]
+        assert {s["biz_opaque_callback_data"] for s in statuses} == {"after"}

@@ -169,7 +169,7 @@ def test_dashboard_provider_points_at_the_mounted_folder() -> None:
     doc = _yaml(PROVISIONING / "dashboards" / "delivery.yml")
     (provider,) = doc["providers"]
     assert provider["type"] == "file"
-    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+    assert provider["options"]["path"] == "/etc/grafana/dashboards"
 
 
 # --- every expression parses ----------------------------------------------------------------------

@@ -43,7 +43,9 @@ def create_app(settings: SandboxSettings, *, rng: random.Random | None = None) -
 
     app.cleanup_ctx.append(dispatcher)
     # Control and ops routes first: "/{version}/{object_id}" would otherwise swallow "/_sandbox/stats".
-    app.add_routes([web.get("/metrics", _metrics), web.get("/healthz", _healthz), *control.routes()])
+    app.add_routes([
+        web.get("/metrics", _metrics), web.get("/healthz", _healthz), web.get("/readyz", _healthz), *control.routes()
+    ])
     app.add_routes(graph.routes())
     return app
 

@@ -13,7 +13,13 @@ from typing import Any
 
 
 def sign(app_secret: str, raw: bytes) -> str:
+    """The `X-Hub-Signature-256` header value."""
     return "sha256=" + hmac.new(app_secret.encode(), raw, hashlib.sha256).hexdigest()
+
+
+def sign_sha1(app_secret: str, raw: bytes) -> str:
+    """The legacy `X-Hub-Signature` header Meta still sends beside the SHA-256 one."""
+    return "sha1=" + hmac.new(app_secret.encode(), raw, hashlib.sha1).hexdigest()
 
 
 def envelope(waba_id: str, values: list[dict[str, Any]]) -> dict[str, Any]:

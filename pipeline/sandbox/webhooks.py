@@ -170,9 +170,11 @@ class WebhookDispatcher:
             return
         if not delivery.body:
             delivery.body = orjson.dumps(payloads.envelope(settings.waba_id, [delivery.value]))
+        secret = settings.app_secret.get_secret_value()
         headers = {
             "Content-Type": "application/json",
-            "X-Hub-Signature-256": payloads.sign(settings.app_secret.get_secret_value(), delivery.body),
+            "X-Hub-Signature-256": payloads.sign(secret, delivery.body),
+            "X-Hub-Signature": payloads.sign_sha1(secret, delivery.body),
         }
         started = time.time()
         try:

@@ -32,6 +32,8 @@ def text_body(to: str = USER, body: str = "hello", request_id: str | None = "req
 class Received:
     raw: bytes
     signature: str | None
+    sha1_signature: str | None = None
+    user_agent: str | None = None
 
     def json(self) -> dict[str, Any]:
         parsed: dict[str, Any] = orjson.loads(self.raw)
@@ -80,7 +82,9 @@ async def receiver() -> AsyncIterator[WebhookReceiver]:
             state.fail_next -= 1
             state.failed += 1
             return web.Response(status=500)
-        state.posts.append(Received(raw, request.headers.get("X-Hub-Signature-256")))
+        headers = request.headers
+        state.posts.append(Received(raw, headers.get("X-Hub-Signature-256"), headers.get("X-Hub-Signature"),
+                                    headers.get("User-Agent")))
         state.arrived.set()
         return web.Response(status=200)
 

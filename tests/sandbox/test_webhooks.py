@@ -85,6 +85,9 @@ async def test_a_wrong_secret_does_not_verify(hooked: Graph, receiver: WebhookRe
     wrong = "sha256=" + hmac.new(b"not-the-secret", post.raw, hashlib.sha256).hexdigest()
     assert not hmac.compare_digest(wrong, post.signature)
     assert not verifies(hooked.sandbox, post.raw + b" ", post.signature)
+    legacy = "sha1=" + hmac.new(hooked.sandbox.app_secret.encode(), post.raw, hashlib.sha1).hexdigest()
+    assert post.sha1_signature == legacy
+    assert post.user_agent == "facebookexternalua"
 
 
 async def test_template_pricing_is_billable_and_service_replies_are_free(

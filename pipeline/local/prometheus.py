@@ -147,6 +147,7 @@ class PrometheusServer:
                     f"--storage.tsdb.retention.time={self.retention}",
                     f"--web.listen-address=127.0.0.1:{self.port}",
                     "--web.enable-lifecycle",
+                    "--enable-feature=exemplar-storage",  # the stages' trace_id exemplars
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -242,6 +243,10 @@ def start_local_prometheus(settings: Settings, workdir: Path) -> tuple[subproces
     port = DEFAULT_PORT if _port_free(DEFAULT_PORT) else free_port()
     server = PrometheusServer(workdir, local_targets(settings), port=port)
     server.start()
-    server.wait_ready()
+    try:
+        server.wait_ready()
+    except PrometheusError:
+        server.stop()  # leave no orphan; the error names the log with Prometheus' own words
+        raise
     assert server.process is not None
     return server.process, server.url

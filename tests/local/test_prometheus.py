@@ -131,3 +131,18 @@ def test_start_local_prometheus_takes_another_port_when_the_default_is_busy(
     finally:
         process.terminate()
         process.wait(timeout=15)
+
+
+@needs_prometheus
+def test_a_rule_file_prometheus_rejects_is_reported_with_its_log(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("groups:\n  - name: x\n    rules:\n      - alert: Broken\n        expr: sum(rate(x[1m])\n")
+    server = PrometheusServer(tmp_path / "prom", [], rule_files=[bad], scrape_interval="1s")
+    server.start()
+    try:
+        with pytest.raises(PrometheusError, match="exited") as raised:
+            server.wait_ready(timeout=30)
+        assert str(server.log_file) in str(raised.value)
+        assert "parse error" in server.log_file.read_text()
+    finally:
+        server.stop()

@@ -45,6 +45,7 @@ def _json(body: Any, status: int = 200) -> web.Response:
 async def _answer(state: SandboxState, endpoint: str, error: GraphError, delay: float) -> web.Response:
     state.count(endpoint, outcome_of(error.code), error.code)
     if delay > 0:
+        state.metrics.delay.observe(delay)
         await asyncio.sleep(delay)
     return _json(error.body(), error.status)
 

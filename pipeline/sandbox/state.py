@@ -55,7 +55,7 @@ class SendRecord(NamedTuple):
 
 @dataclass(slots=True)
 class NumberStats:
-    requests: SlidingWindow  # every /messages request that passed the token check
+    requests: SlidingWindow  # every /messages request with a valid body, whatever its answer
     accepted: SlidingWindow  # those answered 200
     accepted_metric: Any  # the number's child of sandbox_accepted_messages_total, bound once
 

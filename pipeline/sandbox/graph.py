@@ -1,6 +1,7 @@
 """The Graph API endpoints the pipeline uses, answered the way Meta answers them.
 
     POST   /{version}/{phone_number_id}/messages   JSON send body -> {"messaging_product", "contacts", "messages"}
+                                                   (or {"status": "read", "message_id"} -> {"success": true})
     POST   /{version}/{phone_number_id}/media      multipart file, type, messaging_product -> {"id"}
     GET    /{version}/{object_id}                  a business number's details (or an uploaded media item)
     DELETE /{version}/{media_id}                   forget an upload
@@ -23,7 +24,7 @@ from pipeline.sandbox.errors import GraphError
 from pipeline.sandbox.metrics import outcome_of
 from pipeline.sandbox.scenarios import Answer, scenario_for
 from pipeline.sandbox.state import SandboxState
-from pipeline.sandbox.validation import check_send_body
+from pipeline.sandbox.validation import check_mark_read, check_send_body
 
 log = logging.getLogger(__name__)
 STATE: web.AppKey[SandboxState] = web.AppKey("sandbox_state", SandboxState)
@@ -95,6 +96,11 @@ async def send_message(request: web.Request) -> web.StreamResponse:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise GraphError(100, "the request body must be JSON") from None
+        if isinstance(body, dict) and "status" in body:
+            check_mark_read(body)
+            state.count("messages", "marked_read")
+            await asyncio.sleep(state.latency())
+            return _json({"success": True})
         message = check_send_body(body)
         scenario = scenario_for(message.wa_id)
         wamid = state.accept(number, message, scenario, asyncio.get_running_loop().time())

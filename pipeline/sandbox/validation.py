@@ -72,6 +72,15 @@ def check_send_body(body: Any) -> Message:
     )
 
 
+def check_mark_read(body: dict[str, Any]) -> None:
+    """`{"messaging_product": "whatsapp", "status": "read", "message_id": "wamid…"}` marks an inbound message read."""
+    if body.get("messaging_product") != "whatsapp":
+        raise GraphError(100, "The parameter messaging_product is required and must be 'whatsapp'.")
+    if body["status"] != "read":
+        raise GraphError(100, "Param status must be 'read'")
+    _text(_field(body, "message_id", ""), "message_id", 512)
+
+
 class _Found:
     def __init__(self) -> None:
         self.media_ids: list[str] = []

@@ -226,3 +226,11 @@ async def test_rejected_sends_are_not_logged_and_accepted_ones_are_in_order(grap
     assert all(s["phone_number_id"] == NUMBER and s["at"] > 0 for s in sends)
     stats = await graph.sandbox.control.stats()
     assert stats["received"]["messages"] == {"accepted": 3, "invalid": 1}
+
+
+async def test_marking_an_inbound_message_read(graph: Graph) -> None:
+    body = {"messaging_product": "whatsapp", "status": "read", "message_id": "wamid.INBOUND"}
+    assert await graph.send(body) == (200, {"success": True})
+    status, answer = await graph.send({**body, "message_id": None})
+    assert (status, answer["error"]["code"]) == (400, 131008)
+    assert await graph.sandbox.control.sends() == []  # not a message sent

@@ -284,6 +284,7 @@ class WhatsAppClient:
             request.headers["traceparent"] = traceparent
         try:
             response = await self._transport.handle_async_request(request)
+            response.request = request  # transports need not set it (httpx.AsyncClient would)
             try:
                 await response.aread()
             finally:

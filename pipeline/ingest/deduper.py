@@ -105,7 +105,8 @@ class Deduper:
         part = await self.restorer.restore(tp.partition, committed)
         self.partitions[tp] = part
         log.info("state_restored", partition=tp.partition, committed=committed, messages=len(part.states),
-                 replayed_events=len(part.emitted), duration_ms=round((time.monotonic() - started) * 1000))
+                 rolled_back=part.rolled_back, already_emitted=len(part.emitted),
+                 duration_ms=round((time.monotonic() - started) * 1000))
         return part
 
     async def _one(self, tp: TopicPartition, part: PartitionState, record: Any, now_ms: int) -> None:

@@ -76,11 +76,11 @@ class RawWebhookWriter:
     def ready(self) -> bool:
         return self.producer is not None and not self._down
 
-    async def wait_connected(self, timeout: float) -> bool:
+    async def wait_connected(self, seconds: float) -> bool:
         """Give the first connection a moment before listening, so a fresh start does not answer 503."""
         if self._connecting is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._connecting), timeout)
+                await asyncio.wait_for(asyncio.shield(self._connecting), seconds)
         return self.producer is not None
 
     async def _connect(self) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from pipeline.config import Settings
 from pipeline.contracts import DeliveryStatus
 from pipeline.ingest.state import MessageState
 from pipeline.topics import TopicCatalog
@@ -36,12 +37,24 @@ class RestoreError(RuntimeError):
     pass
 
 
+def new_restore_consumer(settings: Settings) -> AIOKafkaConsumer:
+    """No group (assigned by hand, never commits), and short fetch waits: a restore reads one partition
+    to its end and then moves on, so a fetch long-polling at the end only delays the next one."""
+    return AIOKafkaConsumer(
+        **settings.kafka.client_kwargs(),
+        enable_auto_commit=False,
+        fetch_max_wait_ms=10,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+
+
 @dataclass
 class PartitionState:
     states: dict[str, MessageState] = field(default_factory=dict)
     # Events already on status.events from offsets ≥ the committed one; emptied once passed.
     emitted: set[tuple[str, DeliveryStatus]] = field(default_factory=set)
     emitted_until: int = -1  # highest source offset among `emitted`
+    rolled_back: int = 0  # states that held uncommitted work (for the restore's log line)
 
 
 class Restorer:
@@ -68,9 +81,12 @@ class Restorer:
                 states[key] = MessageState.from_json(record.value)
         for key, state in list(states.items()):
             kept = state.rolled_back(committed)
+            if kept is state:
+                continue
+            part.rolled_back += 1
             if kept is None:
                 del states[key]
-            elif kept is not state:
+            else:
                 states[key] = kept
 
     async def _read_emitted(self, tp: TopicPartition, committed: int, part: PartitionState) -> None:

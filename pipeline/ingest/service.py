@@ -27,7 +27,7 @@ from pipeline.ingest.consumer import BatchLoop, Outbox, new_consumer, new_produc
 from pipeline.ingest.deduper import Deduper
 from pipeline.ingest.normaliser import Normaliser
 from pipeline.ingest.receiver import RawWebhookWriter, WebhookApp, app_secret_of
-from pipeline.ingest.restore import Restorer
+from pipeline.ingest.restore import Restorer, new_restore_consumer
 from pipeline.observability import OpsServer, Telemetry, get_logger, setup, track_lag, uvicorn_config
 from pipeline.topics import TopicCatalog, create_topics
 
@@ -129,7 +129,7 @@ class Ingest:
         settings = self.settings
         group = settings.ingest.group_id
         producer = new_producer(settings, settings.ingest.linger_ms)
-        restore_consumer = AIOKafkaConsumer(**settings.kafka.client_kwargs(), enable_auto_commit=False)
+        restore_consumer = new_restore_consumer(settings)
         try:
             if not await self._until_connected(producer, restore_consumer):
                 return  # stopped before Kafka ever answered

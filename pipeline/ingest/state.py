@@ -49,8 +49,9 @@ class Outcome(StrEnum):
 @dataclass(slots=True)
 class Seen:
     timestamp: int  # epoch seconds, as Meta reported (an implied status: its implier's)
-    source_offset: int  # the status.updates offset that established this entry
+    source_offset: int  # the status.updates offset that made this entry what it is now
     implied: bool = False
+    implied_offset: int | None = None  # where it was first implied, if it was: a rollback may return there
 
 
 @dataclass(slots=True)
@@ -84,13 +85,14 @@ class MessageState:
         self.updated_ms = now_ms
         if seen is not None or DeliveryStatus.FAILED in self.statuses or not self._ahead(status):
             # The real update of an implied status, or anything after failed: record, never emit.
-            self.statuses[status] = Seen(timestamp, source_offset)
+            implied_offset = seen.source_offset if seen is not None else None
+            self.statuses[status] = Seen(timestamp, source_offset, implied_offset=implied_offset)
             return Decision(Outcome.OUT_OF_ORDER, transitions=self._transitions(status))
         decision = Decision(Outcome.FORWARD)
         if status in CHAIN:
             for implied in CHAIN[: CHAIN.index(status)]:
                 if implied not in self.statuses:
-                    self.statuses[implied] = Seen(timestamp, source_offset, implied=True)
+                    self.statuses[implied] = Seen(timestamp, source_offset, True, source_offset)
                     decision.emit.append((implied, status))
         self.statuses[status] = Seen(timestamp, source_offset)
         decision.emit.append((status, None))
@@ -114,10 +116,19 @@ class MessageState:
         return observed
 
     def rolled_back(self, committed_offset: int) -> MessageState | None:
-        """This state without the entries made from offsets ≥ `committed_offset` (None if nothing is left)."""
-        kept = {s: seen for s, seen in self.statuses.items() if seen.source_offset < committed_offset}
-        if len(kept) == len(self.statuses):
+        """The state as it was before offset `committed_offset` was applied (None: no state yet).
+
+        Exactly what applying only the updates below that offset would have built, so replaying the
+        rest decides the same way the first run did.
+        """
+        if all(seen.source_offset < committed_offset for seen in self.statuses.values()):
             return self
+        kept: dict[DeliveryStatus, Seen] = {}
+        for status, seen in self.statuses.items():
+            if seen.source_offset < committed_offset:
+                kept[status] = seen
+            elif seen.implied_offset is not None and seen.implied_offset < committed_offset:
+                kept[status] = Seen(seen.timestamp, seen.implied_offset, True, seen.implied_offset)
         return MessageState(kept, self.updated_ms) if kept else None
 
     # --- the status.state record -----------------------------------------------------------------
@@ -128,11 +139,7 @@ class MessageState:
             {
                 "v": FORMAT_VERSION,
                 "status": current.value if current else None,
-                "statuses": {
-                    s.value: {"timestamp": seen.timestamp, "source_offset": seen.source_offset}
-                    | ({"implied": True} if seen.implied else {})
-                    for s, seen in self.statuses.items()
-                },
+                "statuses": {s.value: _entry(seen) for s, seen in self.statuses.items()},
                 "updated_ms": self.updated_ms,
             }
         )
@@ -142,8 +149,22 @@ class MessageState:
         data = orjson.loads(raw)
         return cls(
             statuses={
-                DeliveryStatus(s): Seen(int(e["timestamp"]), int(e["source_offset"]), bool(e.get("implied", False)))
+                DeliveryStatus(s): Seen(
+                    int(e["timestamp"]),
+                    int(e["source_offset"]),
+                    bool(e.get("implied", False)),
+                    int(e["implied_offset"]) if e.get("implied_offset") is not None else None,
+                )
                 for s, e in data["statuses"].items()
             },
             updated_ms=int(data.get("updated_ms", 0)),
         )
+
+
+def _entry(seen: Seen) -> dict[str, int | bool]:
+    entry: dict[str, int | bool] = {"timestamp": seen.timestamp, "source_offset": seen.source_offset}
+    if seen.implied:
+        entry["implied"] = True
+    if seen.implied_offset is not None:
+        entry["implied_offset"] = seen.implied_offset
+    return entry

@@ -27,6 +27,7 @@ import contextlib
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -118,6 +119,7 @@ class IdempotencyStore:
         self._waiters: dict[int, list[tuple[int, asyncio.Future[None]]]] = defaultdict(list)
         self._consumer: AIOKafkaConsumer | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def ready(self) -> bool:
@@ -188,6 +190,8 @@ class IdempotencyStore:
                 await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -208,7 +212,13 @@ class IdempotencyStore:
         if not self.ready:
             raise Unavailable("idempotency records are still being read")
         owner = Owner(scope=scope, claim_id=uuid.uuid4().hex, request_id=request_id, fingerprint=fingerprint)
-        metadata = await self._append(owner, "claimed")
+        # A claim that times out (503) may still land later; release it then, or it would hold the
+        # key until it expires.
+        def release_if_landed(landed: bool) -> None:
+            if landed:
+                self._spawn(self.release(owner))
+
+        metadata = await self._append(owner, "claimed", on_late=release_if_landed)
         try:
             async with asyncio.timeout(self._wait_seconds):
                 await self._reached(metadata.partition, metadata.offset)
@@ -261,12 +271,21 @@ class IdempotencyStore:
         return entry.result if entry.result_fingerprint == fingerprint else Conflict("mismatch")
 
     async def _append(
-        self, owner: Owner, state: Literal["claimed", "accepted", "released"], accepted_at: str | None = None
+        self,
+        owner: Owner,
+        state: Literal["claimed", "accepted", "released"],
+        accepted_at: str | None = None,
+        on_late: Callable[[bool], None] | None = None,
     ) -> Any:
         record = IdempotencyRecord(state=state, claim_id=owner.claim_id, request_id=owner.request_id,
                                    fingerprint=owner.fingerprint, accepted_at=accepted_at)
         value = record.model_dump_json(exclude_none=True).encode()
-        return await self._publisher.send(self.topic, owner.scope.encode(), value)
+        return await self._publisher.send(self.topic, owner.scope.encode(), value, on_late=on_late)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _reached(self, partition: int, offset: int) -> None:
         if self._positions.get(partition, 0) > offset:

@@ -14,8 +14,9 @@ conventions (`send <topic>`, as FastStream's spans are renamed) so traces read t
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from enum import StrEnum
+from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -32,6 +33,16 @@ from pipeline.topics import TopicCatalog
 log = get_logger(__name__)
 
 JSON = b"application/json"
+
+
+class Delivery(StrEnum):
+    ACKNOWLEDGED = "acknowledged"  # durable: in Kafka on every in-sync replica
+    FAILED = "failed"  # not written
+    PENDING = "pending"  # not acknowledged in time; may still be written (see `on_late`)
+
+
+LateOutcome = Callable[[int, bool], None]
+"""Told `(index, acknowledged)` for a record whose acknowledgement came after the answer."""
 
 
 class Unavailable(Exception):
@@ -96,11 +107,14 @@ class Publisher:
             return False
         return False
 
-    async def publish(self, requests: Sequence[SendRequest]) -> list[bool]:
-        """Publish to `send.requests` (key = phone_number_id); True for each record Kafka acknowledged.
+    async def publish(self, requests: Sequence[SendRequest], on_late: LateOutcome | None = None) -> list[Delivery]:
+        """Publish to `send.requests` (key = phone_number_id); one Delivery per request.
 
-        One `send <topic>` span covers the call, child of the current (server) span; every record
-        carries its context as `traceparent`, so the sender's spans join the caller's trace.
+        PENDING means "not acknowledged in time", not "not written": a record already handed to the
+        producer is retried until it lands (idempotent producers never give up on a batch sent to a
+        broker), so `on_late(index, acknowledged)` is called for each PENDING record when its fate
+        is known. One `send <topic>` span covers the call, child of the current (server) span; every
+        record carries its context as `traceparent`, so the sender's spans join the caller's trace.
         """
         producer = self._require()
         attributes: dict[str, Any] = {
@@ -140,9 +154,9 @@ class Publisher:
                 pass
             except KafkaError as exc:  # e.g. the topic's metadata never arrived
                 log.warning("kafka_send_failed", error=type(exc).__name__, topic=self.topic)
-            durable = [_acknowledged(f) for f in futures]
-            durable.extend([False] * (len(requests) - len(futures)))
-            if not all(durable):
+            durable = [_settled(f, partial(on_late, i) if on_late else None) for i, f in enumerate(futures)]
+            durable.extend([Delivery.FAILED] * (len(requests) - len(futures)))
+            if any(d is not Delivery.ACKNOWLEDGED for d in durable):
                 span.set_status(trace.StatusCode.ERROR, "not acknowledged by Kafka in time")
             elif len(requests) == 1:
                 metadata = futures[0].result()
@@ -150,19 +164,25 @@ class Publisher:
                 span.set_attribute("messaging.kafka.offset", metadata.offset)
             return durable
 
-    async def send(self, topic: str, key: bytes, value: bytes) -> RecordMetadata:
-        """One record to another topic (the idempotency records), acknowledged or `Unavailable`."""
+    async def send(
+        self, topic: str, key: bytes, value: bytes, on_late: Callable[[bool], None] | None = None
+    ) -> RecordMetadata:
+        """One record to another topic (the idempotency records), acknowledged or `Unavailable`.
+
+        After an `Unavailable` timeout the record may still land; `on_late(acknowledged)` says so.
+        """
         producer = self._require()
+        future = None
         try:
             async with asyncio.timeout(self._timeout):
                 future = await producer.send(topic, value=value, key=key, headers=[("content-type", JSON)])
                 await asyncio.wait([future])
         except TimeoutError:
-            raise Unavailable("Kafka did not acknowledge in time") from None
+            pass
         except KafkaError as exc:
             raise Unavailable(f"Kafka refused the record: {type(exc).__name__}") from None
-        if not _acknowledged(future):
-            raise Unavailable("Kafka refused the record")
+        if future is None or _settled(future, on_late) is not Delivery.ACKNOWLEDGED:
+            raise Unavailable("Kafka did not acknowledge in time")
         return future.result()
 
     async def partitions(self, topic: str) -> set[int]:
@@ -176,14 +196,19 @@ class Publisher:
         return self._producer
 
 
+def _settled(future: asyncio.Future[RecordMetadata], on_late: Callable[[bool], None] | None) -> Delivery:
+    """Where the record stands; if still pending, its outcome goes to `on_late` when it comes."""
+    if future.done():
+        return Delivery.ACKNOWLEDGED if _acknowledged(future) else Delivery.FAILED
+
+    def report(done: asyncio.Future[RecordMetadata]) -> None:
+        acknowledged = _acknowledged(done)  # also retrieves the exception, so asyncio does not warn
+        if on_late is not None:
+            on_late(acknowledged)
+
+    future.add_done_callback(report)
+    return Delivery.PENDING
+
+
 def _acknowledged(future: asyncio.Future[RecordMetadata]) -> bool:
-    if not future.done():
-        # Still queued: collect its outcome later so asyncio does not warn about it.
-        future.add_done_callback(_consume_outcome)
-        return False
     return not future.cancelled() and future.exception() is None
-
-
-def _consume_outcome(future: asyncio.Future[RecordMetadata]) -> None:
-    with contextlib.suppress(asyncio.CancelledError):
-        future.exception()

@@ -21,7 +21,7 @@ from typing import Any
 from pipeline.api.auth import ApiKeys
 from pipeline.api.idempotency import Conflict, IdempotencyStore, Owner, Replay, scope_of
 from pipeline.api.intake import Admitted, Intake, Rejection, invalid, message_type_label
-from pipeline.api.publisher import Publisher, Unavailable
+from pipeline.api.publisher import Delivery, Publisher, Unavailable
 from pipeline.config import ApiKey, Settings
 from pipeline.contracts import ApiOutcome, FieldError, utcnow
 from pipeline.observability import Telemetry, get_logger
@@ -49,12 +49,14 @@ class ApiService:
         self.publisher = Publisher(settings, telemetry.tracer_provider)
         self.idempotency = IdempotencyStore(settings, self.publisher)
         self._retry_after = settings.api.retry_after_seconds
+        self._settling: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self.publisher.start()
         await self.idempotency.start()
 
     async def stop(self) -> None:
+        await self.settled()
         await self.idempotency.stop()
         await self.publisher.stop()
 
@@ -158,21 +160,45 @@ class ApiService:
         if not indexes:
             return
         requests = [admitted[i].request for i in indexes]
+        accepted_at = [_rfc3339(r.accepted_at) for r in requests]
+
+        def late(position: int, acknowledged: bool) -> None:
+            # Answered 503, yet the record reached Kafka after all (or finally failed): the sender
+            # will send it, so a retry with the same key must get this request's answer.
+            request = requests[position]
+            log.warning("kafka_acknowledged_after_503", request_id=request.request_id, acknowledged=acknowledged)
+            owner = owners.get(indexes[position])
+            if owner is not None:
+                self._settle(owner, accepted_at[position] if acknowledged else None)
+
         try:
-            durable = await self.publisher.publish(requests)
+            deliveries = await self.publisher.publish(requests, on_late=late)
         except Unavailable:
-            durable = [False] * len(requests)
-        if not all(durable):
-            log.warning("kafka_not_acknowledged", messages=len(requests), acknowledged=sum(durable))
-        settle = []
-        for index, request, ok in zip(indexes, requests, durable, strict=True):
-            accepted_at = _rfc3339(request.accepted_at)
-            if ok:
-                outcomes[index] = Accepted(request.request_id, accepted_at, request.phone_number_id or "")
-            if index in owners:
-                owner = owners[index]
-                settle.append(self.idempotency.accept(owner, accepted_at) if ok else self.idempotency.release(owner))
-        await asyncio.gather(*settle)
+            deliveries = [Delivery.FAILED] * len(requests)
+        if any(d is not Delivery.ACKNOWLEDGED for d in deliveries):
+            log.warning("kafka_not_acknowledged", messages=len(requests),
+                        acknowledged=deliveries.count(Delivery.ACKNOWLEDGED))
+        settling = []
+        for index, request, delivery, at in zip(indexes, requests, deliveries, accepted_at, strict=True):
+            if delivery is Delivery.ACKNOWLEDGED:
+                outcomes[index] = Accepted(request.request_id, at, request.phone_number_id or "")
+            if index in owners and delivery is not Delivery.PENDING:  # PENDING settles in `late`
+                settling.append(self._settle(owners[index], at if delivery is Delivery.ACKNOWLEDGED else None))
+        # Answer only once the key's record is in Kafka: a crash after answering cannot then let a
+        # retry publish a second message.
+        await asyncio.gather(*settling)
+
+    def _settle(self, owner: Owner, accepted_at: str | None) -> asyncio.Task[None]:
+        settle = self.idempotency.accept(owner, accepted_at) if accepted_at else self.idempotency.release(owner)
+        task = asyncio.create_task(settle)
+        self._settling.add(task)  # keeps late settlements alive, and lets `stop` wait for them
+        task.add_done_callback(self._settling.discard)
+        return task
+
+    async def settled(self) -> None:
+        """Wait for every idempotency record being written."""
+        if self._settling:
+            await asyncio.gather(*self._settling)
 
     @staticmethod
     def count(outcome: Outcome, message_type: str) -> None:

@@ -3,10 +3,10 @@
     app = create_app(settings.sandbox)          # for in-process tests (aiohttp's TestServer, AppRunner)
     await serve(settings)                       # `pipeline sandbox`: runs until cancelled
 
-aiohttp.web rather than uvicorn + Starlette: at 200 ms latency and 400 requests in flight both reach
-the ~1,800 req/s the client side allows here, but aiohttp's server used about half the CPU per request
-(0.11 ms against 0.24 ms with uvicorn's h11 parser; httptools is not installed) and it parses
-multipart uploads without another dependency. See BENCHMARKS.md, "Sandbox".
+aiohttp.web rather than uvicorn + Starlette, by measurement (`bench/sandbox.py --stacks`): the same
+bare handler reached the same throughput on both (within noise), and aiohttp's server spent 7-25 %
+less CPU per request (0.123-0.125 ms against 0.134-0.155 ms; uvicorn runs h11 here, httptools is not
+installed). aiohttp also parses multipart uploads itself, where Starlette needs python-multipart.
 """
 
 from __future__ import annotations

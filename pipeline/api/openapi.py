@@ -28,17 +28,19 @@ _IDEMPOTENCY_HEADER = {
 }
 
 
+_MEANING = {
+    400: "The body is not JSON.",
+    401: "Missing or unknown API key.",
+    403: "The API key may not send from this phone_number_id.",
+    409: "A request with the same Idempotency-Key is still in progress; retry after `Retry-After`.",
+    413: "The body is larger than the route's limit.",
+    422: "Every offending field with the rule it breaks and the limit, in one response.",
+    503: "Kafka did not acknowledge in time: nothing was accepted. Retry after `Retry-After` seconds.",
+}
+
+
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    meaning = {
-        400: "The body is not JSON.",
-        401: "Missing or unknown API key.",
-        403: "The API key may not send from this phone_number_id.",
-        409: "A request with the same Idempotency-Key is still in progress; retry after `Retry-After`.",
-        413: "The body is larger than the route's limit.",
-        422: "Every offending field with the rule it breaks and the limit, in one response.",
-        503: "Kafka did not acknowledge in time: nothing was accepted. Retry after `Retry-After` seconds.",
-    }
-    return {status: {"model": ErrorBody, "description": meaning[status]} for status in statuses}
+    return {status: {"model": ErrorBody, "description": _MEANING[status]} for status in statuses}
 
 
 def single_route(settings: Settings) -> dict[str, Any]:
@@ -71,8 +73,15 @@ def batch_route(settings: Settings) -> dict[str, Any]:
             "answer lists one result per item, in order. The status is 202 when any item was accepted, "
             "otherwise the items' common status (422 when they differ)."
         ),
-        "responses": {202: {"model": BatchResult, "description": "At least one item accepted."}, **_errors(
-            400, 401, 403, 409, 413, 422, 503)},
+        "responses": {
+            202: {"model": BatchResult, "description": "At least one item accepted."},
+            **_errors(400, 401, 413),
+            # Refused as a whole (an ErrorBody), or every item refused with the same status (a BatchResult).
+            **{status: {"description": f"{meaning} Every item refused: per-item results.",
+                        "content": {"application/json": {"schema": {"anyOf": [
+                            {"$ref": _REF.format(model="ErrorBody")}, {"$ref": _REF.format(model="BatchResult")}]}}}}
+               for status, meaning in _MEANING.items() if status in (403, 409, 422, 503)},
+        },
         "openapi_extra": {
             "parameters": [_IDEMPOTENCY_HEADER],
             "requestBody": {

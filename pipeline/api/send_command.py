@@ -22,7 +22,6 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 CHUNK = 500
 ATTEMPTS = 5
@@ -221,9 +220,7 @@ def _auth(api_key: str) -> dict[str, str]:
 
 
 def report(summary: Summary, console: Console) -> None:
-    console.print(f"accepted: {summary.accepted}   rejected: {len(summary.rejected)}")
-    if summary.rejected:
-        table = Table("line", "reason", title="rejected lines")
-        for line, reason in summary.rejected:
-            table.add_row(str(line), reason)
-        console.print(table)
+    """The totals, then one plain line per rejected CSV line (easy to grep or fix in the file)."""
+    console.print(f"accepted: {summary.accepted}   rejected: {len(summary.rejected)}", highlight=False)
+    for line, reason in summary.rejected:
+        console.print(f"line {line}: {reason}", highlight=False, markup=False, soft_wrap=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import aiohttp
 import orjson
 from opentelemetry.trace import SpanKind
@@ -18,7 +20,8 @@ async def test_accepted_request_is_on_the_topic_with_key_headers_and_clean_value
     )
     assert response.status_code == 202, response.text
     body = response.json()
-    assert body["phone_number_id"] == PHONE_NUMBER_ID and body["replayed"] is False
+    assert body["phone_number_id"] == PHONE_NUMBER_ID
+    assert body["replayed"] is False
 
     [record] = await read_topic(api.service.settings, api.topics.send_requests, at_least=1)
     assert record.key == PHONE_NUMBER_ID.encode()
@@ -31,7 +34,8 @@ async def test_accepted_request_is_on_the_topic_with_key_headers_and_clean_value
     assert request.to == "+16505551234"  # normalised to E.164
     assert request.message.text.body == "hi there"  # type: ignore[union-attr]  # control characters gone
     assert request.phone_number_id == PHONE_NUMBER_ID  # filled from WHATSAPP_PHONE_NUMBER_ID
-    assert request.accepted_at is not None and request.accepted_at.isoformat().startswith(body["accepted_at"][:19])
+    assert request.accepted_at is not None
+    assert request.accepted_at.isoformat().startswith(body["accepted_at"][:19])
     assert request.metadata == {"order": "A-17"}
 
 
@@ -50,10 +54,13 @@ async def test_server_span_is_the_parent_of_the_produce_span_and_joins_the_calle
     spans = {s.name: s for s in api.spans.get_finished_spans()}
     server = spans["POST /v1/messages"]
     produce = spans[f"send {api.topics.send_requests}"]
-    assert server.kind is SpanKind.SERVER and produce.kind is SpanKind.PRODUCER
+    assert server.kind is SpanKind.SERVER
+    assert produce.kind is SpanKind.PRODUCER
     assert format(server.context.trace_id, "032x") == caller_trace
-    assert produce.parent is not None and produce.parent.span_id == server.context.span_id
-    assert server.attributes is not None and server.attributes["http.response.status_code"] == 202
+    assert produce.parent is not None
+    assert produce.parent.span_id == server.context.span_id
+    assert server.attributes is not None
+    assert server.attributes["http.response.status_code"] == 202
 
     [record] = await read_topic(api.service.settings, api.topics.send_requests, at_least=1)
     _, trace_id, span_id, _ = headers_of(record)["traceparent"].split("-")
@@ -67,7 +74,8 @@ async def test_unauthenticated_and_unknown_keys_get_401(api: RunningApi) -> None
         assert response.status_code == 401, headers
         assert response.json()["error"]["code"] == "unauthorized"
         assert response.headers["www-authenticate"].startswith("Bearer")
-    assert (await api.client.post("/v1/messages", json=text_request(), headers={"X-API-Key": "dev-key"})).status_code == 202
+    with_header = await api.client.post("/v1/messages", json=text_request(), headers={"X-API-Key": "dev-key"})
+    assert with_header.status_code == 202
 
 
 async def test_key_not_allowed_for_the_business_number_gets_403(api: RunningApi) -> None:
@@ -116,7 +124,7 @@ async def test_oversized_and_malformed_bodies(api: RunningApi) -> None:
     assert big.status_code == 413
     assert big.json()["error"]["fields"][0]["limit"] == 8192
 
-    async def chunked() -> object:
+    async def chunked() -> AsyncIterator[bytes]:
         for _ in range(10):  # 10 kB
             yield b"x" * 1000
 
@@ -124,12 +132,15 @@ async def test_oversized_and_malformed_bodies(api: RunningApi) -> None:
     assert streamed.status_code == 413  # no Content-Length to trust: counted while reading
 
     broken = await api.client.post("/v1/messages", content=b'{"to": ', headers=api.auth)
-    assert broken.status_code == 400 and broken.json()["error"]["code"] == "invalid_json"
+    assert broken.status_code == 400
+    assert broken.json()["error"]["code"] == "invalid_json"
     array = await api.client.post("/v1/messages", content=b"[1, 2]", headers=api.auth)
-    assert array.status_code == 422 and array.json()["error"]["fields"][0]["field"] == "(body)"
+    assert array.status_code == 422
+    assert array.json()["error"]["fields"][0]["field"] == "(body)"
     header = await api.client.post("/v1/messages", json=text_request(),
                                    headers={**api.auth, "Idempotency-Key": "has spaces"})
-    assert header.status_code == 422 and header.json()["error"]["fields"][0]["field"] == "Idempotency-Key"
+    assert header.status_code == 422
+    assert header.json()["error"]["fields"][0]["field"] == "Idempotency-Key"
 
 
 async def test_batch_accepts_valid_items_and_reports_each_rejected_one(api: RunningApi) -> None:
@@ -163,7 +174,8 @@ async def test_batch_envelope_limits(api: RunningApi) -> None:
     not_a_list = await api.client.post("/v1/messages:batch", json=[text_request()], headers=api.auth)
     assert not_a_list.status_code == 422
     all_bad = await api.client.post("/v1/messages:batch", json={"messages": [{"to": "1"}, {}]}, headers=api.auth)
-    assert all_bad.status_code == 422 and all_bad.json()["rejected"] == 2
+    assert all_bad.status_code == 422
+    assert all_bad.json()["rejected"] == 2
     assert await read_topic(api.service.settings, api.topics.send_requests) == []
 
 

@@ -18,7 +18,8 @@ async def test_the_same_key_twice_gives_the_original_answer_and_one_message(api:
     assert first.status_code == second.status_code == 202
     assert second.json()["request_id"] == first.json()["request_id"]
     assert second.json()["accepted_at"] == first.json()["accepted_at"]
-    assert second.json()["replayed"] is True and second.headers["idempotent-replayed"] == "true"
+    assert second.json()["replayed"] is True
+    assert second.headers["idempotent-replayed"] == "true"
     assert "idempotent-replayed" not in first.headers
 
     # The key in the body means the same; a formatting difference in the number is the same request.
@@ -65,7 +66,8 @@ async def test_concurrent_retries_on_two_replicas_publish_once(api_settings: Set
         # Every caller gets the winner's answer, or is told the winner is still in flight.
         accepted = [a.json()["request_id"] for a in answers if a.status_code == 202]
         assert {a.status_code for a in answers} <= {202, 409}
-        assert len(set(accepted)) == 1 and accepted
+        assert len(set(accepted)) == 1
+        assert accepted
         records = await read_topic(api_settings, topics.send_requests, at_least=1)
         assert [orjson.loads(r.value)["request_id"] for r in records] == accepted[:1]
         late = await two.client.post("/v1/messages", json=text_request("race"), headers=headers)
@@ -80,7 +82,8 @@ async def test_keys_survive_a_restart(api_settings: Settings, topics: TopicCatal
     async with running_api(api_settings) as after:  # a new process would read the same records
         assert len(after.service.idempotency) >= 1
         again = await after.client.post("/v1/messages", json=text_request(), headers=headers)
-        assert again.status_code == 202 and again.json()["request_id"] == first.json()["request_id"]
+        assert again.status_code == 202
+        assert again.json()["request_id"] == first.json()["request_id"]
     assert len(await read_topic(api_settings, topics.send_requests, at_least=1)) == 1
 
 

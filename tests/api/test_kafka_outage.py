@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -16,7 +16,7 @@ import pytest
 from pipeline.config import Settings, load_settings
 from pipeline.local.kafka import LocalKafka, free_port
 from pipeline.topics import TopicCatalog, create_topics
-from tests.api.conftest import read_topic, running_api, text_request, with_api
+from tests.api.conftest import read_topic, running_api, text_request
 
 pytestmark = pytest.mark.slow
 
@@ -33,14 +33,14 @@ def own_broker(tmp_path: Path) -> Iterator[LocalKafka]:
 
 
 @pytest.fixture
-async def outage_settings(own_broker: LocalKafka) -> AsyncIterator[Settings]:
+async def outage_settings(own_broker: LocalKafka) -> Settings:
     settings = load_settings(
         kafka={"bootstrap_servers": own_broker.bootstrap_servers, "topic_prefix": "outage.", "partitions": 2},
         whatsapp={"phone_number_id": "106540352242922"},
         api={"port": 0, "publish_timeout_seconds": 2.0, "retry_after_seconds": 3},
     )
     await create_topics(settings.kafka)
-    yield settings
+    return settings
 
 
 async def test_kafka_down_means_503_and_never_202_then_accepting_again(
@@ -59,7 +59,8 @@ async def test_kafka_down_means_503_and_never_202_then_accepting_again(
         assert single.status_code == 503, single.text
         assert time.monotonic() - started < 10  # bounded by API_PUBLISH_TIMEOUT_SECONDS, not hanging
         assert single.headers["retry-after"] == "3"
-        assert single.json()["error"]["code"] == "unavailable" and "request_id" not in single.json()
+        assert single.json()["error"]["code"] == "unavailable"
+        assert "request_id" not in single.json()
 
         keyed = await api.client.post("/v1/messages", json=text_request("keyed"),
                                       headers={**api.auth, "Idempotency-Key": "during-outage"})

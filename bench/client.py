@@ -134,7 +134,7 @@ async def measure(mode: str, base_url: str, concurrency: int, seconds: float) ->
 
     errors: dict[str, int] = {}
     done = 0
-    stop = time.monotonic() + seconds
+    stop = 0.0
     index = 0
 
     async def worker() -> None:
@@ -151,6 +151,7 @@ async def measure(mode: str, base_url: str, concurrency: int, seconds: float) ->
 
     # Warm-up: open the connections and fill caches before the clock starts.
     await asyncio.gather(*(send(requests[i]) for i in range(concurrency)), return_exceptions=True)
+    stop = time.monotonic() + seconds
     cpu0, wall0 = time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0

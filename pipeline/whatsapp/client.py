@@ -35,7 +35,7 @@ from pipeline.contracts import ErrorClass, SendRequest
 from pipeline.whatsapp.errors import GraphApiError, error_from_response, error_from_transport
 from pipeline.whatsapp.media import MediaCache, MediaKey, check_media
 from pipeline.whatsapp.payloads import MEDIA_TYPES, message_payload, with_media_id
-from pipeline.whatsapp.transport import aiohttp_transport
+from pipeline.whatsapp.transport import AiohttpTransport
 
 _PHONE_NUMBER_ID = re.compile(r"^\d{5,20}$")
 _USER_AGENT = "whatsapp-delivery-pipeline"
@@ -84,7 +84,7 @@ class WhatsAppClient:
         tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self._base_url = f"{settings.api_base_url.rstrip('/')}/{settings.api_version}"
-        self._transport = transport if transport is not None else aiohttp_transport(max_connections)
+        self._transport = transport if transport is not None else AiohttpTransport(max_connections)
         self._default_number = settings.phone_number_id
         self._auth = ("authorization", f"Bearer {_access_token(settings)}")
         self._timeout = httpx.Timeout(settings.timeout_seconds).as_dict()

@@ -62,15 +62,20 @@ class _Entry:
 
 
 class MediaCache:
-    """Media ids by content, with one upload in flight per content however many callers ask."""
+    """Media ids by content, with one upload in flight per content however many callers ask.
+
+    Holds at most `max_entries` ids (a sender of per-user documents would otherwise grow it forever).
+    """
 
     def __init__(
         self,
         clock: Callable[[], float],
         lifetime_seconds: float = MEDIA_ID_LIFETIME_SECONDS - REUSE_MARGIN_SECONDS,
+        max_entries: int = 10_000,
     ) -> None:
         self._clock = clock
         self._lifetime = lifetime_seconds
+        self._max_entries = max_entries
         self._entries: dict[MediaKey, _Entry] = {}
         self._uploading: dict[MediaKey, asyncio.Task[str]] = {}
 
@@ -105,7 +110,11 @@ class MediaCache:
     async def _upload(self, key: MediaKey, upload: Callable[[], Awaitable[str]]) -> str:
         try:
             media_id = await upload()
+            self._entries.pop(key, None)
             self._entries[key] = _Entry(media_id, self._clock())
+            while len(self._entries) > self._max_entries:
+                # Dicts keep insertion order: the oldest upload goes first (it expires first anyway).
+                del self._entries[next(iter(self._entries))]
             return media_id
         finally:
             del self._uploading[key]

@@ -129,4 +129,5 @@ def _httpx_error(exc: BaseException, request: httpx.Request) -> httpx.TransportE
 
 
 def aiohttp_transport(max_connections: int = 400) -> httpx.AsyncBaseTransport:
+    """The transport `WhatsAppClient` uses by default (also handy under a plain `httpx.AsyncClient`)."""
     return AiohttpTransport(max_connections)

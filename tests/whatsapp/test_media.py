@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from email.parser import BytesParser
 from email.policy import HTTP
 
@@ -220,3 +221,20 @@ async def test_oversized_upload_never_reaches_meta(client: WhatsAppClient, meta:
     with pytest.raises(ValueError, match="content: image/png"):
         await client.upload_media(NUMBER, b"x" * (5 * 1024 * 1024 + 1), "image/png")
     assert meta.uploads == []
+
+
+async def test_the_cache_is_bounded_and_drops_the_oldest_upload_first() -> None:
+    from pipeline.whatsapp.media import MediaCache, MediaKey
+
+    cache = MediaCache(FakeClock(), max_entries=2)
+    keys = [MediaKey.of(NUMBER, bytes([i]), "image/png") for i in range(3)]
+    for i, key in enumerate(keys):
+        await cache.get_or_upload(key, functools.partial(_id, f"m{i}"))
+
+    assert len(cache) == 2
+    assert cache.get(keys[0]) is None
+    assert [cache.get(k) for k in keys[1:]] == ["m1", "m2"]
+
+
+async def _id(value: str) -> str:
+    return value

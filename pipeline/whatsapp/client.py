@@ -292,7 +292,7 @@ class WhatsAppClient:
         except httpx.RequestError as exc:
             raise error_from_transport(exc) from exc
         span.set_attribute("http.response.status_code", response.status_code)
-        if response.status_code >= 400:
+        if not 200 <= response.status_code < 300:  # a redirect is not an answer either
             raise error_from_response(response)
         return response
 

@@ -256,3 +256,14 @@ async def test_client_span_carries_the_outcome_and_its_traceparent_goes_on_the_w
     assert failed_span.attributes["error.type"] == "131047"
     assert failed_span.attributes["whatsapp.error.ambiguous"] is False
     assert failed_span.attributes["whatsapp.fbtrace_id"] == "Atrace"
+
+
+async def test_a_redirect_is_an_error_not_a_success() -> None:
+    moved = Recorder(lambda _: httpx.Response(301, headers={"location": "https://elsewhere.test/"}))
+    async with client_with(moved) as client:
+        with pytest.raises(GraphApiError) as info:
+            await client.send_message(request())
+    assert info.value.http_status == 301
+    assert info.value.error_class is ErrorClass.OTHER
+    assert info.value.ambiguous is False
+    assert len(moved.requests) == 1  # not followed

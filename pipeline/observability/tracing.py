@@ -3,10 +3,11 @@
     provider = configure_tracing("delivery-sender", instance)    # done by `setup()`
     instrument_http_client(client)                                 # httpx clients on a custom transport
 
-With no exporter endpoint configured, spans are still created (trace ids reach logs and exemplars)
-but nothing is exported. Each stage gets its own provider (its own `service.name`); the process-wide
-provider that libraries find through `trace.get_tracer()` hands each span to the provider of the
-stage whose task started it, so one process may host several stages (tests, `pipeline run`).
+With no exporter endpoint configured, spans are not recorded but still carry ids (trace ids reach
+logs, exemplars and Kafka headers) and nothing is exported. Each stage gets its own provider (its
+own `service.name`); the process-wide provider that libraries find through `trace.get_tracer()`
+hands each span to the provider of the stage whose task started it, so one process may host
+several stages (tests, `pipeline run`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.util.types import Attributes
 
 from pipeline.observability.redaction import scrub_query, scrub_url
@@ -73,15 +75,26 @@ def configure_tracing(service_name: str, instance: str, exporter: SpanExporter |
     resource = Resource.create(
         {SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME", service_name), SERVICE_INSTANCE_ID: instance}
     )
-    provider = TracerProvider(resource=resource)  # sampler from OTEL_TRACES_SAMPLER(_ARG)
+    exporting = exporter is not None or (
+        any(os.environ.get(var) for var in _ENDPOINT_VARS) and os.environ.get("OTEL_TRACES_EXPORTER") != "none"
+    )
+    # Nothing to export to: spans are not recorded (no attributes, no processors: a few µs each) but
+    # still get trace and span ids, which propagate in headers and reach logs and exemplars.
+    # Otherwise the sampler comes from OTEL_TRACES_SAMPLER(_ARG), default parent-based always-on.
+    provider = TracerProvider(resource=resource, sampler=None if exporting else ALWAYS_OFF)
     provider.add_span_processor(ConventionsSpanProcessor())
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
-    elif any(os.environ.get(var) for var in _ENDPOINT_VARS) and os.environ.get("OTEL_TRACES_EXPORTER") != "none":
+    elif exporting:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     return provider
+
+
+def records_spans(provider: TracerProvider) -> bool:
+    """False for a provider built without an exporter: its spans carry ids and nothing else."""
+    return provider.sampler is not ALWAYS_OFF
 
 
 # --- the process-wide provider --------------------------------------------------------------------

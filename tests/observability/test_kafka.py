@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 from fastapi import FastAPI
-from faststream.kafka import KafkaBroker
+from faststream.kafka import KafkaBroker, KafkaMessage
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from starlette.applications import Starlette
@@ -17,6 +17,7 @@ from starlette.routing import Route
 from pipeline.config import Settings
 from pipeline.contracts.vocabulary import Stage
 from pipeline.observability import broker_middlewares, get_logger, instrument_app, setup
+from pipeline.observability.kafka import TraceContextMiddleware
 from pipeline.topics import TopicCatalog
 from tests.observability.helpers import by_name, json_lines, parent_id, serve_app, wait_for_spans
 
@@ -165,3 +166,45 @@ async def test_personal_message_keys_are_masked_in_spans(settings: Settings, top
     }
     assert keys[topics.inbound_messages] == "+1*******234"
     assert keys[topics.status_events] == "wamid.HBgL"  # message ids are fine in spans
+
+
+async def test_without_an_exporter_the_trace_context_still_crosses_kafka_into_logs(
+    settings: Settings, topics: TopicCatalog, capsys
+) -> None:
+    """No collector configured: nothing is recorded, but ids still join the producer's and consumer's logs."""
+    telemetry = setup(Stage.API, settings)
+    middlewares = broker_middlewares(telemetry.tracer_provider, "api")
+    assert middlewares[0] is TraceContextMiddleware
+    broker = KafkaBroker(settings.kafka.bootstrap_servers, middlewares=middlewares)
+    seen: list[dict[str, str]] = []
+    done = asyncio.Event()
+
+    @broker.subscriber(topics.send_requests, group_id=settings.sender.group_id, auto_offset_reset="earliest")
+    async def handle(body: str, msg: KafkaMessage) -> None:
+        seen.append(dict(msg.headers))
+        get_logger("test.consumer").info("consumed", body=body)
+        if len(seen) == 2:
+            done.set()
+
+    await broker.start()
+    try:
+        with telemetry.tracer("test").start_as_current_span("api request") as span:
+            assert not span.is_recording()
+            get_logger("test.producer").info("publishing")
+            await broker.publish("in a trace", topics.send_requests, key=PNID.encode())
+        await broker.publish("outside any trace", topics.send_requests, key=PNID.encode())
+        await asyncio.wait_for(done.wait(), 30)
+    finally:
+        await broker.stop()
+
+    lines = json_lines(capsys.readouterr().out)
+    (producer,) = [line for line in lines if line.get("event") == "publishing"]
+    consumed = {line["body"]: line for line in lines if line.get("event") == "consumed"}
+    trace_id = format(span.get_span_context().trace_id, "032x")
+    assert producer["trace_id"] == trace_id
+    assert consumed["in a trace"]["trace_id"] == trace_id
+    assert consumed["in a trace"]["span_id"] != producer["span_id"]  # the consumer's own span
+    version, header_trace, parent_span, flags = seen[0]["traceparent"].split("-")
+    assert (version, header_trace, parent_span) == ("00", trace_id, producer["span_id"])
+    assert not int(flags, 16) & 1, "not sampled: downstream parent-based samplers record nothing either"
+    assert consumed["outside any trace"]["trace_id"] not in (None, trace_id)  # a trace of its own

@@ -192,3 +192,12 @@ async def test_faststream_lines_are_json_and_per_message_chatter_is_dropped(
     assert error["topic"] == topics.send_requests
     assert "RuntimeError" in error["exception"]
     assert OTHER_BEARER not in out
+
+
+async def test_the_configured_level_applies_to_libraries_that_set_their_own(settings: Settings, capsys) -> None:
+    setup(Stage.SENDER, settings.model_copy(update={"log": settings.log.model_copy(update={"level": "WARNING"})}))
+    logging.getLogger("faststream.access.kafka").info("`Handle` waiting for messages")  # FastStream sets INFO
+    get_logger("pipeline.sender.test").info("routine")
+    get_logger("pipeline.sender.test").warning("unusual")
+    events = [line["event"] for line in json_lines(capsys.readouterr().out)]
+    assert events == ["unusual"]

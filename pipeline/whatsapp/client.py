@@ -32,6 +32,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from pipeline.config import SANDBOX_ACCESS_TOKEN, WhatsAppSettings
 from pipeline.contracts import ErrorClass, SendRequest
+from pipeline.observability.redaction import register_secrets
 from pipeline.whatsapp.errors import GraphApiError, error_from_response, error_from_transport
 from pipeline.whatsapp.media import MediaCache, MediaKey, check_media
 from pipeline.whatsapp.payloads import MEDIA_TYPES, message_payload, with_media_id
@@ -86,7 +87,9 @@ class WhatsAppClient:
         self._base_url = f"{settings.api_base_url.rstrip('/')}/{settings.api_version}"
         self._transport = transport if transport is not None else AiohttpTransport(max_connections)
         self._default_number = settings.phone_number_id
-        self._auth = ("authorization", f"Bearer {_access_token(settings)}")
+        token = _access_token(settings)
+        register_secrets([token])  # scrub_text (error texts, logs) then removes it whatever its shape
+        self._auth = ("authorization", f"Bearer {token}")
         self._timeout = httpx.Timeout(settings.timeout_seconds).as_dict()
         self._endpoints: dict[tuple[str, str, str], _Endpoint] = {}
         self._media = MediaCache(clock)

@@ -197,23 +197,27 @@ async def test_check_health_gets_the_number_object() -> None:
 # --- secrets --------------------------------------------------------------------------------------
 
 
-async def test_token_never_appears_in_reprs_errors_logs_or_spans(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("token", [TOKEN, "opaque-system-user-token-4711"])
+async def test_token_never_appears_in_reprs_errors_logs_or_spans(caplog: pytest.LogCaptureFixture,
+                                                                 token: str) -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     caplog.set_level(logging.DEBUG)
 
     def echo_token(request: httpx.Request) -> httpx.Response:
-        # A hostile or buggy upstream that echoes the Authorization header in its error.
+        # A hostile or buggy upstream that echoes the Authorization header, and the bare token, in its error.
+        bare = request.headers["authorization"].removeprefix("Bearer ")
         return httpx.Response(401, json={"error": {"code": 190, "message": request.headers["authorization"],
-                                                   "error_data": {"details": request.headers["authorization"]}}})
+                                                   "error_data": {"details": bare}}})
 
     def reset(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadError(f"reset while sending {request.headers}")
 
     texts: list[str] = []
     for handler in (echo_token, reset):
-        client = client_with(handler, tracer_provider=provider)
+        client = WhatsAppClient(wa_settings(access_token=token), transport=httpx.MockTransport(handler),
+                                tracer_provider=provider)
         texts += [repr(client), str(client)]
         with pytest.raises(GraphApiError) as info:
             await client.send_message(request())
@@ -222,7 +226,7 @@ async def test_token_never_appears_in_reprs_errors_logs_or_spans(caplog: pytest.
     texts += [str(span.attributes) + str(span.status.description) + span.name for span in exporter.get_finished_spans()]
     texts.append(caplog.text)
 
-    secret = TOKEN.removeprefix("EAAG")
+    secret = token.removeprefix("EAAG")
     assert [t for t in texts if secret in t] == []
 
 

@@ -18,6 +18,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -29,7 +30,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 
 from pipeline.api import asyncapi, openapi
-from pipeline.api.intake import Rejection, invalid, message_type_label
+from pipeline.api.intake import Rejection, invalid, may_hold_controls, message_type_label
 from pipeline.api.responses import accepted_body, batch_body, error_response, json_response
 from pipeline.api.service import Accepted, ApiService, Outcome
 from pipeline.config import ApiKey
@@ -126,7 +127,7 @@ async def _served(
     started = time.perf_counter()
     with tracer.start_as_current_span(
         f"POST {route}",
-        context=context_from_headers(request.headers),
+        context=context_from_headers(request.headers) if "traceparent" in request.headers else None,
         kind=trace.SpanKind.SERVER,
         attributes={"http.request.method": "POST", "http.route": route, "url.path": route, "url.scheme": "http"},
     ) as span:
@@ -150,10 +151,11 @@ async def _single(service: ApiService, request: Request) -> Response:
     key_or_problem = _idempotency_header(request)
     if isinstance(key_or_problem, Rejection):
         return _refuse(key_or_problem)
-    data = await _read_json(request, service.settings.api.max_body_bytes)
-    if isinstance(data, Rejection):
-        return _refuse(data)
-    [outcome] = await service.submit(refused, [data], [key_or_problem])
+    body = await _read_json(request, service.settings.api.max_body_bytes)
+    if isinstance(body, Rejection):
+        return _refuse(body)
+    data = body.data
+    [outcome] = await service.submit(refused, [data], [key_or_problem], sanitise=body.may_hold_controls)
     if isinstance(outcome, Accepted):
         if log.isEnabledFor(logging.DEBUG):  # structlog formats before the level filter: skip the cost
             log.debug("message_accepted", request_id=outcome.request_id, replayed=outcome.replayed)
@@ -170,10 +172,10 @@ async def _batch(service: ApiService, request: Request) -> Response:
     batch_key = _idempotency_header(request)
     if isinstance(batch_key, Rejection):
         return _refuse(batch_key)
-    data = await _read_json(request, service.settings.api.max_batch_body_bytes)
-    if isinstance(data, Rejection):
-        return _refuse(data)
-    items = _batch_items(data, service.settings.api.max_batch_size)
+    body = await _read_json(request, service.settings.api.max_batch_body_bytes)
+    if isinstance(body, Rejection):
+        return _refuse(body)
+    items = _batch_items(body.data, service.settings.api.max_batch_size)
     if isinstance(items, Rejection):
         return _refuse(items)
     # A batch's Idempotency-Key covers each item as `<key>:<index>` unless the item carries its own key.
@@ -182,10 +184,10 @@ async def _batch(service: ApiService, request: Request) -> Response:
         else f"{batch_key}:{index}"
         for index, item in enumerate(items)
     ]
-    outcomes = await service.submit(refused, items, keys)
-    body = batch_body(outcomes)
-    log.info("batch_received", messages=len(items), accepted=body["accepted"], rejected=body["rejected"])
-    return json_response(_batch_status(outcomes), body, _retry_headers(service, outcomes))
+    outcomes = await service.submit(refused, items, keys, sanitise=body.may_hold_controls)
+    result = batch_body(outcomes)
+    log.info("batch_received", messages=len(items), accepted=result["accepted"], rejected=result["rejected"])
+    return json_response(_batch_status(outcomes), result, _retry_headers(service, outcomes))
 
 
 # --- pieces --------------------------------------------------------------------------------------
@@ -230,7 +232,13 @@ def _idempotency_header(request: Request) -> str | Rejection | None:
     return value
 
 
-async def _read_json(request: Request, limit: int) -> Any:
+@dataclass(frozen=True)
+class _Body:
+    data: Any
+    may_hold_controls: bool
+
+
+async def _read_json(request: Request, limit: int) -> _Body | Rejection:
     """The parsed body, or a Rejection (413 over `limit` bytes, 400 when it is not JSON)."""
     try:
         raw = await _read_limited(request, limit)
@@ -242,7 +250,7 @@ async def _read_json(request: Request, limit: int) -> Any:
             fields=[FieldError(field="(body)", rule="too_large", message="body too large", limit=limit)],
         )
     try:
-        return orjson.loads(raw)
+        return _Body(orjson.loads(raw), may_hold_controls(raw))
     except orjson.JSONDecodeError as exc:
         return Rejection(
             status=400,

@@ -26,6 +26,10 @@ from pipeline.contracts import FieldError, MessageBody, SendRequest, field_error
 
 # C0 and C1 control characters except \t \n \r, which text bodies legitimately contain.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# How such a character can appear in a JSON body: raw C0 bytes are invalid JSON (the parser refuses
+# them), so only as a \u00XX, \b or \f escape, a raw DEL, or a raw C1 character (UTF-8 C2 80-9F).
+# Over-matching (\u00e9, an escaped backslash before b) only costs a needless walk.
+_CONTROL_IN_JSON = re.compile(rb"\\u00[0-9a-fA-F]{2}|\\[bf]|\x7f|\xc2[\x80-\x9f]")
 
 MESSAGE_TYPES: frozenset[str] = frozenset(
     model.model_fields["type"].default for model in get_args(get_args(MessageBody)[0])
@@ -65,6 +69,11 @@ def message_type_label(data: Any) -> str:
     return kind if isinstance(kind, str) and kind in MESSAGE_TYPES else "unknown"
 
 
+def may_hold_controls(raw: bytes) -> bool:
+    """False when the JSON text cannot decode to a control character (most bodies): skip the walk."""
+    return _CONTROL_IN_JSON.search(raw) is not None
+
+
 def strip_controls(value: Any) -> Any:
     """A copy of a JSON value with control characters removed from every string in it."""
     if isinstance(value, str):
@@ -81,10 +90,13 @@ class Intake:
         self._default_phone_number_id = settings.whatsapp.phone_number_id
         self._forbidden = [re.compile(p) for p in settings.api.forbidden_patterns]
 
-    def admit(self, data: Any, *, idempotency_key: str | None, now: datetime) -> Admitted | Rejection:
+    def admit(
+        self, data: Any, *, idempotency_key: str | None, now: datetime, sanitise: bool = True
+    ) -> Admitted | Rejection:
+        """`sanitise=False` when `may_hold_controls` said the body has no control character."""
         if not isinstance(data, dict):
             return invalid([FieldError(field="(body)", rule="model_type", message="must be a JSON object")])
-        data = strip_controls(data)
+        data = strip_controls(data) if sanitise else dict(data)
         problems = self._forbidden_content(data.get("message"), "message")
 
         if idempotency_key is not None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import RecordMetadata
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -43,6 +44,27 @@ class Delivery(StrEnum):
 
 LateOutcome = Callable[[int, bool], None]
 """Told `(index, acknowledged)` for a record whose acknowledgement came after the answer."""
+
+
+_PARTITIONER = DefaultPartitioner()
+
+
+class _Record:
+    """A request as a Kafka record: key, JSON value and headers."""
+
+    __slots__ = ("headers", "key", "value")
+
+    def __init__(self, request: SendRequest, traceparent: bytes) -> None:
+        self.key = (request.phone_number_id or "").encode()
+        self.value = request.model_dump_json(exclude_none=True).encode()
+        self.headers = [
+            ("traceparent", traceparent),
+            ("content-type", JSON),
+            ("request-id", request.request_id.encode()),
+        ]
+
+    def fields(self) -> dict[str, Any]:
+        return {"key": self.key, "value": self.value, "headers": self.headers}
 
 
 class Unavailable(Exception):
@@ -132,37 +154,80 @@ class Publisher:
             f"send {self.topic}", kind=trace.SpanKind.PRODUCER, attributes=attributes
         ) as span:
             traceparent = (current_traceparent() or "").encode()
-            futures: list[asyncio.Future[RecordMetadata]] = []
+            records = [_Record(r, traceparent) for r in requests]
+            futures: list[asyncio.Future[RecordMetadata] | None] = [None] * len(records)
             try:
                 async with asyncio.timeout(self._timeout):
-                    for request in requests:
-                        futures.append(
-                            await producer.send(
-                                self.topic,
-                                value=request.model_dump_json(exclude_none=True).encode(),
-                                key=(request.phone_number_id or "").encode(),
-                                headers=[
-                                    ("traceparent", traceparent),
-                                    ("content-type", JSON),
-                                    ("request-id", request.request_id.encode()),
-                                ],
-                            )
-                        )
+                    if len(records) == 1:
+                        futures[0] = await producer.send(self.topic, **records[0].fields())
+                    else:
+                        await self._send_batches(producer, records, futures)
                     # wait(), not gather(): a timeout must not cancel what may still be delivered.
-                    await asyncio.wait(futures)
+                    await asyncio.wait({f for f in futures if f is not None})
             except TimeoutError:
                 pass
             except KafkaError as exc:  # e.g. the topic's metadata never arrived
                 log.warning("kafka_send_failed", error=type(exc).__name__, topic=self.topic)
-            durable = [_settled(f, partial(on_late, i) if on_late else None) for i, f in enumerate(futures)]
-            durable.extend([Delivery.FAILED] * (len(requests) - len(futures)))
+            durable = [
+                Delivery.FAILED if f is None else _settled(f, partial(on_late, i) if on_late else None)
+                for i, f in enumerate(futures)
+            ]
+            first = futures[0]
             if any(d is not Delivery.ACKNOWLEDGED for d in durable):
                 span.set_status(trace.StatusCode.ERROR, "not acknowledged by Kafka in time")
-            elif len(requests) == 1:
-                metadata = futures[0].result()
-                span.set_attribute("messaging.destination.partition.id", str(metadata.partition))
-                span.set_attribute("messaging.kafka.offset", metadata.offset)
+            elif len(records) == 1 and first is not None:
+                span.set_attribute("messaging.destination.partition.id", str(first.result().partition))
+                span.set_attribute("messaging.kafka.offset", first.result().offset)
             return durable
+
+    async def _send_batches(
+        self,
+        producer: AIOKafkaProducer,
+        records: list[_Record],
+        futures: list[asyncio.Future[RecordMetadata] | None],
+    ) -> None:
+        """Many records as one producer batch per partition: a batch request costs one future and one
+        partitioner call per business number instead of per record (half the CPU of `send()` each).
+
+        Partitions are chosen by aiokafka's own default partitioner, so a record lands where
+        `send(key=...)` would have put it.
+        """
+        partitions = sorted(await producer.partitions_for(self.topic))
+        by_partition: dict[int, list[int]] = {}
+        partition_of: dict[bytes, int] = {}
+        for index, record in enumerate(records):
+            partition = partition_of.get(record.key)
+            if partition is None:
+                partition = partition_of[record.key] = _PARTITIONER(record.key, partitions, partitions)
+            by_partition.setdefault(partition, []).append(index)
+
+        for partition, indexes in by_partition.items():
+            batch, members = producer.create_batch(), list[int]()
+            for index in indexes:
+                if batch.append(timestamp=None, **records[index].fields()) is None:
+                    if members:  # full: ship it and start the next
+                        await self._ship(producer, batch, partition, members, futures)
+                        batch, members = producer.create_batch(), []
+                    if batch.append(timestamp=None, **records[index].fields()) is None:
+                        # Larger than a whole batch: the producer sizes a batch for it.
+                        futures[index] = await producer.send(self.topic, **records[index].fields())
+                        continue
+                members.append(index)
+            if members:
+                await self._ship(producer, batch, partition, members, futures)
+
+    async def _ship(
+        self,
+        producer: AIOKafkaProducer,
+        batch: Any,
+        partition: int,
+        members: list[int],
+        futures: list[asyncio.Future[RecordMetadata] | None],
+    ) -> None:
+        batch.close()  # nothing else may join it (`send()` could otherwise add records to it)
+        future = await producer.send_batch(batch, self.topic, partition=partition)
+        for index in members:
+            futures[index] = future
 
     async def send(
         self, topic: str, key: bytes, value: bytes, on_late: Callable[[bool], None] | None = None

@@ -196,6 +196,14 @@ class SenderSettings(_Group):
     pair_interval_seconds: float = Field(default=6.0, ge=0)
     breaker_failure_threshold: int = Field(default=5, ge=1)
     breaker_reset_seconds: float = Field(default=60.0, gt=0)
+    blocked_probe_seconds: float = Field(
+        default=300.0, gt=0, description="after an auth/policy error, how often one request probes the number"
+    )
+    rate_window_guard_seconds: float = Field(
+        default=0.03, ge=0, le=1.0,
+        description="sends are spaced so that no window of 1 s + guard holds more than the rate: absorbs jitter",
+    )
+    rebalance_grace_seconds: float = Field(default=3.0, ge=0, description="in-flight calls of revoked partitions")
     retry_max_attempts: int = Field(default=8, ge=1)
     retry_base_delay_seconds: float = Field(default=0.5, gt=0)
     retry_max_delay_seconds: float = Field(default=300.0, gt=0)

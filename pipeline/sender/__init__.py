@@ -1,0 +1,82 @@
+"""The sender: consume send requests, call the Graph API as fast as Meta allows, publish outcomes.
+
+    await serve(settings)        # `pipeline sender`; returns after SIGTERM/SIGINT once drained
+
+The parts, each with its own module and tests (docs/sender.md explains the design):
+`consumer` (fetch, pause, commit, rebalance) → `engine` (decode, route, outcomes) →
+`scheduler` (per-recipient order) with `limits` (rate per number), `breaker` (outages, blocked
+numbers) and `retry` (what each error means), over `offsets` (what may be committed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from pipeline.config import Settings
+from pipeline.contracts import Stage
+from pipeline.observability import OpsServer, get_logger, setup, track_lag
+from pipeline.sender.consumer import KafkaSource
+from pipeline.sender.engine import Engine
+from pipeline.sender.outcomes import KafkaSink
+from pipeline.topics import TopicCatalog, create_topics
+from pipeline.whatsapp import WhatsAppClient
+
+log = get_logger(__name__)
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or `stop`), then stop fetching, drain, commit and return."""
+    telemetry = setup(Stage.SENDER, settings)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread: caller stops us
+            loop.add_signal_handler(sig, stop.set)
+    catalog = TopicCatalog(settings.kafka)
+    try:
+        await create_topics(settings.kafka)
+    except KafkaError as exc:  # no permission to create: they must exist already
+        log.warning("topics_not_created", error=str(exc))
+    producer = AIOKafkaProducer(
+        **settings.kafka.client_kwargs(), enable_idempotence=True, acks="all", linger_ms=5
+    )
+    await producer.start()
+    client = WhatsAppClient(settings.whatsapp, max_connections=settings.sender.max_in_flight + 16)
+    tracer = telemetry.tracer("pipeline.sender")
+    engine = Engine(
+        settings,
+        client,
+        KafkaSink(producer, tracer),
+        results_topic=catalog.send_results,
+        dead_letters_topic=catalog.dead_letters,
+        partitions=settings.kafka.partitions,
+        tracer=tracer,
+    )
+    source = KafkaSource(settings, engine)
+    try:
+        await source.start()
+        async with OpsServer(settings.sender.host, settings.sender.port, ready=source.ready) as ops:
+            lag = asyncio.create_task(track_lag(source.consumer, settings.sender.group_id))
+            log.info("sender_started", ops_port=ops.port, topic=source.topic, group=settings.sender.group_id,
+                     rate_per_second=settings.sender.rate_per_second, max_in_flight=settings.sender.max_in_flight)
+            try:
+                await source.run(stop)
+            finally:
+                lag.cancel()
+                await asyncio.gather(lag, return_exceptions=True)
+    finally:
+        await producer.stop()
+        await client.aclose()
+        for sig in signals:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+        log.info("sender_stopped")
+
+
+__all__ = ["serve"]

@@ -1,0 +1,165 @@
+"""Fetch `send.requests` into the engine, with backpressure, explicit commits and rebalances.
+
+    source = KafkaSource(settings, engine)
+    await source.start()
+    await source.run(stop)        # until `stop` is set; then drains (grace), commits and returns
+
+A raw aiokafka consumer rather than a FastStream subscriber: offsets are committed by this class
+only, explicitly, as `(lowest offset not done, metadata listing the done ones above it)`, which
+FastStream's `msg.ack()` (it commits everything fetched) cannot express.
+
+* **Backpressure**: a partition is paused while it holds its share of `max_buffered` requests, or
+  while its done-offset map no longer fits the commit metadata; `getmany` keeps being called, so
+  the consumer stays in its group however long a number is blocked.
+* **Commits** every `commit_interval_seconds`, only of partitions whose position or map changed.
+* **Rebalance**: on revocation the engine finishes what is in flight (up to
+  `rebalance_grace_seconds`) and the final positions are committed before the partitions go; on
+  assignment the committed offset and its metadata say where to start and what to skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from pipeline.config import Settings
+from pipeline.observability import get_logger
+from pipeline.sender.engine import Engine
+from pipeline.topics import TopicCatalog
+
+log = get_logger(__name__)
+
+_RESUME_BELOW = 0.8  # resume a paused partition once it holds less than 80 % of its share
+
+
+class KafkaSource:
+    def __init__(self, settings: Settings, engine: Engine, consumer: AIOKafkaConsumer | None = None) -> None:
+        self._settings = settings
+        self._engine = engine
+        self.topic = TopicCatalog(settings.kafka).send_requests
+        self.consumer = consumer or AIOKafkaConsumer(
+            **settings.kafka.client_kwargs(),
+            group_id=settings.sender.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=100,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        self._paused: set[TopicPartition] = set()
+
+    async def start(self) -> None:
+        self.consumer.subscribe([self.topic], listener=_Rebalance(self))
+        await self.consumer.start()
+
+    def ready(self) -> bool:
+        return bool(self.consumer.assignment())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Fetch until `stop` is set, then hand everything back: drain, commit, leave the group."""
+        committer = asyncio.create_task(self._commit_every(self._settings.sender.commit_interval_seconds))
+        sweeper = asyncio.create_task(self._engine.run_sweeper())
+        try:
+            while not stop.is_set():
+                self._apply_backpressure()
+                # Paused partitions return nothing, so `room` bounds what one fetch can add.
+                batches = await self.consumer.getmany(timeout_ms=100, max_records=max(1, self._engine.room))
+                for records in batches.values():
+                    for record in records:
+                        self._engine.intake(record)
+        finally:
+            committer.cancel()
+            sweeper.cancel()
+            await asyncio.gather(committer, sweeper, return_exceptions=True)
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        assigned = [tp for tp in self.consumer.assignment() if tp.topic == self.topic]
+        self.consumer.pause(*assigned)
+        final = await self._engine.close(self._settings.sender.shutdown_grace_seconds)
+        await self._commit(final, why="shutdown")
+        # Leaving the group runs the revocation listener again; the engine has nothing left by then.
+        await self.consumer.stop()
+
+    # --- backpressure -------------------------------------------------------------------------------
+
+    def _apply_backpressure(self) -> None:
+        assigned = [tp for tp in self.consumer.assignment() if tp.topic == self.topic]
+        if not assigned:
+            return
+        engine = self._engine
+        share = max(1, engine.scheduler.max_buffered // len(assigned))
+        full = engine.room == 0
+        for tp in assigned:
+            held = engine.outstanding(tp.partition)
+            paused = tp in self._paused
+            if not paused and (full or held >= share or engine.overflowing(tp.partition)):
+                self.consumer.pause(tp)
+                self._paused.add(tp)
+                log.info("partition_paused", partition=tp.partition, held=held, share=share,
+                         metadata_full=engine.overflowing(tp.partition))
+            elif paused and not full and held < share * _RESUME_BELOW and not engine.overflowing(tp.partition):
+                self.consumer.resume(tp)
+                self._paused.discard(tp)
+                log.info("partition_resumed", partition=tp.partition, held=held)
+
+    # --- commits ------------------------------------------------------------------------------------
+
+    async def _commit_every(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await self._commit(self._engine.commit_offsets(), why="interval")
+
+    async def _commit(self, offsets: dict[int, tuple[int, str]], *, why: str) -> None:
+        if not offsets:
+            return
+        request = {TopicPartition(self.topic, p): (offset, metadata) for p, (offset, metadata) in offsets.items()}
+        try:
+            await self.consumer.commit(request)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group is rebalancing: the partitions may belong to someone else now. What was done
+            # and not committed is redone by the next owner (bounded by one commit interval).
+            log.warning("commit_skipped", why=why, error=str(exc), partitions=sorted(offsets))
+            return
+        except KafkaError as exc:
+            log.error("commit_failed", why=why, error=str(exc), partitions=sorted(offsets))
+            return
+        self._engine.committed(offsets)
+
+    # --- rebalance ----------------------------------------------------------------------------------
+
+    async def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        partitions = [tp.partition for tp in revoked if tp.topic == self.topic]
+        self._paused.difference_update(revoked)
+        if not partitions:
+            return
+        final = await self._engine.revoke(partitions, self._settings.sender.rebalance_grace_seconds)
+        await self._commit(final, why="revoked")
+        log.info("partitions_revoked", partitions=sorted(partitions))
+
+    async def on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        mine = [tp for tp in assigned if tp.topic == self.topic]
+        count = self.consumer.partitions_for_topic(self.topic)
+        if count:
+            self._engine.partitions = len(count)
+        # The public `committed()` drops the metadata, which holds the done offsets we must skip.
+        committed = await self.consumer._coordinator.fetch_committed_offsets(mine) if mine else {}
+        for tp in mine:
+            entry = committed.get(tp)
+            offset = entry.offset if entry is not None and entry.offset >= 0 else None
+            self._engine.assign(tp.partition, offset, entry.metadata if entry is not None else None)
+        log.info("partitions_assigned", partitions=sorted(tp.partition for tp in mine),
+                 partition_count=self._engine.partitions)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    def __init__(self, source: KafkaSource) -> None:
+        self._source = source
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._source.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self._source.on_assigned(assigned)

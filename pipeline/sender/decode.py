@@ -1,0 +1,62 @@
+"""Bytes from `send.requests` → a `SendRequest`, or the reason it cannot be one; and who owns it.
+
+    decoded = decode(record.value)           # SendRequest | Rejected(reason, error, request_id)
+    number = sending_number(request, default="106540352242922")   # None: nobody can send it
+    owner_partition(number, partitions=12)   # the partition Kafka's default partitioner picks
+
+A record that does not decode is dead-lettered with the reason (`invalid_json`,
+`schema_invalid`) and the raw bytes, and its offset completes like any other: one poison message
+never stops a partition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+from aiokafka.partitioner import murmur2
+from pydantic import ValidationError
+
+from pipeline.contracts import DeadLetterReason, SendRequest, describe, field_errors
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    reason: DeadLetterReason
+    error: str
+    request_id: str | None = None
+
+
+def decode(value: bytes | None) -> SendRequest | Rejected:
+    if value is None:
+        return Rejected(DeadLetterReason.INVALID_JSON, "record has no value (a tombstone?)")
+    try:
+        return SendRequest.model_validate_json(value)
+    except ValidationError as exc:
+        return _rejected(value, exc)
+
+
+def _rejected(value: bytes, exc: ValidationError) -> Rejected:
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError as err:
+        return Rejected(DeadLetterReason.INVALID_JSON, f"not JSON: {err}")
+    if not isinstance(data, dict):
+        return Rejected(DeadLetterReason.SCHEMA_INVALID, f"a SendRequest is a JSON object; got {type(data).__name__}")
+    request_id = data.get("request_id")
+    return Rejected(
+        DeadLetterReason.SCHEMA_INVALID,
+        describe(field_errors(exc, data))[:4000],
+        request_id if isinstance(request_id, str) else None,
+    )
+
+
+def sending_number(request: SendRequest, default: str | None) -> str | None:
+    """The business number that sends `request`: its own, else WHATSAPP_PHONE_NUMBER_ID."""
+    return request.phone_number_id or default
+
+
+def owner_partition(number: str, partitions: int) -> int:
+    """The partition a record keyed by `number` lands on with Kafka's default partitioner."""
+    hashed: int = murmur2(number.encode())
+    return (hashed & 0x7FFFFFFF) % partitions

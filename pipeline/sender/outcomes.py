@@ -1,0 +1,103 @@
+"""Where outcomes go: `send.results`, `dead-letters`, or back to `send.requests` with the right key.
+
+    sink = KafkaSink(producer, tracer)          # idempotent producer, acks=all
+    await sink.publish(topic, key, value, headers, context=work.context)   # returns once acknowledged
+    result_record(work, Terminal(MessageOutcome.SENT), wamid="wamid.X")   # -> bytes of a SendResult
+    dead_letter_record(origin, reason, error, request_id)                 # -> bytes of a DeadLetter
+
+`publish` returns only when the broker has the record (acks=all), and the engine marks the
+request's offset done only after that: an outcome is durable before its offset can be committed.
+Every publish is a PRODUCER span `send {topic}` in the request's trace, and carries `traceparent`
+in its headers so the next consumer continues the same trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from aiokafka import AIOKafkaProducer
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind, Tracer
+
+from pipeline.contracts import DeadLetter, DeadLetterReason, MessageOutcome, SendResult, Stage
+from pipeline.sender.work import Origin, Work
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+class Sink(Protocol):
+    async def publish(
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers, *, context: Context | None = None
+    ) -> None: ...
+
+
+class KafkaSink:
+    def __init__(self, producer: AIOKafkaProducer, tracer: Tracer | None = None) -> None:
+        self._producer = producer
+        self._tracer = tracer or trace.get_tracer("pipeline.sender")
+
+    async def publish(
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers, *, context: Context | None = None
+    ) -> None:
+        span = self._tracer.start_span(
+            f"send {topic}",
+            context=context,
+            kind=SpanKind.PRODUCER,
+            attributes={"messaging.system": "kafka", "messaging.destination.name": topic,
+                        "messaging.operation.type": "send"},
+        )
+        try:
+            out = [(k, v) for k, v in headers if k != "traceparent"]
+            out.append(("traceparent", traceparent_of(span).encode()))
+            future = await self._producer.send(topic, value, key=key, headers=out)
+            metadata = await future
+            span.set_attribute("messaging.destination.partition.id", str(metadata.partition))
+            span.set_attribute("messaging.kafka.offset", metadata.offset)
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(trace.StatusCode.ERROR)
+            raise
+        finally:
+            span.end()
+
+
+def traceparent_of(span: trace.Span) -> str:
+    """W3C traceparent of `span` (formatted here: the propagator's inject costs a context copy)."""
+    ctx = span.get_span_context()
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+
+
+def result_record(work: Work, outcome: MessageOutcome, *, wamid: str | None = None) -> bytes:
+    request = work.request
+    result = SendResult(
+        request_id=request.request_id,
+        phone_number_id=work.number,
+        to=request.to,
+        outcome=outcome,
+        wamid=wamid,
+        error=work.last_error if outcome is not MessageOutcome.SENT else None,
+        attempts=work.attempts,
+        ambiguous_attempts=work.ambiguous_attempts,
+        accepted_at=request.accepted_at,
+        traceparent=work.traceparent,
+        metadata=request.metadata,
+    )
+    return result.model_dump_json(exclude_none=True).encode()
+
+
+def dead_letter_record(origin: Origin, reason: DeadLetterReason, error: str, request_id: str | None) -> bytes:
+    letter = DeadLetter(
+        stage=Stage.SENDER,
+        reason=reason,
+        error=error[:4096],
+        topic=origin.topic,
+        partition=origin.partition,
+        offset=origin.offset,
+        key_b64=DeadLetter.encode(origin.key),
+        value_b64=DeadLetter.encode(origin.value) or "",
+        headers={k: v.decode("utf-8", "replace") for k, v in origin.headers},
+        request_id=request_id,
+    )
+    return letter.model_dump_json().encode()

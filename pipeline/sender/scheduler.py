@@ -1,0 +1,285 @@
+"""Which request goes next: per-recipient order, each number's pace and breaker, bounded in flight.
+
+    scheduler = Scheduler(lane_factory, max_in_flight=300, max_buffered=20_000)
+    scheduler.submit(work, now)          # raises MessageRejected when max_buffered requests are held
+    batch = scheduler.poll(now)          # batch.dispatch: call Meta now; batch.expired: too late
+    scheduler.next_wake                  # when poll has something to do again (None: on the next event)
+    scheduler.finished(work, now)        # the head's outcome is known: its recipient moves on
+    scheduler.retry(work, now + 2.0)     # the head goes again later, still first in its queue
+    scheduler.sweep(now)                 # expired requests that were waiting behind others
+    scheduler.revoke({0, 1})             # forget the queued work of lost partitions
+
+Contract (the sender's order guarantee): requests to one recipient from one business number are
+kept in one FIFO; only its head is ever dispatched, and only when no call for that recipient is in
+flight. A retried head keeps its place, so later requests to that recipient wait behind it and
+everyone else keeps flowing. Each number is a `Lane` with its own rate limiter, breaker and queue
+of recipients that are ready; a lane blocked by its limiter or breaker does not hold others up.
+
+`poll` is synchronous and takes the time as an argument, so the whole policy runs under a fake
+clock in tests; the engine calls it from one event-loop callback and turns `next_wake` into one
+timer. Nothing here sleeps or creates a task per waiting request.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import count
+
+from pipeline.sender.breaker import CircuitBreaker
+from pipeline.sender.limits import RateLimiter
+from pipeline.sender.work import Work
+
+# A limiter that wants to wake us again in 0.3 ms would cost a timer per send at 1,000/s; its
+# small burst allowance absorbs this much lateness instead.
+MIN_TIMER_SECONDS = 0.004
+
+
+class MessageRejected(Exception):  # arroyo's name for backpressure
+    """Backpressure: the scheduler holds `max_buffered` requests; stop fetching until some finish."""
+
+
+class Recipient:
+    __slots__ = ("busy", "key", "not_before", "queue", "scheduled")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.queue: deque[Work] = deque()
+        self.busy = False  # its head is in flight
+        self.scheduled = False  # in the lane's ready deque or timer heap
+        self.not_before = 0.0
+
+
+class Lane:
+    """One business number: its recipients, pace and breaker."""
+
+    def __init__(self, number: str, limiter: RateLimiter, breaker: CircuitBreaker) -> None:
+        self.number = number
+        self.limiter = limiter
+        self.breaker = breaker
+        self.recipients: dict[str, Recipient] = {}
+        self.ready: deque[Recipient] = deque()
+        self.timers: list[tuple[float, int, Recipient]] = []
+        self.in_flight = 0
+        self.queued = 0
+        self.blocked_until = 0.0  # limiter or breaker wait: skip the lane until then
+
+
+@dataclass(slots=True)
+class Batch:
+    dispatch: list[Work] = field(default_factory=list)
+    expired: list[Work] = field(default_factory=list)
+
+
+LaneFactory = Callable[[str], Lane]
+
+
+class Scheduler:
+    def __init__(self, lane_factory: LaneFactory, *, max_in_flight: int, max_buffered: int) -> None:
+        self._new_lane = lane_factory
+        self.lanes: dict[str, Lane] = {}
+        self.max_in_flight = max_in_flight
+        self.max_buffered = max_buffered
+        self.in_flight = 0
+        self.buffered = 0  # requests held: queued or in flight
+        self.next_wake: float | None = None
+        self._seq = count()
+
+    # --- intake -------------------------------------------------------------------------------------
+
+    def lane(self, number: str) -> Lane:
+        lane = self.lanes.get(number)
+        if lane is None:
+            lane = self.lanes[number] = self._new_lane(number)
+        return lane
+
+    def submit(self, work: Work, now: float) -> None:
+        if self.buffered >= self.max_buffered:
+            raise MessageRejected(f"{self.buffered} requests held (max_buffered)")
+        lane = self.lane(work.number)
+        recipient = lane.recipients.get(work.recipient)
+        if recipient is None:
+            recipient = lane.recipients[work.recipient] = Recipient(work.recipient)
+        recipient.queue.append(work)
+        lane.queued += 1
+        self.buffered += 1
+        if not recipient.busy and not recipient.scheduled:
+            self._schedule(lane, recipient, now)
+
+    # --- dispatch -----------------------------------------------------------------------------------
+
+    def poll(self, now: float) -> Batch:
+        """Everything that may start now, within the limits; sets `next_wake`."""
+        batch = Batch()
+        wake = math.inf
+        for lane in self.lanes.values():
+            timers = lane.timers
+            while timers and timers[0][0] <= now:
+                _, _, recipient = heapq.heappop(timers)
+                lane.ready.append(recipient)
+            if lane.ready and now >= lane.blocked_until:
+                self._drain_lane(lane, now, batch)
+            if lane.ready and lane.blocked_until > now:
+                wake = min(wake, lane.blocked_until)
+            if timers:
+                wake = min(wake, timers[0][0])
+        self.next_wake = None if wake == math.inf else max(wake, now + MIN_TIMER_SECONDS)
+        return batch
+
+    def _drain_lane(self, lane: Lane, now: float, batch: Batch) -> None:
+        ready = lane.ready
+        lane.blocked_until = 0.0
+        while ready and self.in_flight < self.max_in_flight:
+            recipient = ready[0]
+            head = recipient.queue[0]
+            if head.deadline is not None and head.deadline <= now:
+                self._pop_head(lane, recipient)
+                batch.expired.append(head)
+                if not recipient.queue:
+                    ready.popleft()
+                    recipient.scheduled = False
+                    self._forget_if_idle(lane, recipient, now)
+                continue
+            wait = lane.breaker.admit(now, lane.in_flight)
+            if wait == 0.0:
+                wait = lane.limiter.acquire(now)
+                if wait > 0.0 and lane.breaker.probing:
+                    lane.breaker.release_probe()  # the probe was not sent; let the next try take it
+            if wait > 0.0:
+                # math.inf: the breaker waits for a call in flight; `finished`/`retry` clear it.
+                lane.blocked_until = now + wait
+                return
+            head.probe = lane.breaker.probing
+            ready.popleft()
+            recipient.scheduled = False
+            recipient.busy = True
+            lane.in_flight += 1
+            self.in_flight += 1
+            head.dispatched_at = now
+            batch.dispatch.append(head)
+
+    # --- results ------------------------------------------------------------------------------------
+
+    def finished(self, work: Work, now: float) -> None:
+        """The in-flight head reached an outcome: drop it; its recipient's next request may go."""
+        lane, recipient = self._returning(work)
+        self._pop_head(lane, recipient)
+        if recipient.queue:
+            self._schedule(lane, recipient, now)
+        else:
+            self._forget_if_idle(lane, recipient, now)
+
+    def retry(self, work: Work, at: float, now: float) -> None:
+        """The in-flight head goes again at `at` (it stays first; its recipient waits with it)."""
+        lane, recipient = self._returning(work)
+        recipient.not_before = max(recipient.not_before, at)
+        self._schedule(lane, recipient, now)
+
+    def sweep(self, now: float) -> list[Work]:
+        """Remove queued (not in-flight) requests whose deadline passed, wherever they wait.
+
+        Heads are checked at dispatch; this finds the ones stuck behind a stopped number or a
+        waiting head (call it every second or so). It also forgets recipients that are idle.
+        """
+        expired: list[Work] = []
+        for lane in self.lanes.values():
+            for recipient in list(lane.recipients.values()):
+                queue = recipient.queue
+                if not queue:
+                    self._forget_if_idle(lane, recipient, now)
+                    continue
+                keep_head = recipient.busy
+                if not any(w.deadline is not None and w.deadline <= now for w in queue):
+                    continue
+                kept: deque[Work] = deque()
+                for index, work in enumerate(queue):
+                    if (index == 0 and keep_head) or work.deadline is None or work.deadline > now:
+                        kept.append(work)
+                    else:
+                        expired.append(work)
+                removed = len(queue) - len(kept)
+                recipient.queue = kept
+                lane.queued -= removed
+                self.buffered -= removed
+                if not kept:
+                    self._unschedule(lane, recipient)
+                    self._forget_if_idle(lane, recipient, now)
+        return expired
+
+    # --- rebalance ----------------------------------------------------------------------------------
+
+    def revoke(self, partitions: Iterable[int]) -> list[Work]:
+        """Forget the queued work of `partitions` and return it; calls in flight stay until they return.
+
+        The engine decides what an in-flight call's answer is worth once its partition is gone.
+        """
+        lost = set(partitions)
+        dropped: list[Work] = []
+        for lane in self.lanes.values():
+            for key, recipient in list(lane.recipients.items()):
+                queue = recipient.queue
+                if not any(w.origin.partition in lost for w in queue):
+                    continue
+                kept: deque[Work] = deque()
+                for index, work in enumerate(queue):
+                    if work.origin.partition not in lost or (index == 0 and recipient.busy):
+                        kept.append(work)
+                        continue
+                    dropped.append(work)
+                    lane.queued -= 1
+                    self.buffered -= 1
+                recipient.queue = kept
+                if not kept:
+                    self._unschedule(lane, recipient)
+                    del lane.recipients[key]
+        return dropped
+
+    def in_flight_work(self) -> Iterator[Work]:
+        for lane in self.lanes.values():
+            for recipient in lane.recipients.values():
+                if recipient.busy:
+                    yield recipient.queue[0]
+
+    # --- helpers ------------------------------------------------------------------------------------
+
+    def _returning(self, work: Work) -> tuple[Lane, Recipient]:
+        lane = self.lanes[work.number]
+        recipient = lane.recipients[work.recipient]
+        assert recipient.busy, "only the in-flight head can return"
+        assert recipient.queue[0] is work, "only the in-flight head can return"
+        recipient.busy = False
+        lane.in_flight -= 1
+        self.in_flight -= 1
+        if lane.blocked_until == math.inf:
+            lane.blocked_until = 0.0  # the breaker waited for this call
+        return lane, recipient
+
+    def _pop_head(self, lane: Lane, recipient: Recipient) -> None:
+        recipient.queue.popleft()
+        lane.queued -= 1
+        self.buffered -= 1
+
+    def _schedule(self, lane: Lane, recipient: Recipient, now: float) -> None:
+        recipient.scheduled = True
+        if recipient.not_before <= now:
+            lane.ready.append(recipient)
+        else:
+            heapq.heappush(lane.timers, (recipient.not_before, next(self._seq), recipient))
+
+    def _unschedule(self, lane: Lane, recipient: Recipient) -> None:
+        if not recipient.scheduled:
+            return
+        recipient.scheduled = False
+        if recipient in lane.ready:
+            lane.ready.remove(recipient)
+        else:
+            lane.timers = [t for t in lane.timers if t[2] is not recipient]
+            heapq.heapify(lane.timers)
+
+    def _forget_if_idle(self, lane: Lane, recipient: Recipient, now: float) -> None:
+        # A recipient still serving a 131056 delay is kept, so its next request waits it out too.
+        if not recipient.queue and not recipient.busy and recipient.not_before <= now:
+            lane.recipients.pop(recipient.key, None)

@@ -1,0 +1,107 @@
+"""The rate limiter: never above the rate in any window, even, adaptive on 130429."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.sender.limits import RateLimiter
+from tests.sender.checks import max_in_window
+
+
+def drive(limiter: RateLimiter, until: float, step: float = 0.0005, start: float = 0.0) -> list[float]:
+    """Ask for a slot as often as `step` allows (a hungry sender); return the send times."""
+    sent, now = [], start
+    while now < until:
+        if limiter.acquire(now) == 0.0:
+            sent.append(now)
+            continue  # try again at once: burst as much as allowed
+        now += step
+    return sent
+
+
+def test_a_plain_token_bucket_would_double_the_rate_across_a_window_edge() -> None:
+    # The trap the limiter avoids: capacity = rate, full at t=0.99, refilled by t=1.98.
+    sends = [0.99] * 80 + [0.99 + i / 80 for i in range(1, 81)]
+    assert max_in_window(sends) > 80
+
+
+@pytest.mark.parametrize("rate", [1.0, 20.0, 80.0, 1000.0])
+def test_never_more_than_the_rate_in_any_one_second_window(rate: float) -> None:
+    limiter = RateLimiter(rate)
+    sent = drive(limiter, until=5.0)
+    assert max_in_window(sent) <= int(rate)
+    # and as fast as allowed: within a few percent of the rate
+    assert len(sent) >= rate * 5 * 0.95 - 2
+
+
+def test_the_guard_keeps_windows_of_1s_plus_guard_under_the_rate() -> None:
+    limiter = RateLimiter(1000.0, guard=0.03)
+    sent = drive(limiter, until=4.0)
+    assert max_in_window(sent, width=1.03) <= 1000
+    assert len(sent) / 4.0 >= 1000 / 1.03 * 0.98  # costs only the guard's share of throughput
+
+
+def test_sends_are_even_not_one_burst_per_window() -> None:
+    limiter = RateLimiter(100.0)
+    sent = drive(limiter, until=3.0)
+    assert max_in_window(sent, width=0.1) <= 12  # ~10 per 100 ms, not 100 at once
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rate=st.sampled_from([3.0, 80.0, 250.0]),
+    gaps=st.lists(st.floats(min_value=0.0, max_value=0.3), min_size=50, max_size=400),
+    throttles=st.sets(st.integers(min_value=0, max_value=399), max_size=5),
+)
+def test_no_window_exceeds_the_rate_whatever_the_arrival_pattern(
+    rate: float, gaps: list[float], throttles: set[int]
+) -> None:
+    limiter = RateLimiter(rate, guard=0.02)
+    now, sent = 0.0, []
+    for index, gap in enumerate(gaps):
+        now += gap
+        if index in throttles:
+            limiter.throttled(now)
+        while (wait := limiter.acquire(now)) > 0:
+            now += wait  # the scheduler comes back exactly when told
+        sent.append(now)
+    assert max_in_window(sent, width=1.02) <= int(rate)
+
+
+def test_throttled_halves_the_rate_once_per_window_then_recovers() -> None:
+    limiter = RateLimiter(80.0, recover=0.05)
+    limiter.throttled(10.0)
+    assert limiter.rate == 40.0
+    limiter.throttled(10.1)  # the other calls of the same overshoot
+    assert limiter.rate == pytest.approx(40.4)
+    limiter.throttled(10.5)
+    assert limiter.rate == pytest.approx(42.0)  # not halved again; already recovering (+4/s)
+    limiter.acquire(15.0)  # 5 s after the decrease: +5 % of 80 per second
+    assert limiter.rate == pytest.approx(60.0)
+    limiter.acquire(30.0)
+    assert limiter.rate == 80.0
+
+
+def test_after_a_decrease_the_window_holds_the_new_rate() -> None:
+    limiter = RateLimiter(100.0, recover=0.0)
+    before = drive(limiter, until=2.0)
+    limiter.throttled(2.0)
+    after = drive(limiter, until=6.0, start=2.0)
+    assert max_in_window([t for t in after if t >= 3.0]) <= 50
+    assert max_in_window(before + after) <= 100
+
+
+def test_pause_stops_everything_until_it_ends() -> None:
+    limiter = RateLimiter(80.0)
+    limiter.pause(1.0, 60.0)
+    assert limiter.acquire(1.0) == pytest.approx(60.0)
+    assert limiter.acquire(61.0) == 0.0
+
+
+def test_bad_arguments_name_the_rule() -> None:
+    with pytest.raises(ValueError, match="rate: must be > 0"):
+        RateLimiter(0)
+    with pytest.raises(ValueError, match="guard"):
+        RateLimiter(10, guard=-1)

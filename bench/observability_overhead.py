@@ -20,6 +20,7 @@ best round (least disturbed by others) is compared with `off`'s; medians are pri
           through our handler. Spans carry ids but are not recorded (nothing would read them).
   traced  `on` plus an in-memory span exporter: every span recorded and handed to an exporter, as
           when OTEL_EXPORTER_OTLP_ENDPOINT is set (without the OTLP encoding and network cost)
+  tracing, metrics   `on` with only one of the two broker middlewares, to split `on`'s cost
 
 `--profile on` prints the top functions of one extra round (cProfile; `--profile-mode on|traced`).
 """
@@ -107,9 +108,9 @@ def make_broker(settings: Settings, mode: str, exporter: Any) -> KafkaBroker:
     if mode == "off":
         return KafkaBroker(settings.kafka.bootstrap_servers, logger=None)
     telemetry = setup(Stage.SENDER, settings, span_exporter=exporter if mode == "traced" else None)
-    return KafkaBroker(
-        settings.kafka.bootstrap_servers, middlewares=broker_middlewares(telemetry.tracer_provider, "bench")
-    )
+    tracing, metrics = broker_middlewares(telemetry.tracer_provider, "bench")
+    chosen = {"tracing": (tracing,), "metrics": (metrics,)}.get(mode, (tracing, metrics))
+    return KafkaBroker(settings.kafka.bootstrap_servers, middlewares=chosen)
 
 
 async def one_round(
@@ -211,7 +212,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--modes", default="off,on,traced", help="comma-separated: off, on, traced")
+    parser.add_argument("--modes", default="off,on,traced", help="comma-separated: off, on, traced, tracing, metrics")
     parser.add_argument("--handler", choices=("relay", "http"), default="relay")
     parser.add_argument("--profile", choices=("off", "on"), default="off")
     parser.add_argument("--profile-mode", choices=("on", "traced"), default="on", help="the mode --profile runs")

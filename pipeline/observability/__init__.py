@@ -69,7 +69,7 @@ def setup(stage: Stage, settings: Settings, span_exporter: SpanExporter | None =
         telemetry = Telemetry(stage=stage, tracer_provider=provider)
         _configured[stage] = (instance, span_exporter, telemetry)
     register_stage_provider(stage.value, telemetry.tracer_provider)
-    instrument_httpx()
+    instrument_httpx(telemetry.tracer_provider)
     return telemetry
 
 

@@ -171,11 +171,14 @@ def _install_router() -> None:
 def instrument_httpx(provider: TracerProvider | None = None) -> None:
     """Client spans for every request through httpx's own transports (the Graph API calls).
 
-    Instrumented once per process, against the stage-routing provider; `provider` is accepted for
-    compatibility and not needed.
+    Instrumented once per process, against the stage-routing provider, and only once a stage records
+    spans: for unrecorded spans the instrumentation would cost ~100 µs of CPU per request
+    (bench/observability_overhead.py --handler http) to send a `traceparent` nobody reads.
     """
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
+    if provider is not None and not records_spans(provider):
+        return
     instrumentor = HTTPXClientInstrumentor()
     if not instrumentor.is_instrumented_by_opentelemetry:
         instrumentor.instrument(tracer_provider=_ROUTER)
@@ -186,10 +189,14 @@ def instrument_http_client(client: httpx.AsyncClient | httpx.Client) -> None:
 
     `instrument_httpx` patches `httpx.AsyncHTTPTransport` only; a client on another transport
     (httpx-aiohttp's `AiohttpTransport`) produces no spans without this. Safe on any client:
-    one on httpx's own transport is left alone (it would get two spans per request otherwise).
+    one on httpx's own transport is left alone (it would get two spans per request otherwise). A
+    client that makes its own spans (`pipeline.whatsapp.WhatsAppClient`) does not need it.
     """
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
+    provider = provider_for_current_stage()
+    if isinstance(provider, TracerProvider) and not records_spans(provider):
+        return  # nothing would record the spans (see instrument_httpx)
     transport = client._transport
     if isinstance(transport, httpx.AsyncHTTPTransport | httpx.HTTPTransport):
         return

@@ -74,3 +74,11 @@ async def test_a_plain_httpx_client_gets_one_span_per_request(settings: Settings
         instrument_http_client(client)  # covered globally already: must not add a second span
         await client.get(f"{base_url}/ping")
     assert [s.name for s in exporter.get_finished_spans()] == ["GET"]
+
+
+async def test_without_an_exporter_http_clients_are_left_uninstrumented(settings: Settings) -> None:
+    """Unrecorded client spans would cost CPU per request and only send a traceparent nobody reads."""
+    setup(Stage.SANDBOX, settings)  # no exporter
+    async with httpx.AsyncClient(transport=AiohttpTransport()) as client:
+        instrument_http_client(client)
+        assert not getattr(client, "_is_instrumented_by_opentelemetry", False)

@@ -3,10 +3,11 @@
     app = create_app(settings.sandbox)          # for in-process tests (aiohttp's TestServer, AppRunner)
     await serve(settings)                       # `pipeline sandbox`: runs until cancelled
 
-aiohttp.web rather than uvicorn + Starlette, by measurement (`bench/sandbox.py --stacks`): the same
-bare handler reached the same throughput on both (within noise), and aiohttp's server spent 7-25 %
-less CPU per request (0.123-0.125 ms against 0.134-0.155 ms; uvicorn runs h11 here, httptools is not
-installed). aiohttp also parses multipart uploads itself, where Starlette needs python-multipart.
+aiohttp.web rather than uvicorn + Starlette, by measurement (`bench/sandbox.py --stacks`, figures in
+BENCHMARKS.md): the same bare handler reached the same throughput on both (within noise), and
+aiohttp's server spent less CPU per request in every run (uvicorn needed 7-40 % more; it runs h11
+here, httptools is not installed). aiohttp also parses multipart uploads itself, where Starlette
+needs python-multipart.
 """
 
 from __future__ import annotations

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from pipeline.api.intake import MESSAGE_TYPES, Admitted, Intake, Rejection, message_type_label, strip_controls
+import hypothesis.strategies as st
+import orjson
+from hypothesis import given
+
+from pipeline.api.intake import (
+    MESSAGE_TYPES,
+    Admitted,
+    Intake,
+    Rejection,
+    may_hold_controls,
+    message_type_label,
+    strip_controls,
+)
 from pipeline.config import Settings
 from pipeline.contracts import utcnow
 from tests.api.conftest import text_request, with_api
@@ -85,3 +98,23 @@ def test_metric_label_is_bounded() -> None:
     assert message_type_label({"message": "text"}) == "unknown"
     assert message_type_label([]) == "unknown"
     assert {"text", "template", "interactive", "image", "reaction", "location"} <= MESSAGE_TYPES
+
+
+# What a JSON body can hold (no lone surrogates, integers a JSON parser accepts).
+texts = st.text(alphabet=st.characters(exclude_categories=["Cs"]))
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | texts,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(value=json_values, encoder=st.sampled_from(["orjson", "ascii", "unicode"]))
+def test_skipping_the_walk_is_safe_whatever_the_encoder(value: Any, encoder: str) -> None:
+    raw = (
+        orjson.dumps(value)
+        if encoder == "orjson"
+        else json.dumps(value, ensure_ascii=encoder == "ascii").encode()
+    )
+    if not may_hold_controls(raw):
+        assert strip_controls(orjson.loads(raw)) == orjson.loads(raw)

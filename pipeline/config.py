@@ -204,6 +204,16 @@ class SenderSettings(_Group):
         description="sends are spaced so that no window of 1 s + guard holds more than the rate: absorbs jitter",
     )
     rebalance_grace_seconds: float = Field(default=3.0, ge=0, description="in-flight calls of revoked partitions")
+    exactly_once_outcomes: bool = Field(
+        default=True, description="outcomes and offsets in one Kafka transaction (false: brokers without them)"
+    )
+    transactional_id: str | None = Field(
+        default=None, description="stable per replica (e.g. the pod name) so a restart fences its predecessor"
+    )
+    transaction_timeout_seconds: float = Field(default=15.0, ge=1, le=900)
+    session_timeout_seconds: float = Field(
+        default=10.0, ge=1, le=300, description="how long the group waits for a silent (crashed) member"
+    )
     retry_max_attempts: int = Field(default=8, ge=1)
     retry_base_delay_seconds: float = Field(default=0.5, gt=0)
     retry_max_delay_seconds: float = Field(default=300.0, gt=0)

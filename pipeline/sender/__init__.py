@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import socket
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -20,6 +22,7 @@ from aiokafka.errors import KafkaError
 from pipeline.config import Settings
 from pipeline.contracts import Stage
 from pipeline.observability import OpsServer, get_logger, setup, track_lag
+from pipeline.sender.commits import TransactionalCommitter
 from pipeline.sender.consumer import KafkaSource
 from pipeline.sender.engine import Engine
 from pipeline.sender.outcomes import KafkaSink
@@ -43,23 +46,34 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         await create_topics(settings.kafka)
     except KafkaError as exc:  # no permission to create: they must exist already
         log.warning("topics_not_created", error=str(exc))
+    sender = settings.sender
+    exactly_once = sender.exactly_once_outcomes
     producer = AIOKafkaProducer(
-        **settings.kafka.client_kwargs(), enable_idempotence=True, acks="all", linger_ms=5
+        **settings.kafka.client_kwargs(),
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=5,
+        transactional_id=(sender.transactional_id or f"{sender.group_id}-{socket.gethostname()}-{os.getpid()}")
+        if exactly_once else None,
+        transaction_timeout_ms=int(sender.transaction_timeout_seconds * 1000),
     )
     await producer.start()
-    client = WhatsAppClient(settings.whatsapp, max_connections=settings.sender.max_in_flight + 16)
+    client = WhatsAppClient(settings.whatsapp, max_connections=sender.max_in_flight + 16)
     tracer = telemetry.tracer("pipeline.sender")
+    transactions = TransactionalCommitter(producer, sender.group_id, catalog.send_requests) if exactly_once else None
     engine = Engine(
         settings,
         client,
-        KafkaSink(producer, tracer),
+        transactions.sink(tracer) if transactions is not None else KafkaSink(producer, tracer),
         results_topic=catalog.send_results,
         dead_letters_topic=catalog.dead_letters,
         partitions=settings.kafka.partitions,
         tracer=tracer,
     )
-    source = KafkaSource(settings, engine)
+    source = KafkaSource(settings, engine, transactions)
     try:
+        if transactions is not None:
+            await transactions.start()
         await source.start()
         async with OpsServer(settings.sender.host, settings.sender.port, ready=source.ready) as ops:
             lag = asyncio.create_task(track_lag(source.consumer, settings.sender.group_id))

@@ -11,7 +11,8 @@ FastStream's `msg.ack()` (it commits everything fetched) cannot express.
 * **Backpressure**: a partition is paused while it holds its share of `max_buffered` requests, or
   while its done-offset map no longer fits the commit metadata; `getmany` keeps being called, so
   the consumer stays in its group however long a number is blocked.
-* **Commits** every `commit_interval_seconds`, only of partitions whose position or map changed.
+* **Commits** every `commit_interval_seconds`, only of partitions whose position or map changed,
+  through a `Committer` (commits.py: in the outcomes' transaction, or by the consumer).
 * **Rebalance**: on revocation the engine finishes what is in flight (up to
   `rebalance_grace_seconds`) and the final positions are committed before the partitions go; on
   assignment the committed offset and its metadata say where to start and what to skip.
@@ -20,13 +21,13 @@ FastStream's `msg.ack()` (it commits everything fetched) cannot express.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from pipeline.config import Settings
 from pipeline.observability import get_logger
+from pipeline.sender.commits import Committer, ConsumerCommitter, Offsets
 from pipeline.sender.engine import Engine
 from pipeline.topics import TopicCatalog
 
@@ -36,19 +37,25 @@ _RESUME_BELOW = 0.8  # resume a paused partition once it holds less than 80 % of
 
 
 class KafkaSource:
-    def __init__(self, settings: Settings, engine: Engine, consumer: AIOKafkaConsumer | None = None) -> None:
+    def __init__(self, settings: Settings, engine: Engine, committer: Committer | None = None) -> None:
         self._settings = settings
         self._engine = engine
         self.topic = TopicCatalog(settings.kafka).send_requests
-        self.consumer = consumer or AIOKafkaConsumer(
+        self.consumer = AIOKafkaConsumer(
             **settings.kafka.client_kwargs(),
             group_id=settings.sender.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            # Re-routed requests are written in the sender's transactions: skip aborted ones.
+            isolation_level="read_committed",
+            session_timeout_ms=int(settings.sender.session_timeout_seconds * 1000),
+            heartbeat_interval_ms=min(3000, int(settings.sender.session_timeout_seconds * 1000) // 3),
             fetch_max_wait_ms=100,
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
+        self.committer: Committer = committer or ConsumerCommitter(self.consumer, self.topic)
         self._paused: set[TopicPartition] = set()
+        self._fatal: BaseException | None = None  # raised by the fetch loop (listener errors are swallowed)
 
     async def start(self) -> None:
         self.consumer.subscribe([self.topic], listener=_Rebalance(self))
@@ -63,6 +70,10 @@ class KafkaSource:
         sweeper = asyncio.create_task(self._engine.run_sweeper())
         try:
             while not stop.is_set():
+                if committer.done():
+                    committer.result()  # a failed commit is fatal (commits.py says why): raise it
+                if self._fatal is not None:
+                    raise self._fatal
                 self._apply_backpressure()
                 # Paused partitions return nothing, so `room` bounds what one fetch can add.
                 batches = await self.consumer.getmany(timeout_ms=100, max_records=max(1, self._engine.room))
@@ -79,7 +90,7 @@ class KafkaSource:
         assigned = [tp for tp in self.consumer.assignment() if tp.topic == self.topic]
         self.consumer.pause(*assigned)
         final = await self._engine.close(self._settings.sender.shutdown_grace_seconds)
-        await self._commit(final, why="shutdown")
+        await self._commit(lambda: final, final=True)
         # Leaving the group runs the revocation listener again; the engine has nothing left by then.
         await self.consumer.stop()
 
@@ -110,23 +121,11 @@ class KafkaSource:
     async def _commit_every(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            await self._commit(self._engine.commit_offsets(), why="interval")
+            await self._commit(self._engine.commit_offsets)
 
-    async def _commit(self, offsets: dict[int, tuple[int, str]], *, why: str) -> None:
-        if not offsets:
-            return
-        request = {TopicPartition(self.topic, p): (offset, metadata) for p, (offset, metadata) in offsets.items()}
-        try:
-            await self.consumer.commit(request)
-        except (CommitFailedError, IllegalStateError) as exc:
-            # The group is rebalancing: the partitions may belong to someone else now. What was done
-            # and not committed is redone by the next owner (bounded by one commit interval).
-            log.warning("commit_skipped", why=why, error=str(exc), partitions=sorted(offsets))
-            return
-        except KafkaError as exc:
-            log.error("commit_failed", why=why, error=str(exc), partitions=sorted(offsets))
-            return
-        self._engine.committed(offsets)
+    async def _commit(self, offsets: Callable[[], Offsets], *, final: bool = False) -> None:
+        committed = await self.committer.commit(offsets, final=final)
+        self._engine.committed(committed)
 
     # --- rebalance ----------------------------------------------------------------------------------
 
@@ -136,7 +135,11 @@ class KafkaSource:
         if not partitions:
             return
         final = await self._engine.revoke(partitions, self._settings.sender.rebalance_grace_seconds)
-        await self._commit(final, why="revoked")
+        try:
+            await self._commit(lambda: final)
+        except Exception as exc:
+            self._fatal = exc
+            raise
         log.info("partitions_revoked", partitions=sorted(partitions))
 
     async def on_assigned(self, assigned: Iterable[TopicPartition]) -> None:

@@ -1,0 +1,277 @@
+"""The engine without Kafka: records in, calls to a fake Meta, outcomes to a memory sink, offsets done."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from pipeline.config import Settings, load_settings
+from pipeline.contracts import CallbackData, ErrorClass, Stage
+from pipeline.observability import metrics, setup
+from pipeline.sender.decode import owner_partition
+from pipeline.sender.engine import Engine
+from pipeline.sender.offsets import OffsetTracker
+from pipeline.whatsapp import GraphApiError
+from tests.sender.fakes import FakeMeta, MemorySink, Record, request_bytes
+
+NUMBER = "106540352242922"
+PARTITIONS = 3
+HOME = owner_partition(NUMBER, PARTITIONS)
+REQUESTS, RESULTS, DLQ = "x.send.requests", "x.send.results", "x.dead-letters"
+
+
+def make_settings(**sender: object) -> Settings:
+    return load_settings(
+        kafka={"partitions": PARTITIONS},
+        whatsapp={"api_base_url": "http://127.0.0.1:9", "access_token": "t", "phone_number_id": NUMBER},
+        sender={"group_id": "g", "rate_per_second": 1000.0, "breaker_reset_seconds": 0.3,
+                "blocked_probe_seconds": 0.3, "retry_base_delay_seconds": 0.01, **sender},
+    )
+
+
+@pytest.fixture(scope="module")
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    setup(Stage.SENDER, make_settings(), span_exporter=exporter)
+    return exporter
+
+
+class Harness:
+    def __init__(self, meta: FakeMeta, sink: MemorySink | None = None, **sender: object) -> None:
+        self.meta = meta
+        self.sink = sink or MemorySink()
+        self.settings = make_settings(**sender)
+        telemetry = setup(Stage.SENDER, self.settings, span_exporter=_exporter[0])
+        self.engine = Engine(self.settings, meta, self.sink, results_topic=RESULTS, dead_letters_topic=DLQ,
+                             partitions=PARTITIONS, tracer=telemetry.tracer("pipeline.sender"))
+        for p in range(PARTITIONS):
+            self.engine.assign(p, 0, None)
+        self.offsets = dict.fromkeys(range(PARTITIONS), 0)
+
+    def feed(self, value: bytes | None, *, partition: int = HOME, key: bytes | None = NUMBER.encode(),
+             headers: tuple[tuple[str, bytes], ...] = ()) -> int:
+        offset = self.offsets[partition]
+        self.offsets[partition] += 1
+        self.engine.intake(Record(REQUESTS, partition, offset, key, value, headers))
+        return offset
+
+    async def until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out; published: {[r.topic for r in self.sink.records]}")
+            await asyncio.sleep(0.01)
+
+    def results(self) -> list[dict[str, object]]:
+        return [r.json() for r in self.sink.on(RESULTS)]
+
+
+_exporter: list[InMemorySpanExporter] = []
+
+
+@pytest.fixture(autouse=True)
+def _spans(spans: InMemorySpanExporter) -> None:
+    _exporter[:] = [spans]
+    spans.clear()
+
+
+async def test_a_request_is_sent_its_result_published_and_its_offset_done() -> None:
+    h = Harness(FakeMeta())
+    h.feed(request_bytes("+16505551234", "req-1", accepted_at="2026-01-01T00:00:00Z"))
+    await h.until(lambda: len(h.results()) == 1)
+    [result] = h.results()
+    assert result["outcome"] == "sent"
+    assert result["request_id"] == "req-1"
+    assert result["phone_number_id"] == NUMBER
+    assert str(result["wamid"]).startswith("wamid.")
+    assert result["attempts"] == 1
+    assert h.sink.on(RESULTS)[0].key == NUMBER.encode()
+    call = h.meta.calls[0]
+    callback = CallbackData.decode(call.callback_data)
+    assert callback is not None
+    assert callback.request_id == "req-1"
+    assert callback.traceparent == result["traceparent"]
+    assert h.engine.commit_offsets() == {HOME: (1, "")}
+
+
+async def test_poison_messages_are_dead_lettered_with_reasons_and_later_ones_are_sent() -> None:
+    h = Harness(FakeMeta())
+    h.feed(b"{not json")
+    h.feed(request_bytes("+1", "req-bad"))
+    h.feed(request_bytes("+16505551234", "req-ok"))
+    await h.until(lambda: len(h.sink.records) == 3)
+    letters = [r.json() for r in h.sink.on(DLQ)]
+    assert [d["reason"] for d in letters] == ["invalid_json", "schema_invalid"]
+    assert base64.b64decode(letters[0]["value_b64"]) == b"{not json"
+    assert letters[1]["request_id"] == "req-bad"
+    assert "to:" in letters[1]["error"]
+    assert [d["offset"] for d in letters] == [0, 1]
+    assert [r["request_id"] for r in h.results()] == ["req-ok"]
+    assert h.engine.commit_offsets()[HOME][0] == 3
+
+
+async def test_a_request_on_the_wrong_partition_is_rerouted_with_the_right_key() -> None:
+    h = Harness(FakeMeta())
+    wrong = (HOME + 1) % PARTITIONS
+    h.feed(request_bytes("+16505551234", "req-moved"), partition=wrong, key=None,
+           headers=(("request-id", b"req-moved"),))
+    await h.until(lambda: len(h.sink.records) == 1)
+    [moved] = h.sink.records
+    assert moved.topic == REQUESTS
+    assert moved.key == NUMBER.encode()
+    assert moved.json()["phone_number_id"] == NUMBER  # the default made explicit
+    assert moved.header("request-id") == "req-moved"
+    assert h.meta.calls == []
+    assert h.engine.commit_offsets()[wrong][0] == 1
+
+
+async def test_expired_requests_are_not_sent() -> None:
+    h = Harness(FakeMeta())
+    past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    h.feed(request_bytes("+16505551234", "req-late", expires_at=past))
+    await h.until(lambda: len(h.results()) == 1)
+    assert h.results()[0]["outcome"] == "expired"
+    assert h.meta.calls == []
+
+
+async def test_retries_end_in_expired_when_the_deadline_comes_first() -> None:
+    h = Harness(FakeMeta(lambda r, n: GraphApiError("down", code=131000)), retry_base_delay_seconds=0.2)
+    soon = (datetime.now(UTC) + timedelta(seconds=0.5)).isoformat()
+    h.feed(request_bytes("+16505551234", "req-x", expires_at=soon))
+    await h.until(lambda: len(h.results()) == 1)
+    [result] = h.results()
+    assert result["outcome"] == "expired"
+    assert result["error"]["code"] == 131000
+    assert 1 <= result["attempts"] <= 3
+
+
+async def test_terminal_errors_fail_and_invalid_payloads_are_dead_lettered() -> None:
+    def script(request, n):  # type: ignore[no-untyped-def]
+        return {"+16505559999": GraphApiError("undeliverable", code=131026),
+                "+16505559100": GraphApiError("bad param", code=100)}.get(request.to)
+
+    h = Harness(FakeMeta(script))
+    h.feed(request_bytes("+16505559999", "req-u"))
+    h.feed(request_bytes("+16505559100", "req-i"))
+    await h.until(lambda: len(h.sink.records) == 2)
+    [failed] = h.results()
+    assert failed["outcome"] == "failed"
+    assert failed["error"]["error_class"] == "undeliverable"
+    [letter] = [r.json() for r in h.sink.on(DLQ)]
+    assert letter["reason"] == "payload_rejected"
+    assert letter["request_id"] == "req-i"
+    assert "100" in letter["error"]
+
+
+async def test_auth_errors_block_the_number_without_burning_the_backlog() -> None:
+    broken = {"on": True}
+    h = Harness(FakeMeta(lambda r, n: GraphApiError("token expired", code=190) if broken["on"] else None))
+    for i in range(20):
+        h.feed(request_bytes(f"+1650555{i:04d}", f"req-{i}"))
+    blocked = metrics.NUMBER_BLOCKED.labels(phone_number_id=NUMBER, error_class=ErrorClass.AUTH.value)
+    await h.until(lambda: blocked._value.get() == 1)
+    await h.until(lambda: h.meta.in_flight == 0)
+    before = len(h.meta.calls)  # the calls already out when the first 190 came back
+    await asyncio.sleep(0.7)  # two probe intervals
+    assert len(h.meta.calls) - before <= 3  # then one probe per 0.3 s
+    assert h.sink.records == []  # nothing failed
+    broken["on"] = False
+    await h.until(lambda: len(h.results()) == 20)
+    assert {r["outcome"] for r in h.results()} == {"sent"}
+    assert blocked._value.get() == 0
+
+
+async def test_an_unexpected_client_error_is_dead_lettered_not_retried_forever() -> None:
+    def script(request, n):  # type: ignore[no-untyped-def]
+        raise RuntimeError("bug in the client")
+
+    h = Harness(FakeMeta(script))
+    h.feed(request_bytes("+16505551234", "req-bug"))
+    await h.until(lambda: len(h.sink.records) == 1)
+    letter = h.sink.on(DLQ)[0].json()
+    assert letter["reason"] == "unexpected_error"
+    assert "RuntimeError" in letter["error"]
+
+
+async def test_outcomes_are_published_before_the_offset_is_done_even_when_kafka_hiccups() -> None:
+    h = Harness(FakeMeta(), MemorySink(fail_next=2))
+    h.feed(request_bytes("+16505551234", "req-1"))
+    await asyncio.sleep(0.1)
+    assert h.engine.commit_offsets() == {}  # not published yet: nothing to commit
+    await h.until(lambda: len(h.results()) == 1, timeout=3)
+    assert h.engine.commit_offsets() == {HOME: (1, "")}
+
+
+async def test_done_offsets_above_an_unfinished_one_go_into_the_metadata_and_are_skipped_after_restart() -> None:
+    slow = "+16505550001"
+    h = Harness(FakeMeta(lambda r, n: GraphApiError("pair", code=131056) if r.to == slow else None),
+                pair_interval_seconds=30.0)
+    h.feed(request_bytes(slow, "req-slow"))
+    for i in range(5):
+        h.feed(request_bytes(f"+1650555{i + 10:04d}", f"req-{i}"))
+    await h.until(lambda: len(h.results()) == 5)
+    offsets = h.engine.commit_offsets()
+    position, metadata = offsets[HOME]
+    assert position == 0  # the pair-limited request pins it...
+    restored = OffsetTracker.restore(position, metadata)
+    assert [o for o in range(6) if not restored.fetched(o)] == [0]  # ...but nothing else is redone
+
+
+async def test_revoke_finishes_in_flight_calls_drops_the_queue_and_reports_the_final_position() -> None:
+    h = Harness(FakeMeta(latency=0.2))
+    same = "+16505551234"
+    for i in range(3):
+        h.feed(request_bytes(same, f"req-{i}"))  # one in flight, two queued behind it
+    await asyncio.sleep(0.05)
+    final = await h.engine.revoke([HOME], grace=2.0)
+    assert final == {HOME: (1, "")}
+    assert [r["request_id"] for r in h.results()] == ["req-0"]
+    assert h.engine.scheduler.buffered == 0
+    assert h.meta.sent_ids() == ["req-0"]
+
+
+async def test_revoke_abandons_calls_that_outlive_the_grace() -> None:
+    h = Harness(FakeMeta(latency=0.5))
+    h.feed(request_bytes("+16505551234", "req-0"))
+    await asyncio.sleep(0.05)
+    final = await h.engine.revoke([HOME], grace=0.1)
+    assert final == {HOME: (0, "")}
+    await asyncio.sleep(0.6)
+    assert h.sink.records == []  # its answer came too late to publish: the next owner redoes it
+    assert h.engine.scheduler.buffered == 0
+
+
+async def test_one_trace_per_request_from_producer_to_results(spans: InMemorySpanExporter) -> None:
+    h = Harness(FakeMeta())
+    producer_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traceparent = f"00-{producer_trace}-00f067aa0ba902b7-01"
+    h.feed(request_bytes("+16505551234", "req-t"), headers=(("traceparent", traceparent.encode()),))
+    await h.until(lambda: len(h.results()) == 1)
+    await asyncio.sleep(0.01)
+    process = [s for s in spans.get_finished_spans() if s.name == f"process {REQUESTS}"]
+    assert len(process) == 1
+    span = process[0]
+    assert span.kind is SpanKind.CONSUMER
+    assert format(span.context.trace_id, "032x") == producer_trace
+    assert span.parent is not None
+    assert format(span.parent.span_id, "016x") == "00f067aa0ba902b7"
+    assert span.attributes["messaging.kafka.offset"] == 0
+    assert h.meta.calls[0].trace_id == producer_trace  # the Graph API call is in the same trace
+    published = h.sink.on(RESULTS)[0]
+    assert published.header("traceparent").split("-")[1] == producer_trace
+    assert h.results()[0]["traceparent"].split("-")[1] == producer_trace
+
+
+async def test_in_flight_is_bounded() -> None:
+    h = Harness(FakeMeta(latency=0.05), max_in_flight=7)
+    for i in range(60):
+        h.feed(request_bytes(f"+1650555{i:04d}", f"req-{i}"))
+    await h.until(lambda: len(h.results()) == 60)
+    assert h.meta.max_in_flight == 7

@@ -79,6 +79,12 @@ def _document(bootstrap_servers: str, prefix: str) -> str:
         else:
             message.pop("correlationId", None)  # FastStream's own header, which we do not write
         message["bindings"] = {"kafka": {"key": {"type": "string", "description": key}, "bindingVersion": "0.4.0"}}
+    # FastStream orders channels by its registry's hashing, which varies between processes: sort, so
+    # that the committed file only changes when the content does.
+    for section in (document["channels"], document["operations"], *document["components"].values()):
+        ordered = dict(sorted(section.items()))
+        section.clear()
+        section.update(ordered)
     return json.dumps(document)
 
 

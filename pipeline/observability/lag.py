@@ -94,8 +94,10 @@ async def track_lag(consumers: ConsumerSource, group: str, interval: float = 5.0
     try:
         while True:
             try:
-                await reporter.report()
-            except (KafkaError, AssertionError, RuntimeError) as exc:
+                # A broker that does not answer must not stall the loop for longer than a round.
+                async with asyncio.timeout(max(interval, 5.0)):
+                    await reporter.report()
+            except (KafkaError, AssertionError, RuntimeError, TimeoutError) as exc:
                 # Rebalances, a consumer being stopped or a broker hiccup: the next round retries.
                 # (aiokafka raises IllegalStateError, a KafkaError, for partitions revoked mid-way.)
                 log.warning("consumer_lag_unavailable", group=group, error=exc)

@@ -131,12 +131,14 @@ def redact(value: Any, key: str | None = None) -> Any:
     Anything that is not plain data (exceptions, arbitrary objects) becomes scrubbed text here, so
     that no `str()` further down the line can reveal what this function never saw.
     """
-    if value is None or isinstance(value, bool | int | float | date | time | timedelta | UUID):
-        return value  # cannot carry a secret; the JSON renderer formats them
+    if value is None or isinstance(value, bool):
+        return value  # says whether something is set or valid, never what it is
     if isinstance(value, SecretStr):
         return REDACTED
     if key is not None and is_secret_key(key):
         return REDACTED if value != "" else value
+    if isinstance(value, int | float | date | time | timedelta | UUID):
+        return value  # the JSON renderer formats them
     if isinstance(value, str):
         if key in PHONE_KEYS:
             return mask_phone(value)

@@ -36,11 +36,15 @@ def test_secret_keys_are_redacted_at_any_depth_and_empty_values_stay_visible() -
         "headers": {"Authorization": "Bearer abc.def.ghi.jkl", "X-Hub-Signature-256": "sha256=ff"},
         "items": [{"api_key": "k"}, {"client_secret": ""}],
         "password": None,
+        "pin_token": 123456,
+        "signature_valid": True,
     }
     assert redact(event) == {
         "headers": {"Authorization": REDACTED, "X-Hub-Signature-256": REDACTED},
         "items": [{"api_key": REDACTED}, {"client_secret": ""}],  # "" tells the operator it is unset
         "password": None,
+        "pin_token": REDACTED,  # a number under a secret's name is still a secret
+        "signature_valid": True,  # a flag says whether, never what
     }
 
 

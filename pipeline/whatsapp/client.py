@@ -274,6 +274,9 @@ class WhatsAppClient:
                 span.set_attributes(_error_attributes(err))
                 span.set_status(Status(StatusCode.ERROR, err.error_class.value))
             raise
+        except Exception as exc:  # a bug, not an answer: still visible on the span
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
         finally:
             span.end()
 

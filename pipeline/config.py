@@ -239,6 +239,9 @@ class IngestSettings(_Group):
     )
     batch_max_records: int = Field(default=500, ge=1, le=10_000, description="records per consumer batch")
     linger_ms: int = Field(default=5, ge=0, le=1000, description="consumers' producer batching delay")
+    commit_interval_seconds: float = Field(
+        default=0.5, gt=0, le=60, description="consumers commit acknowledged offsets at most this often"
+    )
     session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
     state_retention_days: float = Field(
         default=8.0, gt=0, description="forget a message's dedupe state this long after its last status"

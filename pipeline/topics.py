@@ -40,6 +40,7 @@ class TopicSpec:
     carries: str
     retention_ms: int
     compacted: bool = False
+    max_message_bytes: int | None = None  # the broker's default (1 MiB) when None
 
 
 CATALOG: tuple[TopicSpec, ...] = (
@@ -60,12 +61,14 @@ CATALOG: tuple[TopicSpec, ...] = (
         key="original key",
         carries="DeadLetter (JSON): stage, reason, origin and raw bytes, replayable",
         retention_ms=30 * DAY_MS,
+        max_message_bytes=8 * 1024 * 1024,  # a dead-lettered 3 MB webhook, base64-encoded
     ),
     TopicSpec(
         TopicName.WEBHOOKS_RAW,
         key="none (spread evenly)",
         carries="raw webhook body as received, after signature check",
         retention_ms=7 * DAY_MS,
+        max_message_bytes=4 * 1024 * 1024,  # Meta posts up to 3 MB
     ),
     TopicSpec(
         TopicName.STATUS_UPDATES,
@@ -154,6 +157,8 @@ def new_topics(kafka: KafkaSettings) -> list[NewTopic]:
         config = {"retention.ms": str(spec.retention_ms)}
         if spec.compacted:
             config["cleanup.policy"] = "compact"
+        if spec.max_message_bytes is not None:
+            config["max.message.bytes"] = str(spec.max_message_bytes)
         topics.append(
             NewTopic(
                 catalog.name(spec.name),

@@ -1,10 +1,12 @@
 """At-least-once batch loop shared by the ingest's consumers: fetch, process, await outputs, commit.
 
-    loop = BatchLoop(consumer, processor, topic="status.updates", max_records=500)
+    loop = BatchLoop(consumer, processor, topic="status.updates", max_records=500, commit_interval=0.5)
     await loop.run(stop)          # until `stop` is set; the last batch is finished and committed
 
-A batch's input offsets are committed only after every record it produced is acknowledged (acks=all),
-so a crash replays work rather than losing it; each processor makes the replay harmless.
+A batch's input offsets become committable only after every record it produced is acknowledged
+(acks=all), so a crash replays work rather than losing it; each processor makes the replay harmless.
+Commits go out at most every `commit_interval` seconds (and always before partitions are given up):
+under a steady trickle of webhooks, a commit round trip per small batch was most of the work.
 
 A raw aiokafka consumer rather than a FastStream subscriber: the state processor must restore a
 partition's state before its first record and drop it at revocation, strictly between batches, and
@@ -14,11 +16,13 @@ FastStream's subscriber API neither exposes that ordering nor commits explicit o
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
 from pipeline.config import Settings
 from pipeline.observability import get_logger
@@ -26,6 +30,7 @@ from pipeline.observability import get_logger
 log = get_logger(__name__)
 
 _RETRY_DELAY = 1.0  # after a failed batch: Kafka is likely struggling, do not spin
+_PARTITIONER = DefaultPartitioner()
 
 
 class Processor(Protocol):
@@ -46,6 +51,9 @@ def new_consumer(settings: Settings, group_id: str) -> AIOKafkaConsumer:
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        # Let the broker gather up to 64 KiB for at most 50 ms: bigger batches under a steady stream
+        # (per-batch costs dominate small ones), at most 50 ms more latency when traffic is thin.
+        fetch_min_bytes=64 * 1024,
         fetch_max_wait_ms=50,
         session_timeout_ms=settings.ingest.session_timeout_ms,
         heartbeat_interval_ms=max(1000, settings.ingest.session_timeout_ms // 5),
@@ -61,15 +69,26 @@ def new_producer(settings: Settings, linger_ms: int) -> AIOKafkaProducer:
         acks="all",
         linger_ms=linger_ms,
         max_batch_size=256 * 1024,
+        max_request_size=8 * 1024 * 1024,  # a dead letter carries a whole webhook (up to 3 MB, base64)
     )
 
 
 class BatchLoop:
-    def __init__(self, consumer: AIOKafkaConsumer, processor: Processor, topic: str, max_records: int) -> None:
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        processor: Processor,
+        topic: str,
+        max_records: int,
+        commit_interval: float = 0.5,
+    ) -> None:
         self.consumer = consumer
         self.processor = processor
         self.topic = topic
         self.max_records = max_records
+        self.commit_interval = commit_interval
+        self._done: dict[TopicPartition, int] = {}  # next offsets whose batches are acknowledged
+        self._committed_at = time.monotonic()
         # Held while a batch is processed and committed; a rebalance waits for it, so partitions
         # change hands only between batches.
         self._lock = asyncio.Lock()
@@ -87,8 +106,13 @@ class BatchLoop:
                 batches = await self.consumer.getmany(timeout_ms=200, max_records=self.max_records)
                 if batches:
                     await self.handle(batches)
+                elif self._done:
+                    async with self._lock:
+                        await self._commit()  # idle: no reason to sit on acknowledged offsets
         finally:
-            await self.consumer.stop()  # leaves the group; the revocation callback runs first
+            async with self._lock:
+                await self._commit()
+            await self.consumer.stop()  # leaves the group
 
     async def handle(self, batches: dict[TopicPartition, list[Any]]) -> None:
         async with self._lock:
@@ -104,7 +128,9 @@ class BatchLoop:
             except Exception as exc:
                 await self._replay(set(batches) & assigned, exc)
                 return
-            await self._commit(offsets)
+            self._done.update(offsets)
+            if time.monotonic() - self._committed_at >= self.commit_interval:
+                await self._commit()
 
     async def _replay(self, partitions: set[TopicPartition], exc: Exception) -> None:
         """An output was not acknowledged (or a bug hit): forget these partitions and fetch them again.
@@ -123,7 +149,13 @@ class BatchLoop:
                 self.consumer.seek(tp, committed)
         await asyncio.sleep(_RETRY_DELAY)
 
-    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+    async def _commit(self, partitions: set[TopicPartition] | None = None) -> None:
+        """Commit the acknowledged offsets (of `partitions`, or all) still assigned here."""
+        self._committed_at = time.monotonic()
+        assigned = self.consumer.assignment()
+        targets = [tp for tp in self._done if partitions is None or tp in partitions]
+        taken = {tp: self._done.pop(tp) for tp in targets}
+        offsets = {tp: offset for tp, offset in taken.items() if tp in assigned}
         if not offsets:
             return
         try:
@@ -137,6 +169,7 @@ class BatchLoop:
 
     async def on_revoked(self, partitions: set[TopicPartition]) -> None:
         async with self._lock:
+            await self._commit(partitions)
             await self.processor.revoked(partitions)
 
     async def on_assigned(self, partitions: set[TopicPartition]) -> None:
@@ -156,15 +189,21 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class Outbox:
-    """The records a batch produced: `send` queues one, `flush` waits for every acknowledgement.
+    """The records a batch produced: `send` queues one, `flush` hands them to Kafka and waits for the acks.
 
         await outbox.send(topic, value, key=b"wamid…", headers=[("traceparent", b"00-…")])
         await outbox.flush()      # raises the first failure, after waiting for all of them
+
+    Records are gathered per (topic, partition) into aiokafka batch builders and shipped as whole
+    batches: measured at about a third of the CPU of one `producer.send` per record. Records without
+    a partition get the producer's default (Java-compatible murmur2) partition of their key.
     """
 
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self.producer = producer
+        self._builders: dict[tuple[str, int], Any] = {}
         self._pending: list[asyncio.Future[Any]] = []
+        self._partitions: dict[str, list[int]] = {}
 
     async def send(
         self,
@@ -174,10 +213,21 @@ class Outbox:
         partition: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
-        future = await self.producer.send(topic, value, key=key, partition=partition, headers=headers)
-        self._pending.append(future)
+        if partition is None:
+            partition = await self._partition_of(topic, key)
+        slot = (topic, partition)
+        builder = self._builders.get(slot)
+        if builder is None:
+            builder = self._builders[slot] = self.producer.create_batch()
+        if builder.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
+            await self._ship(slot)  # full: off it goes, and a new one takes the record
+            builder = self._builders[slot] = self.producer.create_batch()
+            if builder.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
+                raise ValueError(f"a record for {topic} is larger than the producer's max_batch_size")
 
     async def flush(self) -> None:
+        for slot in list(self._builders):
+            await self._ship(slot)
         pending, self._pending = self._pending, []
         if not pending:
             return
@@ -185,3 +235,14 @@ class Outbox:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+
+    async def _ship(self, slot: tuple[str, int]) -> None:
+        builder = self._builders.pop(slot)
+        self._pending.append(await self.producer.send_batch(builder, slot[0], partition=slot[1]))
+
+    async def _partition_of(self, topic: str, key: bytes | None) -> int:
+        partitions = self._partitions.get(topic)
+        if partitions is None:
+            partitions = self._partitions[topic] = sorted(await self.producer.partitions_for(topic))
+        partition: int = _PARTITIONER(key, partitions, partitions)
+        return partition

@@ -13,6 +13,7 @@ carry the headers `status` and `source-offset` that a later restore reads back.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,11 +24,11 @@ from pydantic import TypeAdapter, ValidationError
 
 from pipeline.contracts import DeadLetterReason, DeliveryStatus, ErrorClass, Stage, StatusEvent, describe, field_errors
 from pipeline.ingest.consumer import Outbox
-from pipeline.ingest.records import dead_letter, header_map, link_to, messaging_attributes, outgoing_headers
+from pipeline.ingest.records import dead_letter, header, messaging_attributes, outgoing_headers
 from pipeline.ingest.restore import SOURCE_OFFSET, STATUS, PartitionState, Restorer
 from pipeline.ingest.state import Decision, MessageState, Outcome
+from pipeline.ingest.tracing import exemplar_of, link_to, parent_context, traceparent_of
 from pipeline.observability import get_logger
-from pipeline.observability.context import context_from_headers
 from pipeline.observability.metrics import (
     DEAD_LETTERS,
     FAILURES,
@@ -36,7 +37,6 @@ from pipeline.observability.metrics import (
     STATUS_OUT_OF_ORDER,
     TRANSITION,
     error_code_label,
-    exemplar,
 )
 from pipeline.topics import TopicCatalog
 from pipeline.whatsapp.errors import KNOWN_ERROR_CODES
@@ -89,12 +89,17 @@ class Deduper:
         if part is None:
             part = await self._restore(tp)
         now_ms = int(self.clock() * 1000)
+        changed: set[str] = set()
         for i, record in enumerate(records):
-            await self._one(tp, part, record, now_ms)
+            await self._one(tp, part, record, now_ms, changed)
             if part.emitted and record.offset >= part.emitted_until:
                 part.emitted.clear()  # past everything written before the crash
             if i % _YIELD_EVERY == _YIELD_EVERY - 1:
                 await asyncio.sleep(0)
+        # One state record per message per batch, however many of its updates the batch held.
+        for wamid in changed:
+            value = part.states[wamid].to_json()
+            await self.outbox.send(self.topics.status_state, value, key=wamid.encode(), partition=tp.partition)
         if now_ms - self._swept_ms.get(tp, now_ms) >= _SWEEP_EVERY_MS:
             await self._sweep(tp, part, now_ms)
         self._swept_ms.setdefault(tp, now_ms)
@@ -109,44 +114,51 @@ class Deduper:
                  duration_ms=round((time.monotonic() - started) * 1000))
         return part
 
-    async def _one(self, tp: TopicPartition, part: PartitionState, record: Any, now_ms: int) -> None:
+    async def _one(self, tp: TopicPartition, part: PartitionState, record: Any, now_ms: int, changed: set[str]) -> None:
         try:
             update = StatusEvent.model_validate_json(record.value or b"")
         except ValidationError as exc:
             await self._dead_letter(record, describe(field_errors(exc)))
             return
+        state = part.states.get(update.wamid) or MessageState()
+        decision = state.apply(update.status, int(update.timestamp.timestamp()), record.offset, now_ms)
+        attributes = messaging_attributes(record, self.group) | {
+            "delivery.status": update.status.value,
+            "delivery.outcome": decision.outcome.value,
+            "delivery.wamid": update.wamid,
+        }
+        if update.request_id:
+            attributes["delivery.request_id"] = update.request_id
         link = link_to(update.traceparent)
         with self.tracer.start_as_current_span(
             f"process {record.topic}",
-            context=context_from_headers(header_map(record)),  # the webhook that carried it
+            context=parent_context(header(record, "traceparent")),  # the webhook that carried it
             kind=SpanKind.CONSUMER,
             links=[link] if link is not None else None,  # the send, minutes or days earlier
-            attributes=messaging_attributes(record, self.group),
+            attributes=attributes,
         ) as span:
-            state = part.states.get(update.wamid) or MessageState()
-            decision = state.apply(update.status, int(update.timestamp.timestamp()), record.offset, now_ms)
-            span.set_attribute("delivery.status", update.status.value)
-            span.set_attribute("delivery.outcome", decision.outcome.value)
-            span.set_attribute("delivery.wamid", update.wamid)
-            if update.request_id:
-                span.set_attribute("delivery.request_id", update.request_id)
             if decision.outcome is Outcome.DUPLICATE:
                 STATUS_DUPLICATES.inc()
                 return
             part.states[update.wamid] = state
-            await self._emit(tp, part, record, update, decision)
-            await self.outbox.send(
-                self.topics.status_state, state.to_json(), key=update.wamid.encode(), partition=tp.partition
-            )
+            changed.add(update.wamid)
+            await self._emit(tp, part, record, update, decision, traceparent_of(span), exemplar_of(span))
 
     async def _emit(
-        self, tp: TopicPartition, part: PartitionState, record: Any, update: StatusEvent, decision: Decision
+        self,
+        tp: TopicPartition,
+        part: PartitionState,
+        record: Any,
+        update: StatusEvent,
+        decision: Decision,
+        traceparent: bytes | None,
+        exemplar: dict[str, str] | None,
     ) -> None:
         if decision.outcome is Outcome.OUT_OF_ORDER:
             STATUS_OUT_OF_ORDER.inc()
             log.debug("status_out_of_order", wamid=update.wamid, status=update.status)
         for label, seconds in decision.transitions:
-            TRANSITION.labels(transition=label).observe(seconds, exemplar())
+            _transition(label).observe(seconds, exemplar)
         for status, implied_by in decision.emit:
             if (update.wamid, status) in part.emitted:
                 continue  # written before a crash, its state was not: the replay must not repeat it
@@ -161,13 +173,11 @@ class Deduper:
                 value,
                 key=update.wamid.encode(),
                 partition=tp.partition,
-                headers=outgoing_headers(update.request_id, **extra),
+                headers=outgoing_headers(traceparent, update.request_id, **extra),
             )
-            STATUS_EVENTS.labels(status=status.value, phone_number_id=update.phone_number_id or "unknown").inc(
-                exemplar=exemplar()
-            )
+            _status_events(status.value, update.phone_number_id or "unknown").inc(exemplar=exemplar)
             if status is DeliveryStatus.FAILED:
-                _count_failure(update)
+                _count_failure(update, exemplar)
 
     async def _sweep(self, tp: TopicPartition, part: PartitionState, now_ms: int) -> None:
         """Forget messages silent for longer than the retention: tombstones keep the topic bounded too."""
@@ -183,7 +193,8 @@ class Deduper:
     async def _dead_letter(self, record: Any, error: str) -> None:
         letter = dead_letter(record, DeadLetterReason.SCHEMA_INVALID, error)
         await self.outbox.send(
-            self.topics.dead_letters, letter.model_dump_json().encode(), key=record.key, headers=outgoing_headers()
+            self.topics.dead_letters, letter.model_dump_json().encode(), key=record.key,
+            headers=outgoing_headers(header(record, "traceparent")),
         )
         DEAD_LETTERS.labels(stage=Stage.INGEST, reason=DeadLetterReason.SCHEMA_INVALID).inc()
         log.warning("status_update_dead_lettered", error=error[:500], offset=record.offset)
@@ -194,12 +205,23 @@ def _implied(update: StatusEvent, status: DeliveryStatus) -> StatusEvent:
     return update.model_copy(update={"status": status, "pricing": None, "conversation": None, "errors": []})
 
 
-def _count_failure(update: StatusEvent) -> None:
+# Label children cached: `labels()` is a lock and a dict walk per call, thousands of times a second.
+@functools.lru_cache(maxsize=1024)
+def _status_events(status: str, phone_number_id: str) -> Any:
+    return STATUS_EVENTS.labels(status=status, phone_number_id=phone_number_id)
+
+
+@functools.lru_cache(maxsize=16)
+def _transition(label: str) -> Any:
+    return TRANSITION.labels(transition=label)
+
+
+def _count_failure(update: StatusEvent, exemplar: dict[str, str] | None) -> None:
     error = update.errors[0] if update.errors else None
     FAILURES.labels(
         error_class=error.error_class.value if error else ErrorClass.NONE.value,
         error_code=error_code_label(error.code if error else None, KNOWN_ERROR_CODES),
-    ).inc(exemplar=exemplar())
+    ).inc(exemplar=exemplar)
     log.info(
         "message_failed",
         wamid=update.wamid,

@@ -26,10 +26,10 @@ from pipeline.contracts import (
     WebhookOutcome,
 )
 from pipeline.ingest.consumer import Outbox
-from pipeline.ingest.records import dead_letter, header_map, link_to, messaging_attributes, outgoing_headers
+from pipeline.ingest.records import dead_letter, header, messaging_attributes, outgoing_headers
+from pipeline.ingest.tracing import link_to, parent_context, traceparent_of
 from pipeline.ingest.webhook import MalformedWebhook, Normalised, normalise
 from pipeline.observability import get_logger
-from pipeline.observability.context import context_from_headers
 from pipeline.observability.metrics import DEAD_LETTERS, INBOUND_MESSAGES, WEBHOOKS
 from pipeline.topics import TopicCatalog
 
@@ -69,42 +69,43 @@ class Normaliser:
             await asyncio.sleep(0)  # a batch must not hold the event loop the webhook receiver shares
 
     async def _one(self, record: Any) -> None:
-        headers = header_map(record)
         with self.tracer.start_as_current_span(
             f"process {record.topic}",
-            context=context_from_headers(headers),  # the webhook POST's server span
+            context=parent_context(header(record, "traceparent")),  # the webhook POST's server span
             kind=SpanKind.CONSUMER,
             attributes=messaging_attributes(record, self.group),
         ) as span:
+            traceparent = traceparent_of(span)
             try:
-                result = normalise(record.value or b"", _received_at(headers, record))
+                result = normalise(record.value or b"", _received_at(record))
             except MalformedWebhook as exc:
-                await self._dead_letter(record, exc.reason, str(exc))
+                await self._dead_letter(record, exc.reason, str(exc), traceparent)
                 return
             for event in result.statuses[:_MAX_LINKS]:
                 link = link_to(event.traceparent)
                 if link is not None:
                     span.add_link(link.context, {"wamid": event.wamid})
-            span.set_attribute("ingest.statuses", len(result.statuses))
-            span.set_attribute("ingest.messages", len(result.messages))
-            await self._publish(result)
+            span.set_attributes({"ingest.statuses": len(result.statuses), "ingest.messages": len(result.messages)})
+            await self._publish(result, traceparent)
             if result.problems:
-                await self._dead_letter(record, DeadLetterReason.SCHEMA_INVALID, "; ".join(result.problems))
+                await self._dead_letter(
+                    record, DeadLetterReason.SCHEMA_INVALID, "; ".join(result.problems), traceparent
+                )
 
-    async def _publish(self, result: Normalised) -> None:
+    async def _publish(self, result: Normalised, traceparent: bytes | None) -> None:
         for event in result.statuses:
             await self.outbox.send(
                 self.topics.status_updates,
                 _STATUS_JSON.dump_json(event),
                 key=event.wamid.encode(),
-                headers=outgoing_headers(event.request_id),
+                headers=outgoing_headers(traceparent, event.request_id),
             )
         for message in result.messages:
             await self.outbox.send(
                 self.topics.inbound_messages,
                 _INBOUND_JSON.dump_json(message, by_alias=True),
                 key=message.from_.encode(),
-                headers=outgoing_headers(),
+                headers=outgoing_headers(traceparent),
             )
             INBOUND_MESSAGES.labels(type=message.type if message.type in INBOUND_TYPES else "other").inc()
         for kind in result.skipped:
@@ -112,21 +113,22 @@ class Normaliser:
         for error in result.system_errors:
             log.warning("webhook_system_error", error_code=error.get("code"), title=error.get("title"))
 
-    async def _dead_letter(self, record: Any, reason: DeadLetterReason, error: str) -> None:
+    async def _dead_letter(self, record: Any, reason: DeadLetterReason, error: str, traceparent: bytes | None) -> None:
         letter = dead_letter(record, reason, error)
         await self.outbox.send(
-            self.topics.dead_letters, letter.model_dump_json().encode(), key=record.key, headers=outgoing_headers()
+            self.topics.dead_letters, letter.model_dump_json().encode(), key=record.key,
+            headers=outgoing_headers(traceparent),
         )
         WEBHOOKS.labels(outcome=WebhookOutcome.MALFORMED).inc()
         DEAD_LETTERS.labels(stage=Stage.INGEST, reason=reason).inc()
         log.warning("webhook_dead_lettered", reason=reason, error=error[:500], offset=record.offset)
 
 
-def _received_at(headers: dict[str, str], record: Any) -> datetime:
-    raw = headers.get("received-at")
+def _received_at(record: Any) -> datetime:
+    raw = header(record, "received-at")
     if raw:
         try:
-            return datetime.fromisoformat(raw)
+            return datetime.fromisoformat(raw.decode())
         except ValueError:
             pass
     return datetime.fromtimestamp(record.timestamp / 1000, UTC)

@@ -1,19 +1,15 @@
-"""Small helpers around Kafka records shared by the ingest's consumers: headers, links, dead letters.
+"""Small helpers around Kafka records shared by the ingest's consumers: headers and dead letters.
 
-    headers = header_map(record)                   # {"traceparent": "00-…", "received-at": "…"}
-    out = outgoing_headers(request_id="req_…")     # traceparent of the current span + content type
-    link = link_to(event.traceparent)              # span link to the original send's trace
+    headers = header_map(record)                          # {"traceparent": "00-…", "received-at": "…"}
+    raw = header(record, "traceparent")                   # b"00-…" or None
+    out = outgoing_headers(traceparent, request_id="req_…", status="read")
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from opentelemetry import trace
-from opentelemetry.trace import Link
-
 from pipeline.contracts import DeadLetter, DeadLetterReason, Stage
-from pipeline.observability.context import context_from_traceparent, current_traceparent
 
 JSON = b"application/json"
 _MAX_ERROR = 4096  # DeadLetter.error's limit
@@ -23,24 +19,22 @@ def header_map(record: Any) -> dict[str, str]:
     return {k: v.decode("utf-8", "replace") for k, v in (record.headers or ()) if v is not None}
 
 
-def outgoing_headers(request_id: str | None = None, **extra: str) -> list[tuple[str, bytes]]:
+def header(record: Any, name: str) -> bytes | None:
+    for key, value in record.headers or ():
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None
+
+
+def outgoing_headers(traceparent: bytes | None, request_id: str | None = None, **extra: str) -> list[tuple[str, bytes]]:
+    """`content-type`, `traceparent`, `request-id` (when known) and `extra` (`source_offset` → `source-offset`)."""
     headers = [("content-type", JSON)]
-    traceparent = current_traceparent()
     if traceparent:
-        headers.append(("traceparent", traceparent.encode()))
+        headers.append(("traceparent", traceparent))
     if request_id:
         headers.append(("request-id", request_id.encode()))
     headers.extend((name.replace("_", "-"), value.encode()) for name, value in extra.items())
     return headers
-
-
-def link_to(traceparent: str | None) -> Link | None:
-    """A link to the trace that sent the message (its traceparent came back through Meta)."""
-    context = context_from_traceparent(traceparent)
-    if context is None:
-        return None
-    span_context = trace.get_current_span(context).get_span_context()
-    return Link(span_context) if span_context.is_valid else None
 
 
 def messaging_attributes(record: Any, group: str) -> dict[str, str | int]:

@@ -139,6 +139,7 @@ class Ingest:
                 Normaliser(Outbox(producer), self.topics, self.tracer, f"{group}-normaliser"),
                 self.topics.webhooks_raw,
                 settings.ingest.batch_max_records,
+                settings.ingest.commit_interval_seconds,
             )
             dedupe_consumer = new_consumer(settings, f"{group}-dedupe")
             deduper = BatchLoop(
@@ -154,6 +155,7 @@ class Ingest:
                 ),
                 self.topics.status_updates,
                 settings.ingest.batch_max_records,
+                settings.ingest.commit_interval_seconds,
             )
             self.loops = [normaliser, deduper]
             for loop in self.loops:

@@ -98,7 +98,7 @@ class Deduper:
                 await asyncio.sleep(0)
         # One state record per message per batch, however many of its updates the batch held.
         for wamid in changed:
-            value = part.states[wamid].to_json()
+            value = part.states[wamid]
             await self.outbox.send(self.topics.status_state, value, key=wamid.encode(), partition=tp.partition)
         if now_ms - self._swept_ms.get(tp, now_ms) >= _SWEEP_EVERY_MS:
             await self._sweep(tp, part, now_ms)
@@ -120,7 +120,7 @@ class Deduper:
         except ValidationError as exc:
             await self._dead_letter(record, describe(field_errors(exc)))
             return
-        state = part.states.get(update.wamid) or MessageState()
+        state = part.get(update.wamid) or MessageState()
         decision = state.apply(update.status, int(update.timestamp.timestamp()), record.offset, now_ms)
         attributes = messaging_attributes(record, self.group) | {
             "delivery.status": update.status.value,
@@ -140,7 +140,7 @@ class Deduper:
             if decision.outcome is Outcome.DUPLICATE:
                 STATUS_DUPLICATES.inc()
                 return
-            part.states[update.wamid] = state
+            part.put(update.wamid, state)
             changed.add(update.wamid)
             await self._emit(tp, part, record, update, decision, traceparent_of(span), exemplar_of(span))
 
@@ -183,9 +183,9 @@ class Deduper:
         """Forget messages silent for longer than the retention: tombstones keep the topic bounded too."""
         self._swept_ms[tp] = now_ms
         cutoff = now_ms - self.retention_ms
-        expired = [wamid for wamid, state in part.states.items() if state.updated_ms < cutoff]
+        expired = [wamid for wamid, updated_ms in part.touched.items() if updated_ms < cutoff]
         for wamid in expired:
-            del part.states[wamid]
+            part.forget(wamid)
             await self.outbox.send(self.topics.status_state, None, key=wamid.encode(), partition=tp.partition)
         if expired:
             log.info("state_expired", partition=tp.partition, messages=len(expired))

@@ -2,7 +2,7 @@
 
     restorer = Restorer(consumer_without_group, topics)
     part = await restorer.restore(partition=2, committed=1041)
-    part.states["wamid…"]       # MessageState as of the last committed status.updates offset
+    part.get("wamid…")          # MessageState as of the last committed status.updates offset
     part.emitted                # {("wamid…", DELIVERED), …}: events already written past that offset
 
 Two reads, both of the same partition number (status.updates, status.state and status.events are
@@ -50,11 +50,28 @@ def new_restore_consumer(settings: Settings) -> AIOKafkaConsumer:
 
 @dataclass
 class PartitionState:
-    states: dict[str, MessageState] = field(default_factory=dict)
+    """The messages of one partition. States are kept encoded (their `status.state` value): a dict of
+    bytes is invisible to the garbage collector, whereas hundreds of thousands of small objects made
+    each full collection pause the event loop for a few hundred milliseconds."""
+
+    states: dict[str, bytes] = field(default_factory=dict)
+    touched: dict[str, int] = field(default_factory=dict)  # wamid → updated_ms, for retention
     # Events already on status.events from offsets ≥ the committed one; emptied once passed.
     emitted: set[tuple[str, DeliveryStatus]] = field(default_factory=set)
     emitted_until: int = -1  # highest source offset among `emitted`
     rolled_back: int = 0  # states that held uncommitted work (for the restore's log line)
+
+    def get(self, wamid: str) -> MessageState | None:
+        raw = self.states.get(wamid)
+        return MessageState.from_json(raw) if raw is not None else None
+
+    def put(self, wamid: str, state: MessageState) -> None:
+        self.states[wamid] = state.to_json()
+        self.touched[wamid] = state.updated_ms
+
+    def forget(self, wamid: str) -> None:
+        self.states.pop(wamid, None)
+        self.touched.pop(wamid, None)
 
 
 class Restorer:
@@ -72,22 +89,21 @@ class Restorer:
     async def _read_states(self, tp: TopicPartition, committed: int, part: PartitionState) -> None:
         start = (await self.consumer.beginning_offsets([tp]))[tp]
         end = (await self.consumer.end_offsets([tp]))[tp]
-        states = part.states
+        latest: dict[str, bytes | None] = {}
         for record in await self._read(tp, start, end):
-            key = record.key.decode()
-            if record.value is None:
-                states.pop(key, None)
-            else:
-                states[key] = MessageState.from_json(record.value)
-        for key, state in list(states.items()):
-            kept = state.rolled_back(committed)
-            if kept is state:
+            latest[record.key.decode()] = record.value  # None: a tombstone
+        for key, raw in latest.items():
+            if raw is None:
                 continue
-            part.rolled_back += 1
-            if kept is None:
-                del states[key]
-            else:
-                states[key] = kept
+            state = MessageState.from_json(raw)
+            kept = state.rolled_back(committed)
+            if kept is not state:
+                part.rolled_back += 1
+            if kept is state:
+                part.states[key] = raw
+                part.touched[key] = state.updated_ms
+            elif kept is not None:
+                part.put(key, kept)
 
     async def _read_emitted(self, tp: TopicPartition, committed: int, part: PartitionState) -> None:
         begin = (await self.consumer.beginning_offsets([tp]))[tp]

@@ -161,7 +161,9 @@ class LocalKafka:
         if not (self.data_dir / "logs" / "meta.properties").exists():
             cluster_id = _cluster_id()
             result = subprocess.run(  # noqa: S603
-                self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props), "--standalone"),
+                self._java(
+                    "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props), "--standalone"
+                ),
                 capture_output=True,
                 text=True,
                 check=False,

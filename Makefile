@@ -42,7 +42,7 @@ run: setup
 	$(BIN)/pipeline run
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline tests bench
+	$(BIN)/ruff check pipeline tests bench dashboards
 
 typecheck: $(STAMP)
 	$(BIN)/mypy pipeline

@@ -24,6 +24,7 @@ can then repeat an outcome record as well as the call.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -65,11 +66,13 @@ class TransactionalCommitter:
         return _TransactionalSink(self, self._producer, tracer)
 
     async def commit(self, offsets: Callable[[], Offsets], *, final: bool = False) -> Offsets:
+        started = time.monotonic()
         self._open.clear()
         try:
             while self._publishing:
                 self._idle.clear()
                 await self._idle.wait()
+            drained = time.monotonic()
             committed = offsets()
             if committed:
                 request = {TopicPartition(self._topic, p): entry for p, entry in committed.items()}
@@ -79,6 +82,9 @@ class TransactionalCommitter:
                 self._dirty = False
                 if not final:
                     await self._producer.begin_transaction()
+            log.debug("transaction_committed", offsets={p: o for p, (o, _) in committed.items()},
+                      drain_ms=round((drained - started) * 1000, 1),
+                      commit_ms=round((time.monotonic() - drained) * 1000, 1))
             return committed
         finally:
             if not final:

@@ -11,6 +11,7 @@ never stops a partition.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import orjson
@@ -56,7 +57,11 @@ def sending_number(request: SendRequest, default: str | None) -> str | None:
     return request.phone_number_id or default
 
 
+@functools.lru_cache(maxsize=4096)
 def owner_partition(number: str, partitions: int) -> int:
-    """The partition a record keyed by `number` lands on with Kafka's default partitioner."""
+    """The partition a record keyed by `number` lands on with Kafka's default partitioner.
+
+    Cached: a deployment has few numbers, and aiokafka's murmur2 is pure Python.
+    """
     hashed: int = murmur2(number.encode())
     return (hashed & 0x7FFFFFFF) % partitions

@@ -116,8 +116,11 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._poll_pending = False
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._blocked_class: dict[str, ErrorClass] = {}
         self._counters: dict[tuple[Any, ...], Any] = {}
+        # A bound logger once, after `setup()`: the module proxy re-binds on every call.
+        self._log = log.bind()
 
     # --- time -------------------------------------------------------------------------------------
 
@@ -128,7 +131,9 @@ class Engine:
         return self._loop
 
     def _now(self) -> float:
-        return self._clock_override() if self._clock_override is not None else self.loop.time()
+        # Not loop.time(): uvloop caches it per loop iteration, and one iteration under load can take
+        # tens of milliseconds; the limiter must see the time at which it actually lets a send go.
+        return self._clock_override() if self._clock_override is not None else time.monotonic()
 
     # --- ownership --------------------------------------------------------------------------------
 
@@ -293,13 +298,12 @@ class Engine:
         wake = self.scheduler.next_wake
         if wake is None:
             return
-        timer = self._timer
-        if timer is not None:
-            if timer.when() <= wake:
+        if self._timer is not None:
+            if self._timer_at <= wake:
                 return  # an earlier wake-up is set; it will re-arm for this one
-            timer.cancel()
-        self._timer = self.loop.call_at(wake, self._on_timer) if self._clock_override is None else \
-            self.loop.call_later(max(0.0, wake - now), self._on_timer)
+            self._timer.cancel()
+        self._timer_at = wake
+        self._timer = self.loop.call_later(max(0.0, wake - now), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -355,6 +359,14 @@ class Engine:
         started = self._now()
         if work.attempts == 1:
             self._observe(m.RATE_LIMIT_WAIT, number, started - work.received)
+        # The scheduler reserved a slot; the window is checked again now, as the request is written.
+        limiter = lane.limiter
+        try:
+            while (pause := limiter.send(self._now())) > 0.0:  # noqa: ASYNC110 — waiting for time, not an event
+                await asyncio.sleep(pause)
+        except BaseException:
+            limiter.release()
+            raise
         m.INFLIGHT.inc()
         sent = None
         error: GraphApiError | None = None
@@ -409,7 +421,7 @@ class Engine:
                 return
             delay = verdict.delay if isinstance(verdict, Retry) else 0.0
             if error is not None:
-                log.info("send_retry", request_id=work.request.request_id, phone_number_id=number,
+                self._log.info("send_retry", request_id=work.request.request_id, phone_number_id=number,
                          to=work.request.to, error_class=error.error_class.value, error_code=error.code,
                          attempts=work.attempts, delay_s=round(delay, 3), held=isinstance(verdict, Hold),
                          trace_id=_trace_id(work))
@@ -461,9 +473,9 @@ class Engine:
             fields["error_class"] = error.error_class.value
             fields["error_code"] = error.code
         if outcome is MessageOutcome.SENT:
-            log.info("message_sent", **fields)
+            self._log.info("message_sent", **fields)
         else:
-            log.warning("message_" + outcome.value, **fields)
+            self._log.warning("message_" + outcome.value, **fields)
         span = work.span
         if span is not None:
             span.set_attribute("delivery.outcome", outcome.value)

@@ -1,25 +1,36 @@
 """How fast one business number may send: never above its rate in any one-second window.
 
     limiter = RateLimiter(rate=80.0)
-    wait = limiter.acquire(now)     # 0.0: one send may go now (and is counted); else seconds to wait
-    limiter.throttled(now)          # Meta answered 130429: halve the rate, then creep back up
+    wait = limiter.acquire(now)     # scheduling: 0.0 = one send may be dispatched (a slot is reserved)
+    wait = limiter.send(now)        # right before the request is written: 0.0 = go (and it is counted)
+    limiter.release()               # a reserved slot that will not be used after all
+    limiter.throttled(now)          # Meta answered 130429: slow down, then creep back up
     limiter.pause(now, 60.0)        # 4 / 80007 / 131048: nothing for a while
 
-Two rules must both allow a send:
+Two rules:
 
-* a **sliding window** of the last sends: at most `floor(rate)` in any window of `1 s + guard`.
-  This is the hard guarantee. A plain token bucket with burst = rate does *not* give it: it can
-  spend a full bucket at the end of one second and a refilled one at the start of the next, twice
-  the rate in the window that straddles them. The `guard` widens the window by the jitter between
-  our clock and Meta's (event-loop delay, network): sends we space by `1 s + guard` still fall
-  into different one-second windows at the far end.
-* a **GCRA** pacer (a leaky bucket in one timestamp) at `rate / (1 s + guard)` with a small burst,
-  so that traffic is even instead of a full window at once followed by silence.
+* a **sliding window** of the actual sends: at most `floor(rate)` in any window of `1 s + guard`.
+  This is the hard guarantee, checked by `send` at the moment the request is written (a busy event
+  loop can run a dispatched call tens of milliseconds after the scheduler chose it; counting the
+  decision instead would let those late calls bunch up). A plain token bucket with burst = rate
+  does *not* give this guarantee: it can spend a full bucket at the end of one second and a
+  refilled one at the start of the next, twice the rate in the window that straddles them. The
+  `guard` widens the window by the jitter between our clock and Meta's (network, the far side's
+  own scheduling): sends we keep within `floor(rate)` per `1 s + guard` stay within the rate in
+  every one-second window at the far end, as long as the jitter stays under `guard`.
+* a **GCRA** pacer (a leaky bucket in one timestamp) at `rate / (1 s + guard)` with a burst of
+  `burst_seconds`, used by `acquire`, so that traffic is even rather than a full window at once
+  followed by silence. `acquire` also counts reserved slots against the window, so the scheduler
+  does not dispatch calls that `send` would only make wait.
 
-AIMD on 130429: multiply the rate by `decrease` (at most once per window, since one overshoot
+AIMD on 130429: multiply the rate by `decrease` (0.8; at most once per window, since one overshoot
 comes back as many 130429s from the calls already in flight), then add `recover` x the configured
-rate per second until it is back. Written by hand: the rate-limit libraries (aiolimiter, limits)
-neither adapt nor expose "wait how long", which the scheduler needs to set one timer, not sleep.
+rate per second (10 %) until it is back. Gentler than halving on purpose: one 130429 caused by
+jitter should cost a fraction of a second of throughput, not ten; a real overload keeps answering
+130429 and the rate keeps falling, once per window.
+
+Written by hand: the rate-limit libraries (aiolimiter, limits) neither adapt nor say "wait how
+long", which the scheduler needs to set one timer instead of a sleeping task per message.
 """
 
 from __future__ import annotations
@@ -34,7 +45,7 @@ _MIN_WAIT = 1e-6
 class RateLimiter:
     __slots__ = (
         "_burst_seconds", "_last_decrease", "_recover", "_sends", "_tat", "_updated", "configured",
-        "decrease", "floor", "paused_until", "rate", "window",
+        "decrease", "floor", "paused_until", "rate", "reserved", "window",
     )
 
     def __init__(
@@ -42,9 +53,9 @@ class RateLimiter:
         rate: float,
         *,
         guard: float = 0.0,
-        burst_seconds: float = 0.02,
-        decrease: float = 0.5,
-        recover: float = 0.05,
+        burst_seconds: float = 0.05,
+        decrease: float = 0.8,
+        recover: float = 0.1,
         floor_fraction: float = 0.05,
     ) -> None:
         if rate <= 0:
@@ -60,6 +71,7 @@ class RateLimiter:
         self._recover = recover * rate  # sends/s regained per second
         self._burst_seconds = burst_seconds
         self._sends: deque[float] = deque()
+        self.reserved = 0  # slots given out by `acquire`, not yet used by `send`
         self._tat = 0.0  # GCRA theoretical arrival time of the next send
         self._updated: float | None = None
         self._last_decrease = -math.inf
@@ -70,25 +82,47 @@ class RateLimiter:
         return max(1, math.floor(self.rate + 1e-9))
 
     def acquire(self, now: float) -> float:
-        """Take one send slot at `now` (returns 0.0), or say how long until one may be free."""
+        """Reserve one send at `now` (returns 0.0), or say how long until one may be free."""
         self._recover_rate(now)
         if now < self.paused_until:
             return max(_MIN_WAIT, self.paused_until - now)
-        sends = self._sends
-        horizon = now - self.window - _MIN_WAIT  # strictly out of the window, whatever the rounding
-        while sends and sends[0] <= horizon:
-            sends.popleft()
-        if len(sends) >= self.window_cap:
-            # The oldest send in the window leaves it at sends[-cap] + window (the deque may hold
-            # more than cap entries right after a decrease).
-            return max(_MIN_WAIT, sends[-self.window_cap] + self.window + 2 * _MIN_WAIT - now)
+        wait = self._window_wait(now, self.reserved)
+        if wait > 0.0:
+            return wait
         interval = self.window / self.rate
         tolerance = max(0.0, self._burst_seconds - interval)
         if now < self._tat - tolerance:
             return max(_MIN_WAIT, self._tat - tolerance - now)
         self._tat = max(self._tat, now) + interval
-        sends.append(now)
+        self.reserved += 1
         return 0.0
+
+    def send(self, now: float) -> float:
+        """The reserved send is about to be written: 0.0 = go (counted now), else wait and ask again."""
+        wait = self._window_wait(now, 0)
+        if wait > 0.0:
+            return wait
+        self._sends.append(now)
+        self.reserved = max(0, self.reserved - 1)
+        return 0.0
+
+    def release(self) -> None:
+        """Give back a slot from `acquire` that `send` will not use."""
+        self.reserved = max(0, self.reserved - 1)
+
+    def _window_wait(self, now: float, extra: int) -> float:
+        sends = self._sends
+        horizon = now - self.window - _MIN_WAIT  # strictly out of the window, whatever the rounding
+        while sends and sends[0] <= horizon:
+            sends.popleft()
+        cap = self.window_cap - extra
+        if len(sends) < cap:
+            return 0.0
+        if cap <= 0:
+            return self.window / self.rate  # every slot is reserved: ask again after one interval
+        # The send that must leave the window first leaves it at sends[-cap] + window (the deque may
+        # hold more than the cap right after a decrease).
+        return max(_MIN_WAIT, sends[-cap] + self.window + 2 * _MIN_WAIT - now)
 
     def throttled(self, now: float) -> None:
         """Meta said 130429: slow down (once per window, however many calls report it)."""

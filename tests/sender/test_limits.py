@@ -15,6 +15,7 @@ def drive(limiter: RateLimiter, until: float, step: float = 0.0005, start: float
     sent, now = [], start
     while now < until:
         if limiter.acquire(now) == 0.0:
+            assert limiter.send(now) == 0.0
             sent.append(now)
             continue  # try again at once: burst as much as allowed
         now += step
@@ -46,7 +47,7 @@ def test_the_guard_keeps_windows_of_1s_plus_guard_under_the_rate() -> None:
 def test_sends_are_even_not_one_burst_per_window() -> None:
     limiter = RateLimiter(100.0)
     sent = drive(limiter, until=3.0)
-    assert max_in_window(sent, width=0.1) <= 12  # ~10 per 100 ms, not 100 at once
+    assert max_in_window(sent, width=0.1) <= 16  # ~10 per 100 ms plus a 50 ms burst, not 100 at once
 
 
 @settings(max_examples=60, deadline=None)
@@ -66,12 +67,14 @@ def test_no_window_exceeds_the_rate_whatever_the_arrival_pattern(
             limiter.throttled(now)
         while (wait := limiter.acquire(now)) > 0:
             now += wait  # the scheduler comes back exactly when told
+        while (wait := limiter.send(now)) > 0:
+            now += wait
         sent.append(now)
     assert max_in_window(sent, width=1.02) <= int(rate)
 
 
 def test_throttled_halves_the_rate_once_per_window_then_recovers() -> None:
-    limiter = RateLimiter(80.0, recover=0.05)
+    limiter = RateLimiter(80.0, decrease=0.5, recover=0.05)
     limiter.throttled(10.0)
     assert limiter.rate == 40.0
     limiter.throttled(10.1)  # the other calls of the same overshoot
@@ -85,12 +88,34 @@ def test_throttled_halves_the_rate_once_per_window_then_recovers() -> None:
 
 
 def test_after_a_decrease_the_window_holds_the_new_rate() -> None:
-    limiter = RateLimiter(100.0, recover=0.0)
+    limiter = RateLimiter(100.0, decrease=0.5, recover=0.0)
     before = drive(limiter, until=2.0)
     limiter.throttled(2.0)
     after = drive(limiter, until=6.0, start=2.0)
     assert max_in_window([t for t in after if t >= 3.0]) <= 50
     assert max_in_window(before + after) <= 100
+
+
+def test_the_window_is_enforced_when_requests_are_written_not_when_they_were_chosen() -> None:
+    # A busy event loop runs dispatched calls late: 100 chosen over 1 s, all written at t = 1.0.
+    limiter = RateLimiter(50.0, burst_seconds=1.0)
+    chosen = [t / 100 for t in range(100) if limiter.acquire(t / 100) == 0.0]
+    assert len(chosen) == 50  # reservations count against the window too
+    written, now = [], 1.0
+    for _ in chosen:
+        while (wait := limiter.send(now)) > 0:
+            now += wait
+        written.append(now)
+    more = [t for t in (1.0, 1.5, 1.9) if limiter.acquire(t) == 0.0 and limiter.send(t) == 0.0]
+    assert max_in_window(written + more) <= 50
+
+
+def test_a_released_reservation_frees_its_slot() -> None:
+    limiter = RateLimiter(1.0)
+    assert limiter.acquire(0.0) == 0.0
+    assert limiter.acquire(0.0) > 0
+    limiter.release()
+    assert limiter.acquire(5.0) == 0.0
 
 
 def test_pause_stops_everything_until_it_ends() -> None:

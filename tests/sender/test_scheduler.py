@@ -56,6 +56,7 @@ class Simulation:
         while self.now <= until:
             batch = self.s.poll(self.now)
             for work in batch.dispatch:
+                assert self.s.lanes[work.number].limiter.send(self.now) == 0.0
                 self.calls.append((self.now, work))
                 heapq.heappush(self._events, (self.now + self.latency, next(self._seq), work))
             self.max_in_flight = max(self.max_in_flight, self.s.in_flight)

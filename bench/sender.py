@@ -262,6 +262,8 @@ async def run(args: argparse.Namespace) -> None:
                     print(f"py-spy profile (collapsed stacks) of the sender: {args.profile}")
                 stats = await sandbox.control.stats()
                 sends = await sandbox.control.sends(phone_number_id=NUMBER)
+                if os.environ.get("BENCH_DUMP"):
+                    Path(os.environ["BENCH_DUMP"]).write_bytes(orjson.dumps(sends))
                 times = sorted(s["at"] for s in sends)
                 wall_max = max_window(times)
                 lo, hi = int(len(times) * 0.1), int(len(times) * 0.9) - 1

@@ -85,8 +85,8 @@ async def test_an_injected_130429_backs_the_rate_off(settings: Settings, topics:
     throttled = stats["received"]["messages"].get("throttled", 0)
     print(f"\n130429 answers: {throttled}; effective rate after: {effective:.0f}/s (configured 200)")
     assert throttled > 0
-    assert effective < 200  # backed off...
-    assert throttled < 200  # ...instead of hammering at twice the cap for the whole run (~300 would)
+    assert effective < 150  # backed off towards Meta's 100/s...
+    assert throttled < 150  # ...instead of hammering at twice the cap for the whole run (~300 would)
     assert {r["outcome"] for r in outcomes.results} == {"sent"}
 
 

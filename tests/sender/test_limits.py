@@ -73,24 +73,44 @@ def test_no_window_exceeds_the_rate_whatever_the_arrival_pattern(
     assert max_in_window(sent, width=1.02) <= int(rate)
 
 
-def test_throttled_halves_the_rate_once_per_window_then_recovers() -> None:
-    limiter = RateLimiter(80.0, decrease=0.5, recover=0.05)
-    limiter.throttled(10.0)
-    assert limiter.rate == 40.0
-    limiter.throttled(10.1)  # the other calls of the same overshoot
-    assert limiter.rate == pytest.approx(40.4)
-    limiter.throttled(10.5)
-    assert limiter.rate == pytest.approx(42.0)  # not halved again; already recovering (+4/s)
-    limiter.acquire(15.0)  # 5 s after the decrease: +5 % of 80 per second
-    assert limiter.rate == pytest.approx(60.0)
-    limiter.acquire(30.0)
-    assert limiter.rate == 80.0
+def test_each_130429_takes_a_little_off_and_the_rate_recovers() -> None:
+    limiter = RateLimiter(1000.0)
+    for _ in range(5):  # what jitter can cause: a handful
+        limiter.throttled(10.0)
+    assert limiter.rate == pytest.approx(1000 * 0.98**5)
+    limiter.acquire(12.0)  # +5 % of the configured rate per second
+    assert limiter.rate == 1000.0
+    slow = RateLimiter(10.0)
+    slow.throttled(0.0)
+    assert slow.rate == 9.0  # at least one send per second less
+
+
+def test_a_2x_overload_converges_under_metas_cap_within_seconds() -> None:
+    limiter = RateLimiter(200.0)
+    meta: list[float] = []
+    answers: list[float] = []  # when 130429s reach the sender: a 200 ms round trip later
+    rejected: list[float] = []
+    now = 0.0
+    while now < 6.0:
+        while answers and answers[0] <= now:
+            limiter.throttled(answers.pop(0))
+        if limiter.acquire(now) == 0.0 and limiter.send(now) == 0.0:
+            meta = [t for t in meta if now - t < 1.0]
+            if len(meta) >= 100:  # Meta's cap: 100 in any second
+                answers.append(now + 0.2)
+                rejected.append(now)
+            else:
+                meta.append(now)
+            continue
+        now += 0.001
+    assert 80 <= limiter.rate <= 130
+    assert len([t for t in rejected if t >= 3.0]) < 0.1 * 300  # under 10 % rejected once settled
 
 
 def test_after_a_decrease_the_window_holds_the_new_rate() -> None:
     limiter = RateLimiter(100.0, decrease=0.5, recover=0.0)
     before = drive(limiter, until=2.0)
-    limiter.throttled(2.0)
+    limiter.throttled(2.0)  # a limiter configured to halve
     after = drive(limiter, until=6.0, start=2.0)
     assert max_in_window([t for t in after if t >= 3.0]) <= 50
     assert max_in_window(before + after) <= 100

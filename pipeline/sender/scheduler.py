@@ -87,6 +87,7 @@ class Scheduler:
         self.buffered = 0  # requests held: queued or in flight
         self.next_wake: float | None = None
         self._seq = count()
+        self._turn = 0
 
     # --- intake -------------------------------------------------------------------------------------
 
@@ -115,7 +116,12 @@ class Scheduler:
         """Everything that may start now, within the limits; sets `next_wake`."""
         batch = Batch()
         wake = math.inf
-        for lane in self.lanes.values():
+        lanes = list(self.lanes.values())
+        if len(lanes) > 1:
+            # Start with a different number each time, so that none gets the in-flight slots first.
+            self._turn = (self._turn + 1) % len(lanes)
+            lanes = lanes[self._turn:] + lanes[: self._turn]
+        for lane in lanes:
             timers = lane.timers
             while timers and timers[0][0] <= now:
                 _, _, recipient = heapq.heappop(timers)

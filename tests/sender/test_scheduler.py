@@ -234,3 +234,17 @@ def test_lanes_are_independent() -> None:
             s.finished(w, 0.1)
     s.submit(make_work("+16505550004", 3, number=b), 0.2)
     assert [w.number for w in s.poll(0.2).dispatch] == [b]
+
+
+def test_numbers_share_the_in_flight_slots() -> None:
+    s = scheduler(max_in_flight=10)
+    a, b = "106540352242922", "106540352242933"
+    for n in range(100):
+        s.submit(make_work(f"+1650555{n:04d}", n, number=a), 0.0)
+        s.submit(make_work(f"+1650556{n:04d}", 100 + n, number=b), 0.0)
+    sim = Simulation(s, ok, latency=0.05)
+    sim.run(until=0.5)
+    per_number = {a: 0, b: 0}
+    for _, work in sim.sent:
+        per_number[work.number] += 1
+    assert abs(per_number[a] - per_number[b]) <= 0.2 * max(per_number.values())

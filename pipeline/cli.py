@@ -74,7 +74,9 @@ def sender(host: Host = None, port: Port = None) -> None:
 @app.command()
 def ingest(host: Host = None, port: Port = None) -> None:
     """Status ingest: receive Meta's webhooks and turn them into status events."""
-    _run_stage("pipeline.ingest", _settings(ingest={"host": host, "port": port}))
+    from pipeline.config import require_ingest_secrets
+
+    _run_stage("pipeline.ingest", _settings(ingest={"host": host, "port": port}), require_ingest_secrets)
 
 
 @app.command()

@@ -382,6 +382,17 @@ def require_sender_credentials(settings: Settings) -> None:
         )
 
 
+def require_ingest_secrets(settings: Settings) -> None:
+    """Webhooks cannot be verified without the app secret, nor the subscription without the token."""
+    problems = []
+    if settings.whatsapp.app_secret is None:
+        problems.append(("WHATSAPP_APP_SECRET", "required to verify X-Hub-Signature-256 on Meta's webhooks"))
+    if settings.whatsapp.webhook_token is None:
+        problems.append(("WHATSAPP_WEBHOOK_TOKEN", "required to answer Meta's webhook verification (hub.verify_token)"))
+    if problems:
+        raise SettingsError(problems)
+
+
 def require_production_api_keys(settings: Settings) -> None:
     if not settings.api.api_keys():
         raise SettingsError([("API_KEYS", "at least one API key is required in production")])
@@ -400,6 +411,7 @@ __all__ = [
     "SettingsError",
     "WhatsAppSettings",
     "load_settings",
+    "require_ingest_secrets",
     "require_production_api_keys",
     "require_sender_credentials",
 ]

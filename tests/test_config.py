@@ -86,3 +86,14 @@ def test_cli_help_lists_the_commands() -> None:
     assert result.returncode == 0
     for command in ("api", "sender", "ingest", "sandbox", "kafka", "topics", "run", "send", "schemas"):
         assert command in result.stdout
+
+
+def test_cli_ingest_without_secrets_names_both_variables() -> None:
+    env = {"PATH": "/usr/bin:/bin", "WHATSAPP_APP_SECRET": "", "WHATSAPP_WEBHOOK_TOKEN": ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "ingest"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 2
+    assert "WHATSAPP_APP_SECRET" in result.stderr
+    assert "WHATSAPP_WEBHOOK_TOKEN" in result.stderr
+    assert "Traceback" not in result.stderr

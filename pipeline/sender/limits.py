@@ -56,7 +56,7 @@ class RateLimiter:
         rate: float,
         *,
         guard: float = 0.0,
-        burst_seconds: float = 0.05,
+        burst_seconds: float = 0.02,
         decrease: float = 0.02,
         recover: float = 0.05,
         floor_fraction: float = 0.05,

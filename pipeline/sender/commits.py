@@ -57,6 +57,7 @@ class TransactionalCommitter:
         self._idle.set()
         self._publishing = 0
         self._dirty = False  # something was published in the open transaction
+        self._lock = asyncio.Lock()
 
     async def start(self) -> None:
         await self._producer.begin_transaction()
@@ -66,6 +67,11 @@ class TransactionalCommitter:
         return _TransactionalSink(self, self._producer, tracer)
 
     async def commit(self, offsets: Callable[[], Offsets], *, final: bool = False) -> Offsets:
+        # The periodic commit and a rebalance's final commit can meet: one transaction at a time.
+        async with self._lock:
+            return await self._commit(offsets, final)
+
+    async def _commit(self, offsets: Callable[[], Offsets], final: bool) -> Offsets:
         started = time.monotonic()
         self._open.clear()
         try:

@@ -21,6 +21,7 @@ FastStream's `msg.ack()` (it commits everything fetched) cannot express.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -67,7 +68,8 @@ class KafkaSource:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch until `stop` is set, then hand everything back: drain, commit, leave the group."""
-        committer = asyncio.create_task(self._commit_every(self._settings.sender.commit_interval_seconds))
+        stop_commits = asyncio.Event()
+        committer = asyncio.create_task(self._commit_every(self._settings.sender.commit_interval_seconds, stop_commits))
         sweeper = asyncio.create_task(self._engine.run_sweeper())
         try:
             while not stop.is_set():
@@ -84,7 +86,7 @@ class KafkaSource:
                     for record in records:
                         self._engine.intake(record)
         finally:
-            committer.cancel()
+            stop_commits.set()  # not cancel(): a commit half-done would leave the transaction unusable
             sweeper.cancel()
             await asyncio.gather(committer, sweeper, return_exceptions=True)
             await self._shutdown()
@@ -121,10 +123,12 @@ class KafkaSource:
 
     # --- commits ------------------------------------------------------------------------------------
 
-    async def _commit_every(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            await self._commit(self._engine.commit_offsets)
+    async def _commit_every(self, interval: float, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            if not stop.is_set():
+                await self._commit(self._engine.commit_offsets)
 
     async def _commit(self, offsets: Callable[[], Offsets], *, final: bool = False) -> None:
         committed = await self.committer.commit(offsets, final=final)

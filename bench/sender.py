@@ -14,7 +14,8 @@ latency around `--latency-ms`), then, each in its own process so that /proc give
    `SendResult.completed_at - accepted_at` (set by the producer at publish time).
 
 Prints sustained sent/s, the sandbox's maximum count in any one-second window (and 130429s), sender
-CPU µs per message, p50/p99 accept→sent, and the ratio to the naive consumer.
+CPU µs per message, p50/p99 accept→sent, and the ratio to the naive consumer. `BENCH_DUMP=file.json`
+keeps the sandbox's send log of the throughput phase (for per-interval rates).
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import socket
 from types import TracebackType
 
@@ -28,6 +27,7 @@ from pipeline.ingest.deduper import Deduper
 from pipeline.ingest.normaliser import Normaliser
 from pipeline.ingest.receiver import RawWebhookWriter, WebhookApp, app_secret_of
 from pipeline.ingest.restore import Restorer, new_restore_consumer
+from pipeline.lifecycle import release_signals, stop_on_signals
 from pipeline.observability import OpsServer, Telemetry, get_logger, setup, track_lag, uvicorn_config
 from pipeline.topics import TopicCatalog, create_topics
 
@@ -216,12 +216,7 @@ def _family(host: str) -> socket.AddressFamily:
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or `stop`); a failing component ends the process with its error."""
     telemetry = setup(Stage.INGEST, settings)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    signals = (signal.SIGTERM, signal.SIGINT)
-    for sig in signals:
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread: caller stops us
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals(stop)
     try:
         async with Ingest(settings, telemetry) as ingest:
             log.info("ingest_started", components=settings.ingest.components, port=ingest.port,
@@ -234,7 +229,5 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
                 failed.result()  # raises the component's error
             failed.cancel()
     finally:
-        for sig in signals:
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)
+        release_signals()
         log.info("ingest_stopped")

@@ -11,10 +11,8 @@ numbers) and `retry` (what each error means), over `offsets` (what may be commit
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import os
-import signal
 import socket
 
 from aiokafka import AIOKafkaProducer
@@ -22,6 +20,7 @@ from aiokafka.errors import KafkaError
 
 from pipeline.config import Settings
 from pipeline.contracts import Stage
+from pipeline.lifecycle import release_signals, stop_on_signals
 from pipeline.observability import OpsServer, get_logger, setup, track_lag
 from pipeline.sender.commits import TransactionalCommitter
 from pipeline.sender.consumer import KafkaSource
@@ -36,12 +35,7 @@ log = get_logger(__name__)
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or `stop`), then stop fetching, drain, commit and return."""
     telemetry = setup(Stage.SENDER, settings)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    signals = (signal.SIGTERM, signal.SIGINT)
-    for sig in signals:
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread: caller stops us
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals(stop)
     catalog = TopicCatalog(settings.kafka)
     try:
         await create_topics(settings.kafka)
@@ -90,9 +84,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     finally:
         await producer.stop()
         await client.aclose()
-        for sig in signals:
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)
+        release_signals()
         log.info("sender_stopped")
 
 

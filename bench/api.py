@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,25 @@ def percentile(values: list[float], q: float) -> float:
 
 # --- baseline (runs in its own process) ----------------------------------------------------------
 
+
+
+async def paced(rate: float, seconds: float, one: Callable[[float], Awaitable[None]]) -> float:
+    """Start `one(scheduled_time)` at a fixed rate regardless of answers; return the achieved rate.
+
+    Latency is counted from each request's scheduled time, so a stalled server cannot hide its
+    queueing delay by slowing the generator (no coordinated omission).
+    """
+    tasks = []
+    start = time.perf_counter()
+    total = int(seconds * rate)
+    for i in range(total):
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(scheduled)))
+    await asyncio.gather(*tasks)
+    return total / (time.perf_counter() - start)
 
 async def baseline(bootstrap: str, topic: str, seconds: float, connections: int, batch_size: int) -> dict[str, Any]:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=2,
@@ -123,14 +143,7 @@ async def baseline_open_loop(bootstrap: str, topic: str, seconds: float, rate: f
         latencies.append(time.perf_counter() - scheduled)
 
     try:
-        tasks, start = [], time.perf_counter()
-        for i in range(int(seconds * rate)):
-            scheduled = start + i / rate
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(scheduled)))
-        await asyncio.gather(*tasks)
+        await paced(rate, seconds, one)
     finally:
         await producer.stop()
     return {"rate": rate, "p50_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000}
@@ -204,17 +217,7 @@ async def open_loop(url: str, seconds: float, rate: float) -> dict[str, Any]:
                 errors += response.status != 202
             latencies.append(time.perf_counter() - scheduled)
 
-        tasks = []
-        start = time.perf_counter()
-        total = int(seconds * rate)
-        for i in range(total):
-            scheduled = start + i / rate
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(scheduled)))
-        await asyncio.gather(*tasks)
-        achieved = total / (time.perf_counter() - start)
+        achieved = await paced(rate, seconds, one)
     return {"rate": achieved, "target_rate": rate, "p50_ms": percentile(latencies, 0.5) * 1000,
             "p99_ms": percentile(latencies, 0.99) * 1000, "count": len(latencies), "errors": errors}
 

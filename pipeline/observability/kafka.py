@@ -2,17 +2,18 @@
 
     broker = KafkaBroker(..., middlewares=broker_middlewares(telemetry.tracer_provider, "sender"))
 
-Spans (names set by `tracing.ConventionsSpanProcessor`): `create {topic}` and `send {topic}` (PRODUCER)
-when publishing, `process {topic}` (CONSUMER) around the handler, joined through the W3C
-`traceparent` Kafka header. A stage that exports no spans only carries the trace context (ids in
-headers, logs and exemplars; see `TraceContextMiddleware`). Metrics: FastStream's `faststream_*`
-family in the shared registry.
+Metrics: FastStream's `faststream_*` family in the shared registry (`kafka_metrics`). Traces: a stage
+that exports spans gets FastStream's telemetry middleware — `create {topic}` and `send {topic}`
+(PRODUCER) when publishing, `process {topic}` (CONSUMER) around the handler, names set by
+`tracing.ConventionsSpanProcessor` — joined through the W3C `traceparent` Kafka header. A stage that
+exports none only carries the trace context: ids in headers, logs and exemplars, spans never recorded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Self
 
 from faststream import BaseMiddleware
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
@@ -20,8 +21,9 @@ from faststream.kafka.opentelemetry.provider import (
     BatchKafkaTelemetrySettingsProvider,
     KafkaTelemetrySettingsProvider,
 )
-from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from faststream.message import SourceType
 from faststream.opentelemetry.middleware import TelemetryMiddleware
+from faststream.response import PublishType
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -29,6 +31,7 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CollectorRegistry
 
+from pipeline.observability.kafka_metrics import KafkaMetrics, kafka_metrics
 from pipeline.observability.metrics import registry
 from pipeline.observability.redaction import mask_phone
 from pipeline.observability.tracing import records_spans
@@ -108,32 +111,103 @@ class PipelineKafkaTelemetryMiddleware(KafkaTelemetryMiddleware):
         )
 
 
-class TraceContextMiddleware(BaseMiddleware):
-    """W3C trace context through Kafka headers, with spans that are never recorded: the tracing of a
-    stage that exports no spans.
+class KafkaObservabilityMiddleware:
+    """Kafka metrics (`faststream_*`, see `kafka_metrics`) and, unless FastStream's telemetry
+    middleware records spans, W3C trace context through Kafka headers with spans never recorded.
 
-    FastStream's telemetry middleware computes attributes, metrics, baggage and two or three spans
-    per message even when nothing records them, several times the CPU of this
-    (bench/observability_overhead.py). Hand-written for that reason; with an exporter configured,
-    `broker_middlewares` uses FastStream's middleware instead.
+    FastStream builds one middleware per message and per publish; this is the factory it calls.
+    Trace context and metrics share one middleware because FastStream's per-middleware machinery (an
+    instance, an exit-stack entry and two awaits per message) cost as much as either's own work
+    (bench/observability_overhead.py). FastStream's telemetry middleware, used when spans are
+    exported, computes attributes, baggage and two or three spans per message even when nothing
+    records them: several times the CPU of the context-only path here, hand-written for that reason.
     """
 
+    def __init__(self, *, app_name: str, registry: CollectorRegistry, propagate_context: bool = True) -> None:
+        self._metrics = kafka_metrics(registry)
+        self._app_name = app_name
+        self._scope = _ContextScope if propagate_context else _MetricsScope
+
+    def __call__(self, msg: Any, /, *, context: Any) -> BaseMiddleware:
+        return self._scope(msg, context=context, metrics=self._metrics, app_name=self._app_name)
+
+
+class _MetricsScope(BaseMiddleware):
+    __slots__ = ("_app_name", "_metrics")
+
+    def __init__(self, msg: Any, /, *, context: Any, metrics: KafkaMetrics, app_name: str) -> None:
+        self.msg = msg
+        self.context = context
+        self._metrics = metrics
+        self._app_name = app_name
+
+    # BaseMiddleware's enter and exit await two no-op hooks per message.
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> bool:
+        return False
+
     async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: Any) -> Any:
-        parent = _W3C.extract(msg.headers)
-        span = _unrecorded_child(trace.get_current_span(parent).get_span_context())
-        token = otel_context.attach(trace.set_span_in_context(span, parent))
-        try:
+        if msg.source_type is SourceType.RESPONSE:
             return await call_next(msg)
+        with self._metrics.processing(self._app_name, msg):
+            return await call_next(msg)
+
+    async def publish_scope(self, call_next: Callable[[Any], Awaitable[Any]], cmd: Any) -> Any:
+        if cmd.publish_type is PublishType.REPLY:
+            return await call_next(cmd)
+        with self._metrics.publishing(self._app_name, cmd):
+            return await call_next(cmd)
+
+
+class _ContextScope(_MetricsScope):
+    __slots__ = ()
+
+    async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: Any) -> Any:
+        token = otel_context.attach(trace.set_span_in_context(_consumer_span(msg.headers)))
+        try:
+            if msg.source_type is SourceType.RESPONSE:
+                return await call_next(msg)
+            with self._metrics.processing(self._app_name, msg):
+                return await call_next(msg)
         finally:
             otel_context.detach(token)
 
     async def publish_scope(self, call_next: Callable[[Any], Awaitable[Any]], cmd: Any) -> Any:
-        current = otel_context.get_current()
-        if not trace.get_current_span(current).get_span_context().is_valid:
+        parent = trace.get_current_span().get_span_context()
+        if not parent.is_valid:
             # A publish outside any trace starts one, as FastStream's "create" span would.
-            current = trace.set_span_in_context(_unrecorded_child(None), current)
-        _W3C.inject(cmd.headers, context=current)
-        return await call_next(cmd)
+            parent = _unrecorded_child(None).get_span_context()
+        if parent.trace_state:
+            _W3C.inject(cmd.headers, context=trace.set_span_in_context(trace.NonRecordingSpan(parent)))
+        else:
+            cmd.headers["traceparent"] = f"00-{parent.trace_id:032x}-{parent.span_id:016x}-{parent.trace_flags:02x}"
+        if cmd.publish_type is PublishType.REPLY:
+            return await call_next(cmd)
+        with self._metrics.publishing(self._app_name, cmd):
+            return await call_next(cmd)
+
+
+# The version-00 form without tracestate, which is what every SDK sends; anything else goes through
+# the propagator. Matching it here costs a fifth of `TraceContextTextMapPropagator.extract`, which
+# builds a Context and a remote span per message only for us to replace them with the child.
+_TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-([0-9a-f]{2})")
+
+
+def _consumer_span(headers: Mapping[str, Any]) -> trace.Span:
+    header = headers.get("traceparent")
+    if header is None:
+        return _unrecorded_child(None)
+    match = _TRACEPARENT_00.fullmatch(header) if type(header) is str and "tracestate" not in headers else None
+    if match is None or match[1] == _INVALID_TRACE_ID:
+        return _unrecorded_child(trace.get_current_span(_W3C.extract(headers)).get_span_context())
+    span_context = trace.SpanContext(
+        int(match[1], 16), _ids.generate_span_id(), False, trace.TraceFlags(int(match[2], 16)))
+    return trace.NonRecordingSpan(span_context)
+
+
+_INVALID_TRACE_ID = "0" * 32
 
 
 def _unrecorded_child(parent: trace.SpanContext | None) -> trace.Span:
@@ -146,59 +220,15 @@ def _unrecorded_child(parent: trace.SpanContext | None) -> trace.Span:
     return trace.NonRecordingSpan(span_context)
 
 
-class _CachedChildren:
-    """A metric whose `labels(**values)` remembers each child: the values a broker passes come from a
-    handful of topics and statuses, and prometheus_client validates and locks on every call."""
-
-    __slots__ = ("_children", "_metric")
-
-    def __init__(self, metric: Any) -> None:
-        self._metric = metric
-        self._children: dict[tuple[Any, ...], Any] = {}
-
-    def labels(self, **values: Any) -> Any:
-        key = tuple(values.items())
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self._metric.labels(**values)
-        return child
-
-
-class PipelinePrometheusMiddleware(KafkaPrometheusMiddleware):
-    """FastStream's Prometheus middleware, same `faststream_*` metrics, label children cached.
-
-    FastStream looks up 5-8 label children per message through prometheus_client's validating
-    `labels()`; caching them roughly halves the middleware's cost (bench/observability_overhead.py).
-    """
-
-    def __init__(self, *, registry: CollectorRegistry, app_name: str, metrics_prefix: str = "faststream") -> None:
-        super().__init__(registry=registry, app_name=app_name, metrics_prefix=metrics_prefix)
-        container = self._metrics_container
-        for name in _FASTSTREAM_METRICS:
-            metric = getattr(container, name, None)
-            if metric is not None:  # a FastStream that renamed one keeps working, just uncached
-                setattr(container, name, _CachedChildren(metric))
-
-
-_FASTSTREAM_METRICS = (
-    "received_messages_total",
-    "received_messages_size_bytes",
-    "received_messages_in_process",
-    "received_processed_messages_total",
-    "received_processed_messages_duration_seconds",
-    "received_processed_messages_exceptions_total",
-    "published_messages_total",
-    "published_messages_duration_seconds",
-    "published_messages_exceptions_total",
-)
-
-
 def broker_middlewares(tracer_provider: TracerProvider, app_name: str) -> Sequence[Any]:
-    """Tracing first (outermost), so the Prometheus middleware and the handler run inside the span."""
-    tracing: Any = TraceContextMiddleware
+    """What every FastStream broker of a stage gets: metrics, and traces as the provider records them.
+
+    With spans recorded, FastStream's telemetry middleware comes first (outermost), so the metrics and
+    the handler run inside its span.
+    """
     if records_spans(tracer_provider):
-        tracing = PipelineKafkaTelemetryMiddleware(tracer_provider=tracer_provider)
-    return (
-        tracing,
-        PipelinePrometheusMiddleware(registry=registry, app_name=app_name, metrics_prefix="faststream"),
-    )
+        return (
+            PipelineKafkaTelemetryMiddleware(tracer_provider=tracer_provider),
+            KafkaObservabilityMiddleware(app_name=app_name, registry=registry, propagate_context=False),
+        )
+    return (KafkaObservabilityMiddleware(app_name=app_name, registry=registry),)

@@ -9,18 +9,20 @@ FastStream subscriber relays each to topic `out`; a second subscriber counts the
 `--handler http` the relay first POSTs the body to a minimal HTTP server (another process) through
 httpx on the aiohttp transport, as the sender calls the Graph API. Per round:
 messages/s = N / (first publish → N-th message counted), and CPU µs/msg = this process's CPU time
-(producer, relay and sink; the broker is another process) over N. The modes run in this process
-against one broker, interleaved round by round. The machine is shared and noisy, so each mode's
-best round (least disturbed by others) is compared with `off`'s; medians are printed too.
+(producer, relay and sink; the broker is another process) over N; the clock starts once both consumer
+groups own their partitions. The modes run in this process against one broker, interleaved round by
+round. Each mode's best round (least disturbed by anything else) is compared with `off`'s, and so is
+the median of the per-round ratios to the `off` round beside it ("paired"), which cancels slow drift.
 
   off     brokers without middlewares, FastStream's logger off: no spans, no metrics, no log records
   on      what a stage runs when no trace exporter is configured: `setup()` (JSON logs, tracer
-          provider, httpx instrumentation) and `broker_middlewares()` on every broker — trace
-          context in headers, logs and exemplars; FastStream's Prometheus metrics; FastStream's logger
-          through our handler. Spans carry ids but are not recorded (nothing would read them).
-  traced  `on` plus an in-memory span exporter: every span recorded and handed to an exporter, as
-          when OTEL_EXPORTER_OTLP_ENDPOINT is set (without the OTLP encoding and network cost)
-  tracing, metrics   `on` with only one of the two broker middlewares, to split `on`'s cost
+          provider) and `broker_middlewares()` on every broker — one middleware carrying the trace
+          context (headers, logs, exemplars) and counting the `faststream_*` metrics; FastStream's
+          logger through our handler. Spans carry ids but are not recorded (nothing would read them).
+  metrics `on` without the trace context, to split `on`'s cost
+  traced  `on` plus an in-memory span exporter: FastStream's telemetry middleware, every span
+          recorded and handed to an exporter, httpx instrumented, as when OTEL_EXPORTER_OTLP_ENDPOINT
+          is set (without the OTLP encoding and network cost)
 
 `--profile on` prints the top functions of one extra round (cProfile; `--profile-mode on|traced`).
 """

@@ -124,20 +124,20 @@ class KafkaObservabilityMiddleware:
     """
 
     def __init__(self, *, app_name: str, registry: CollectorRegistry, propagate_context: bool = True) -> None:
-        self._metrics = kafka_metrics(registry)
-        self._app_name = app_name
-        self._scope = _ContextScope if propagate_context else _MetricsScope
+        scope = _ContextScope if propagate_context else _MetricsScope
+        self._scope = scope(kafka_metrics(registry), app_name)
 
     def __call__(self, msg: Any, /, *, context: Any) -> BaseMiddleware:
-        return self._scope(msg, context=context, metrics=self._metrics, app_name=self._app_name)
+        # The scope keeps no per-message state (everything lives in its methods' frames), so one
+        # instance serves every message and publish, concurrent ones included.
+        return self._scope
 
 
 class _MetricsScope(BaseMiddleware):
     __slots__ = ("_app_name", "_metrics")
 
-    def __init__(self, msg: Any, /, *, context: Any, metrics: KafkaMetrics, app_name: str) -> None:
-        self.msg = msg
-        self.context = context
+    def __init__(self, metrics: KafkaMetrics, app_name: str) -> None:
+        # No BaseMiddleware.__init__: its `msg` and `context` are per-message state this never reads.
         self._metrics = metrics
         self._app_name = app_name
 

@@ -1,11 +1,12 @@
 """Every dashboard query, rule and Grafana alert query returns data from a real Prometheus that scraped a
 real running pipeline; and the send-error alert goes off when most sends fail.
 
-The pipeline is every stage as its own process (tests/deploy/stages.py) on the session's Kafka broker,
-talking to the sandbox. Traffic mixes what each panel needs: successes, undeliverable recipients (failed
-statuses), duplicate and out-of-order statuses, auth and transient Graph errors, timeouts, invalid and
-unauthorized API calls, idempotent replays, a batch, an API without Kafka (503), junk on send.requests
-(a dead letter), bad webhook signatures, malformed webhooks, verification handshakes and inbound messages.
+The pipeline is every stage as its own process (`LocalStack`, as `pipeline run` starts them) on the
+session's Kafka broker, talking to the sandbox. Traffic mixes what each panel needs: successes,
+undeliverable recipients (failed statuses), duplicate and out-of-order statuses, auth and transient
+Graph errors, timeouts, invalid and unauthorized API calls, idempotent replays, a batch, an API without
+Kafka (503), junk on send.requests (a dead letter), bad webhook signatures, malformed webhooks,
+verification handshakes and inbound messages.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import hmac
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +25,22 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from pipeline.config import Settings
-from pipeline.local.prometheus import PrometheusServer, prometheus_binary
+from pipeline.config import Settings, load_settings
+from pipeline.local.kafka import free_port
+from pipeline.local.prometheus import PrometheusServer, ScrapeTarget, prometheus_binary
+from pipeline.local.stack import LocalStack
 from pipeline.topics import TopicCatalog
 from tests.deploy.promcheck import collect_expressions, selectors
-from tests.deploy.stages import APP_SECRET, MAIN_NUMBER, VERIFY_TOKEN, LocalStages, missing_stages
 
-MISSING = missing_stages()
 pytestmark = [
     pytest.mark.kafka,
     pytest.mark.slow,
-    pytest.mark.skipif(bool(MISSING), reason=f"stages not yet available: {', '.join(MISSING)}"),
     pytest.mark.skipif(prometheus_binary() is None, reason="prometheus missing (Debian package `prometheus`)"),
 ]
+
+APP_SECRET = "e2e-app-secret"
+VERIFY_TOKEN = "e2e-verify-token"
+MAIN_NUMBER = "106540352242922"
 
 AUTH_NUMBER = "106540352240001"  # its token "expires": the sender stops this number, not the others
 FLAKY_NUMBER = "106540352240002"  # transient errors: retries, then failures and an open circuit
@@ -52,10 +57,79 @@ def _text(to: str, number: str = MAIN_NUMBER) -> dict[str, Any]:
     return {"phone_number_id": number, "to": to, "message": {"type": "text", "text": {"body": "hello from e2e"}}}
 
 
+def _stack_settings(settings: Settings, **kafka: object) -> Settings:
+    """The test's topics and groups, free ports, and timings short enough for a test."""
+    return load_settings(
+        kafka={"bootstrap_servers": settings.kafka.bootstrap_servers, "topic_prefix": settings.kafka.topic_prefix,
+               "partitions": settings.kafka.partitions, **kafka},
+        whatsapp={"phone_number_id": MAIN_NUMBER, "app_secret": APP_SECRET, "webhook_token": VERIFY_TOKEN,
+                  "timeout_seconds": 1},
+        api={"port": free_port(), "publish_timeout_seconds": 1},
+        sender={"port": free_port(), "group_id": settings.sender.group_id, "pair_interval_seconds": 0,
+                "retry_max_attempts": 2, "retry_base_delay_seconds": 0.05, "retry_max_delay_seconds": 0.2,
+                "breaker_failure_threshold": 2},
+        ingest={"port": free_port(), "metrics_port": free_port(), "group_id": settings.ingest.group_id},
+        # `…9030` recipients hang past the client's timeout: ambiguous attempts, quickly.
+        sandbox={"port": free_port(), "latency_median_ms": 20, "sent_after_ms": 50, "delivered_after_ms": 150,
+                 "read_after_ms": 300, "failed_after_ms": 100, "hang_seconds": 3},
+        log={"level": "WARNING"},
+    )
+
+
+@dataclass
+class Stages:
+    pipeline: LocalStack
+    no_kafka: LocalStack  # an API whose Kafka never answers: its requests are the `unavailable` outcome
+
+    @property
+    def api_url(self) -> str:
+        return self.pipeline.urls["api"]
+
+    @property
+    def api_no_kafka_url(self) -> str:
+        return self.no_kafka.urls["api"]
+
+    @property
+    def ingest_url(self) -> str:
+        return self.pipeline.urls["ingest"]
+
+    @property
+    def sandbox_url(self) -> str:
+        return self.pipeline.urls["sandbox"]
+
+    def scrape_targets(self) -> list[ScrapeTarget]:
+        return [*(ScrapeTarget(f"delivery-{name}", url.removeprefix("http://"))  # ingest: receiver and consumers
+                  for name, url in self.pipeline.urls.items()),
+                ScrapeTarget("delivery-api", self.api_no_kafka_url.removeprefix("http://"))]
+
+
+def _wait_ready(urls: list[str], timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    for url in urls:
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url}/readyz not 200 in {timeout:.0f} s")
+            time.sleep(0.3)
+
+
 @pytest.fixture
-def stages(settings: Settings, topics: TopicCatalog, tmp_path: Path) -> Iterator[LocalStages]:
-    with LocalStages(settings, tmp_path / "stages") as running:
-        yield running
+def stages(settings: Settings, topics: TopicCatalog, tmp_path: Path) -> Iterator[Stages]:
+    pipeline = LocalStack(_stack_settings(settings), use_sandbox=True, log_dir=tmp_path / "stages")
+    no_kafka = LocalStack(_stack_settings(settings, bootstrap_servers=f"127.0.0.1:{free_port()}"),
+                          stages=["api"], use_sandbox=False, log_dir=tmp_path / "no-kafka")
+    try:
+        pipeline.start()
+        no_kafka.start()
+        _wait_ready([pipeline.urls[name] for name in ("ingest", "sender", "api")])
+        yield Stages(pipeline, no_kafka)
+    finally:
+        no_kafka.stop()
+        pipeline.stop()
 
 
 async def _send(client: httpx.AsyncClient, url: str, bodies: list[dict[str, Any]]) -> list[int]:
@@ -68,7 +142,7 @@ def _signed(body: bytes, secret: str = APP_SECRET) -> dict[str, str]:
     return {"X-Hub-Signature-256": f"sha256={digest}", "Content-Type": "application/json"}
 
 
-async def _mixed_traffic(client: httpx.AsyncClient, stages: LocalStages, settings: Settings) -> None:
+async def _mixed_traffic(client: httpx.AsyncClient, stages: Stages, settings: Settings) -> None:
     api = stages.api_url
     statuses = await _send(client, api, [_text(_recipient(n, "9999")) for n in range(10)])  # failed statuses
     statuses += await _send(client, api, [_text(_recipient(n, "9201")) for n in range(5)])  # duplicates
@@ -124,7 +198,7 @@ def _empty(server: PrometheusServer, queries: dict[str, list[str]]) -> dict[str,
 
 
 async def test_every_expression_returns_data_and_the_send_alert_fires(
-    stages: LocalStages, settings: Settings, tmp_path: Path
+    stages: Stages, settings: Settings, tmp_path: Path
 ) -> None:
     server = PrometheusServer(tmp_path / "prometheus", stages.scrape_targets(), scrape_interval="1s")
     server.start()

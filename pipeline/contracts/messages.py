@@ -210,6 +210,7 @@ class StatusEvent(Record):
     phone_number_id: str | None = None
     request_id: str | None = Field(default=None, description="from biz_opaque_callback_data")
     traceparent: str | None = Field(default=None, description="the original send's trace, from callback data")
+    accepted_at: datetime | None = Field(default=None, description="when the API accepted the send, from callback data")
     conversation: Conversation | None = None
     pricing: Pricing | None = None
     errors: list[ErrorInfo] = Field(default_factory=list)
@@ -241,19 +242,26 @@ class InboundMessage(Record):
 class CallbackData(Record):
     """What the sender puts in `biz_opaque_callback_data` (Meta echoes it on every status webhook).
 
-    Encoded as `<request_id>|<traceparent>`; a bare request id also decodes, so statuses of messages
-    sent by other tools still join.
+    Encoded as `<request_id>|<traceparent>|<accepted_at as epoch ms>`, trailing empty fields left
+    out; a bare request id also decodes, so statuses of messages sent by other tools still join.
     """
 
     request_id: str
     traceparent: str | None = None
+    accepted_at: datetime | None = Field(default=None, description="when the API accepted the request")
 
     def encode(self) -> str:
-        return self.request_id if self.traceparent is None else f"{self.request_id}|{self.traceparent}"
+        accepted = "" if self.accepted_at is None else str(round(self.accepted_at.timestamp() * 1000))
+        return "|".join((self.request_id, self.traceparent or "", accepted)).rstrip("|")
 
     @classmethod
     def decode(cls, raw: str | None) -> CallbackData | None:
         if not raw:
             return None
-        request_id, _, traceparent = raw.partition("|")
-        return cls(request_id=request_id, traceparent=traceparent or None)
+        request_id, _, rest = raw.partition("|")
+        traceparent, _, accepted = rest.partition("|")
+        accepted_at = None
+        # Anything else is another tool's, not an error; 13 digits reach the year 2286.
+        if accepted.isascii() and accepted.isdigit() and len(accepted) <= 13:
+            accepted_at = datetime.fromtimestamp(int(accepted) / 1000, tz=UTC)
+        return cls(request_id=request_id, traceparent=traceparent or None, accepted_at=accepted_at)

@@ -121,7 +121,8 @@ class Deduper:
             await self._dead_letter(record, describe(field_errors(exc)))
             return
         state = part.get(update.wamid) or MessageState()
-        decision = state.apply(update.status, int(update.timestamp.timestamp()), record.offset, now_ms)
+        accepted_at = update.accepted_at.timestamp() if update.accepted_at is not None else None
+        decision = state.apply(update.status, int(update.timestamp.timestamp()), record.offset, now_ms, accepted_at)
         attributes = messaging_attributes(record, self.group) | {
             "delivery.status": update.status.value,
             "delivery.outcome": decision.outcome.value,

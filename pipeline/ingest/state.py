@@ -31,11 +31,15 @@ from pipeline.contracts import DeliveryStatus
 
 CHAIN = (DeliveryStatus.SENT, DeliveryStatus.DELIVERED, DeliveryStatus.READ, DeliveryStatus.PLAYED)
 
-# transition label → (from, to). accepted_to_* need the request's accepted time, which no webhook
-# carries yet (see docs/ingest.md).
+# transition label → (from, to), both Meta's timestamps
 TRANSITIONS = {
     "sent_to_delivered": (DeliveryStatus.SENT, DeliveryStatus.DELIVERED),
     "delivered_to_read": (DeliveryStatus.DELIVERED, DeliveryStatus.READ),
+}
+# transition label → to, from the API's accepted time (which the callback data carries)
+FROM_ACCEPTED = {
+    "accepted_to_sent": DeliveryStatus.SENT,
+    "accepted_to_delivered": DeliveryStatus.DELIVERED,
 }
 FORMAT_VERSION = 1
 
@@ -78,7 +82,10 @@ class MessageState:
         reached = [s for s in CHAIN if s in self.statuses]
         return reached[-1] if reached else None
 
-    def apply(self, status: DeliveryStatus, timestamp: int, source_offset: int, now_ms: int) -> Decision:
+    def apply(
+        self, status: DeliveryStatus, timestamp: int, source_offset: int, now_ms: int, accepted_at: float | None = None
+    ) -> Decision:
+        """`accepted_at` (epoch seconds), when the update carries it, times the accepted_to_* transitions."""
         seen = self.statuses.get(status)
         if seen is not None and not seen.implied:
             return Decision(Outcome.DUPLICATE)
@@ -87,7 +94,7 @@ class MessageState:
             # The real update of an implied status, or anything after failed: record, never emit.
             implied_offset = seen.source_offset if seen is not None else None
             self.statuses[status] = Seen(timestamp, source_offset, implied_offset=implied_offset)
-            return Decision(Outcome.OUT_OF_ORDER, transitions=self._transitions(status))
+            return Decision(Outcome.OUT_OF_ORDER, transitions=self._transitions(status, accepted_at))
         decision = Decision(Outcome.FORWARD)
         if status in CHAIN:
             for implied in CHAIN[: CHAIN.index(status)]:
@@ -96,16 +103,20 @@ class MessageState:
                     decision.emit.append((implied, status))
         self.statuses[status] = Seen(timestamp, source_offset)
         decision.emit.append((status, None))
-        decision.transitions = self._transitions(status)
+        decision.transitions = self._transitions(status, accepted_at)
         return decision
 
     def _ahead(self, status: DeliveryStatus) -> bool:
         current = self.current
         return current is None or status.rank > current.rank
 
-    def _transitions(self, arrived: DeliveryStatus) -> list[tuple[str, float]]:
+    def _transitions(self, arrived: DeliveryStatus, accepted_at: float | None) -> list[tuple[str, float]]:
         """Durations that became known now: both ends real, one of them the status that arrived."""
         observed = []
+        for label, end in FROM_ACCEPTED.items():
+            if arrived is end and accepted_at is not None:
+                # Meta's seconds against our milliseconds: a sub-second send may look negative.
+                observed.append((label, max(0.0, self.statuses[end].timestamp - accepted_at)))
         for label, (start, end) in TRANSITIONS.items():
             if arrived not in (start, end):
                 continue

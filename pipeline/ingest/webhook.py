@@ -195,6 +195,7 @@ def _status_event(status: _Status, phone_number_id: str | None, received_at: dat
             "request_id": callback.request_id if callback is not None else None,
             # Only a W3C traceparent can become a span link; other tools put other things there.
             "traceparent": traceparent if traceparent and _TRACEPARENT.match(traceparent) else None,
+            "accepted_at": callback.accepted_at if callback is not None else None,
             "conversation": conversation,
             "pricing": status.pricing,
             "errors": [_error_info(e) for e in status.errors],

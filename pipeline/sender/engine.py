@@ -268,7 +268,9 @@ class Engine:
             span=span,
             context=context,
             traceparent=traceparent,
-            callback_data=CallbackData(request_id=request.request_id, traceparent=traceparent).encode(),
+            callback_data=CallbackData(
+                request_id=request.request_id, traceparent=traceparent, accepted_at=request.accepted_at
+            ).encode(),
             tracker=tracker,
         )
         if request.expires_at is not None:

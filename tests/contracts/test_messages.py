@@ -107,6 +107,20 @@ def test_callback_data_round_trip_and_bare_request_ids() -> None:
     assert len(encoded) <= 512  # Meta's limit on biz_opaque_callback_data
 
 
+def test_callback_data_carries_the_accepted_time_to_the_millisecond() -> None:
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    accepted = datetime(2026, 11, 24, 23, 59, 58, 123000, tzinfo=UTC)
+    full = CallbackData(request_id="req_1", traceparent=tp, accepted_at=accepted)
+    assert full.encode() == f"req_1|{tp}|1795564798123"
+    assert CallbackData.decode(full.encode()) == full
+    untraced = CallbackData(request_id="req_1", accepted_at=accepted)
+    assert untraced.encode() == "req_1||1795564798123"
+    assert CallbackData.decode(untraced.encode()) == untraced
+    # Another tool's third field is ignored, not an error: the status still joins its request.
+    for odd in ("soon", "-1", "1" * 14, "\uff11\uff12\uff13"):  # the last: fullwidth digits
+        assert CallbackData.decode(f"req_1|{tp}|{odd}") == CallbackData(request_id="req_1", traceparent=tp)
+
+
 def test_status_event_reads_meta_epoch_strings() -> None:
     event = StatusEvent.model_validate({"wamid": "wamid.X", "status": "delivered", "timestamp": "1764000005"})
     assert event.timestamp == datetime.fromtimestamp(1764000005, tz=UTC)

@@ -49,6 +49,7 @@ def metric(url: str, name: str, **labels: str) -> float:
 async def test_a_request_is_sent_delivered_and_read(stack: LocalStack) -> None:
     topics = TopicCatalog(stack.settings.kafka)
     delivered_before = metric(stack.urls["ingest"], "delivery_status_events_total", status="delivered")
+    timed_before = metric(stack.urls["ingest"], "delivery_transition_seconds_count", transition="accepted_to_delivered")
     async with httpx.AsyncClient(base_url=stack.urls["api"], timeout=30) as api:
         response = await api.post(
             "/v1/messages",
@@ -76,6 +77,12 @@ async def test_a_request_is_sent_delivered_and_read(stack: LocalStack) -> None:
     assert all(e.wamid == result.wamid for e in mine)
     # The request's trace travelled through Meta and came back with every status.
     assert all(e.traceparent and e.traceparent.split("-")[1] == result.traceparent.split("-")[1] for e in mine)  # type: ignore[union-attr]
+    # So did the accepted time, to the millisecond: the ingest times accepted → sent/delivered.
+    assert result.accepted_at is not None
+    assert all(e.accepted_at and abs(e.accepted_at - result.accepted_at).total_seconds() <= 0.0005 for e in mine)
+
+    assert metric(stack.urls["ingest"], "delivery_transition_seconds_count",
+                  transition="accepted_to_delivered") > timed_before
 
     assert metric(stack.urls["ingest"], "delivery_status_events_total", status="delivered") > delivered_before
     assert metric(stack.urls["sender"], "delivery_messages_total", outcome="sent") >= 1

@@ -70,6 +70,22 @@ def test_transitions_use_real_timestamps_whatever_the_arrival_order() -> None:
     assert other.apply(DELIVERED, 199, 1, 2).transitions == [("sent_to_delivered", 0.0)]
 
 
+def test_accepted_transitions_need_the_accepted_time_and_a_real_status() -> None:
+    state = MessageState()
+    accepted = 95.5  # epoch seconds with milliseconds, from the callback data
+    assert state.apply(DELIVERED, 102, 0, 1, accepted).transitions == [("accepted_to_delivered", 6.5)]
+    # sent was only implied by delivered; its real update arrives late and is timed then
+    assert state.apply(SENT, 100, 1, 2, accepted).transitions == [
+        ("accepted_to_sent", 4.5), ("sent_to_delivered", 2.0),
+    ]
+    assert state.apply(SENT, 100, 2, 3, accepted).transitions == []  # a duplicate times nothing
+    assert state.apply(READ, 110, 3, 4, accepted).transitions == [("delivered_to_read", 8.0)]
+    # without the accepted time (another tool's callback data) only Meta's own transitions exist
+    assert MessageState().apply(SENT, 100, 0, 1).transitions == []
+    # Meta's whole seconds against our milliseconds never give a negative duration
+    assert MessageState().apply(SENT, 100, 0, 1, 100.7).transitions == [("accepted_to_sent", 0.0)]
+
+
 def test_failed_is_terminal() -> None:
     state, decisions = run((SENT, 100), (FAILED, 105), (DELIVERED, 106), (READ, 107), (FAILED, 105))
     assert [d[0] for d in decisions] == [

@@ -81,17 +81,19 @@ def test_many_statuses_over_many_entries_and_changes_in_one_body() -> None:
     assert result.statuses[3].phone_number_id == "106540352200000"  # each change's own metadata
 
 
-def test_callback_data_gives_request_id_and_only_a_valid_traceparent() -> None:
-    good = CallbackData(request_id="req_1", traceparent=TRACEPARENT).encode()
+def test_callback_data_gives_request_id_accepted_time_and_only_a_valid_traceparent() -> None:
+    accepted = datetime(2026, 11, 24, 12, 0, 0, 250000, tzinfo=UTC)
+    good = CallbackData(request_id="req_1", traceparent=TRACEPARENT, accepted_at=accepted).encode()
     body = webhook(value([
         status("wamid.A", "sent", callback=good),
-        status("wamid.B", "sent", callback="req_2|not-a-traceparent"),
+        status("wamid.B", "sent", callback="req_2|not-a-traceparent|later"),
         status("wamid.C", "sent", callback="someone-elses-data"),
         status("wamid.D", "sent"),
     ]))
     events = normalise(body, NOW).statuses
-    assert [(e.request_id, e.traceparent) for e in events] == [
-        ("req_1", TRACEPARENT), ("req_2", None), ("someone-elses-data", None), (None, None),
+    assert [(e.request_id, e.traceparent, e.accepted_at) for e in events] == [
+        ("req_1", TRACEPARENT, accepted), ("req_2", None, None), ("someone-elses-data", None, None),
+        (None, None, None),
     ]
 
 

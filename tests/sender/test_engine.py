@@ -98,6 +98,7 @@ async def test_a_request_is_sent_its_result_published_and_its_offset_done() -> N
     assert callback is not None
     assert callback.request_id == "req-1"
     assert callback.traceparent == result["traceparent"]
+    assert callback.accepted_at == datetime(2026, 1, 1, tzinfo=UTC)  # times accepted_to_* at the ingest
     assert h.engine.commit_offsets() == {HOME: (1, "")}
 
 

@@ -97,8 +97,9 @@ class LocationMessage(Body):
 
 class ReactionContent(Body):
     message_id: Annotated[str, StringConstraints(min_length=1, max_length=256)]
-    # An empty emoji removes the reaction; one emoji can span several code points (ZWJ sequences).
-    emoji: Annotated[str, StringConstraints(max_length=16)] = ""
+    # An empty emoji removes the reaction. One emoji can span several code points (ZWJ sequences);
+    # the longest standard (RGI) ones have 10, the sandbox's limit too.
+    emoji: Annotated[str, StringConstraints(max_length=10)] = ""
 
 
 class ReactionMessage(Body):
@@ -160,7 +161,16 @@ class TemplateMessage(Body):
 
 
 class InteractiveText(Body):
+    """Body text of a reply-button message."""
+
     text: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+# Meta allows list bodies four times the length of button bodies; the sandbox checks the same.
+class ListBodyText(Body):
+    """Body text of a list message."""
+
+    text: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 
 
 class InteractiveFooter(Body):
@@ -258,7 +268,7 @@ class ListAction(Body):
 class ListInteractive(Body):
     type: Literal["list"] = "list"
     header: TextHeader | None = None  # lists take text headers only
-    body: InteractiveText
+    body: ListBodyText
     footer: InteractiveFooter | None = None
     action: ListAction
 

@@ -248,6 +248,22 @@ def test_reaction_with_empty_emoji_removes_it() -> None:
     ]
 
 
+def test_reaction_emoji_is_at_most_the_longest_standard_emoji() -> None:
+    kiss = "\U0001F469\U0001F3FD\u200D\u2764\uFE0F\u200D\U0001F48B\u200D\U0001F468\U0001F3FF"  # 10 code points
+    SendRequest.model_validate(request({"type": "reaction", "reaction": {"message_id": "wamid.X", "emoji": kiss}}))
+    assert rejected(request({"type": "reaction", "reaction": {"message_id": "wamid.X", "emoji": kiss + "!"}})) == [
+        ("message.reaction.emoji", "string_too_long")
+    ]
+
+
+def test_list_body_takes_4096_characters_where_buttons_take_1024() -> None:
+    listing = list_message([1])
+    listing["interactive"]["body"] = {"text": "b" * 4096}
+    SendRequest.model_validate(request(listing))
+    listing["interactive"]["body"] = {"text": "b" * 4097}
+    assert rejected(request(listing)) == [("message.interactive.body.text", "string_too_long")]
+
+
 def template(**overrides: Any) -> dict[str, Any]:
     body = {
         "name": "order_update",

@@ -335,6 +335,11 @@ class Engine:
         m.RATE_LIMIT_CONFIGURED.labels(phone_number_id=number).set(s.rate_per_second)
         m.RATE_LIMIT.labels(phone_number_id=number).set(s.rate_per_second)
         m.CIRCUIT_STATE.labels(phone_number_id=number).set(CircuitState.CLOSED.gauge_value)
+        # Every outcome's series exists at 0 from the number's first message: rate() cannot see the
+        # increase that gives birth to a series, so a first burst of failures between two scrapes
+        # would move neither the send error ratio nor its alert.
+        for outcome in MessageOutcome:
+            self._counter(m.MESSAGES, number, outcome.value)
         return Lane(number, limiter, breaker)
 
     def _on_circuit(self, number: str, state: CircuitState, blocked: ErrorClass | None) -> None:
@@ -567,11 +572,14 @@ class Engine:
         child.observe(value)
 
     def _count(self, counter: Counter, *labels: str, exemplar: str | None = None) -> None:
+        self._counter(counter, *labels).inc(exemplar={"trace_id": exemplar} if exemplar else None)
+
+    def _counter(self, counter: Counter, *labels: str) -> Counter:
         key = (counter, *labels)
         child = self._counters.get(key)
         if child is None:
             child = self._counters[key] = counter.labels(*labels)
-        child.inc(exemplar={"trace_id": exemplar} if exemplar else None)
+        return child
 
 
 def _trace_id(work: Work) -> str | None:

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from pipeline.config import Settings, load_settings
-from pipeline.contracts import CallbackData, ErrorClass, Stage
+from pipeline.contracts import CallbackData, ErrorClass, MessageOutcome, Stage
 from pipeline.observability import metrics, setup
 from pipeline.sender.decode import owner_partition
 from pipeline.sender.engine import Engine
@@ -100,6 +100,24 @@ async def test_a_request_is_sent_its_result_published_and_its_offset_done() -> N
     assert callback.traceparent == result["traceparent"]
     assert callback.accepted_at == datetime(2026, 1, 1, tzinfo=UTC)  # times accepted_to_* at the ingest
     assert h.engine.commit_offsets() == {HOME: (1, "")}
+
+
+async def test_every_outcome_series_exists_from_a_numbers_first_message() -> None:
+    """A series born at N hides those N from rate(): the first burst of failures must be visible."""
+    fresh = f"1065403{time.time_ns() % 10**8:08d}"  # a number no other test has touched
+    h = Harness(FakeMeta())
+
+    def sample(outcome: str) -> float | None:
+        labels = {"phone_number_id": fresh, "outcome": outcome}
+        return metrics.registry.get_sample_value("delivery_messages_total", labels)
+
+    assert sample("failed") is None
+    h.feed(request_bytes("+16505551234", "req-fresh", phone_number_id=fresh),
+           partition=owner_partition(fresh, PARTITIONS), key=fresh.encode())
+    await h.until(lambda: len(h.results()) == 1)
+    assert {o.value: sample(o.value) for o in MessageOutcome} == {
+        "sent": 1.0, "failed": 0.0, "dead_lettered": 0.0, "expired": 0.0,
+    }
 
 
 async def test_poison_messages_are_dead_lettered_with_reasons_and_later_ones_are_sent() -> None:

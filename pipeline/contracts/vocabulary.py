@@ -88,6 +88,7 @@ class WebhookOutcome(StrEnum):
     MALFORMED = "malformed"
     VERIFIED = "verified"
     VERIFY_FAILED = "verify_failed"
+    UNAVAILABLE = "unavailable"  # answered 503: Kafka did not take it in time; Meta retries later
 
 
 class DeadLetterReason(StrEnum):

@@ -215,6 +215,7 @@ class WebhookApp:
         if traceparent:
             headers.append(("traceparent", traceparent))
         if not await self._writer.write(body, headers):
+            WEBHOOKS.labels(outcome=WebhookOutcome.UNAVAILABLE).inc()
             return 503
         WEBHOOKS.labels(outcome=WebhookOutcome.ACCEPTED).inc()
         return 200

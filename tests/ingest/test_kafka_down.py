@@ -17,6 +17,7 @@ from pipeline.contracts import Stage
 from pipeline.ingest import Ingest
 from pipeline.local.kafka import LocalKafka, free_port
 from pipeline.observability import setup
+from pipeline.observability.metrics import WEBHOOKS
 from pipeline.topics import create_topics
 from tests.ingest.conftest import eventually, ingest_settings, new_wamid, read_topic, signed, status, value, webhook
 
@@ -36,11 +37,14 @@ async def test_503_while_kafka_is_down_and_200_once_it_is_back(own_broker: Local
     settings = ingest_settings(own_broker.bootstrap_servers, components="receiver", produce_timeout_seconds=1.5)
     bodies = [webhook(value([status(new_wamid(), "sent")])) for _ in range(4)]
     answered: dict[bytes, int] = {}
+    answers: list[int] = []
 
     async def post(http: httpx.AsyncClient, body: bytes) -> int:
         answered[body] = (await http.post("/webhooks/whatsapp", content=body, headers=signed(body))).status_code
+        answers.append(answered[body])
         return answered[body]
 
+    unavailable_before = WEBHOOKS.labels(outcome="unavailable")._value.get()
     # Started before the broker exists: it listens anyway and says 503.
     async with Ingest(settings, setup(Stage.INGEST, settings)) as receiver, httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{receiver.port}", timeout=30
@@ -65,6 +69,9 @@ async def test_503_while_kafka_is_down_and_200_once_it_is_back(own_broker: Local
         for body in bodies[2:]:
             await eventually(lambda b=body: _is(post(http, b), 200), timeout=30, interval=0.5)
 
+    # 503s are counted (an operator sees Meta being asked to retry), once per answer
+    assert WEBHOOKS.labels(outcome="unavailable")._value.get() - unavailable_before == \
+        sum(1 for code in answers if code == 503)
     stored = {r.value for r in await read_topic(settings, f"{settings.kafka.topic_prefix}webhooks.raw")}
     assert set(bodies) <= stored, "every webhook answered 200 (after Meta's retries) is in Kafka"
 

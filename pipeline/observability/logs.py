@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import orjson
@@ -23,7 +25,8 @@ from pipeline.observability.redaction import redact, scrub_url
 from pipeline.observability.stage import current_stage
 
 OPS_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
-# Loggers whose INFO lines are per-connection or per-message chatter; their warnings still come through.
+# Loggers whose INFO lines are per-connection or per-message chatter; their warnings still come through
+# (the Kafka clients', the first two, at most once per 10 s and message).
 _QUIET_AT_INFO = ("aiokafka", "kafka", "httpx", "httpcore")
 # FastStream logs through these with `propagate = False` and its own coloured handler; ours replaces it.
 _FASTSTREAM_LOGGERS = ("faststream", "faststream.access.kafka")
@@ -108,6 +111,32 @@ class _DropNoise(logging.Filter):
         return True
 
 
+class _Repeats(logging.Filter):
+    """A Kafka client's warning or error repeated within `window` seconds is counted, not printed:
+    while a broker is down aiokafka logs each failed connection, about every 100 ms per node. The
+    first line after the window carries `repeated`, how many were held back since the last one."""
+
+    def __init__(self, window: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._window = window
+        self._clock = clock
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}  # key -> (printed at, held back)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not record.name.startswith(_QUIET_AT_INFO[:2]):
+            return True
+        key = (record.name, record.levelno, str(record.msg))  # the template: "node %s" repeats for every node
+        now = self._clock()
+        printed = self._seen.get(key)
+        if printed is not None and now - printed[0] < self._window:
+            self._seen[key] = (printed[0], printed[1] + 1)
+            return False
+        if printed is not None and printed[1]:
+            record.repeated = printed[1]
+        self._seen[key] = (now, 0)
+        return True
+
+
 def configure_logging(stage: str, instance: str, level: str = "INFO", stream: TextIO | None = None) -> None:
     """Route structlog and the standard library (uvicorn, aiokafka, faststream) to JSON on `stream`.
 
@@ -144,6 +173,7 @@ def configure_logging(stage: str, instance: str, level: str = "INFO", stream: Te
     handler.setLevel(numeric_level)
     handler.setFormatter(formatter)
     handler.addFilter(_DropNoise(numeric_level))
+    handler.addFilter(_Repeats())
 
     root = logging.getLogger()
     _replace_handlers(root, handler)

@@ -18,6 +18,7 @@ from starlette.routing import Mount, Route
 from pipeline.config import Settings, load_settings
 from pipeline.contracts.vocabulary import Stage
 from pipeline.observability import broker_middlewares, get_logger, ops_routes, setup
+from pipeline.observability.logs import _Repeats
 from pipeline.topics import TopicCatalog
 from tests.observability.helpers import json_lines, serve_app
 
@@ -201,3 +202,42 @@ async def test_the_configured_level_applies_to_libraries_that_set_their_own(sett
     get_logger("pipeline.sender.test").warning("unusual")
     events = [line["event"] for line in json_lines(capsys.readouterr().out)]
     assert events == ["unusual"]
+
+
+async def test_a_kafka_clients_repeated_errors_print_once_per_window_with_a_count(settings: Settings, capsys) -> None:
+    setup(Stage.SENDER, settings)
+    conn = logging.getLogger("aiokafka.conn")
+    for node in range(50):  # a broker outage: every node, every 100 ms
+        conn.error("Unable connect to node with id %s: %s", node % 3, "Connect call failed")
+    logging.getLogger("aiokafka.cluster").warning("Metadata for topic %s not found", "send.requests")
+    get_logger("pipeline.sender.test").error("ours are never held back")
+    get_logger("pipeline.sender.test").error("ours are never held back")
+    lines = json_lines(capsys.readouterr().out)
+    assert [line["event"] for line in lines] == [
+        "Unable connect to node with id 0: Connect call failed",
+        "Metadata for topic send.requests not found",
+        "ours are never held back",
+        "ours are never held back",
+    ]
+
+
+def test_the_first_line_after_the_window_says_how_many_were_held_back() -> None:
+    now = [0.0]
+    repeats = _Repeats(window=10.0, clock=lambda: now[0])
+
+    def record(level: int = logging.ERROR, name: str = "aiokafka.conn") -> logging.LogRecord:
+        return logging.LogRecord(name, level, __file__, 1, "Unable connect to node with id %s", (1,), None)
+
+    assert repeats.filter(record())
+    now[0] = 9.9
+    assert not any(repeats.filter(record()) for _ in range(7))
+    assert repeats.filter(record(logging.INFO))  # below WARNING: the level filters decide, not this one
+    assert repeats.filter(record(name="httpx"))  # only the Kafka clients'
+    now[0] = 10.0
+    after = record()
+    assert repeats.filter(after)
+    assert after.repeated == 7  # type: ignore[attr-defined]
+    now[0] = 30.0
+    quiet = record()
+    assert repeats.filter(quiet)
+    assert not hasattr(quiet, "repeated")  # nothing held back since the last line

@@ -90,6 +90,45 @@ async def test_same_families_labels_and_counts_as_faststreams_middleware(
     assert processed == {"acked": 1.0, "error": 1.0, "rejected": 1.0}
 
 
+async def test_batch_subscribers_count_messages_and_bytes_like_faststreams_middleware(
+    settings: Settings, topics: TopicCatalog
+) -> None:
+    bodies = [b"x" * n for n in (10, 200, 3000, 40, 5)]
+    async with KafkaBroker(settings.kafka.bootstrap_servers) as broker:
+        for body in bodies:
+            await broker.publish(body, topics.status_updates)
+
+    async def run(group: str, middleware: Middleware) -> dict[str, float]:
+        registry = CollectorRegistry()
+        broker = KafkaBroker(settings.kafka.bootstrap_servers, middlewares=(middleware(registry),))
+        seen: list[bytes] = []
+        done = asyncio.Event()
+
+        @broker.subscriber(topics.status_updates, group_id=group, auto_offset_reset="earliest", batch=True)
+        async def handle(batch: list[bytes]) -> None:
+            seen.extend(batch)
+            if len(seen) == len(bodies):
+                done.set()
+
+        async with broker:
+            await broker.start()
+            await asyncio.wait_for(done.wait(), 30)
+            await asyncio.sleep(0.2)
+        get = registry.get_sample_value
+        labels = {"app_name": "ingest", "broker": "kafka", "handler": topics.status_updates}
+        # How records group into batches depends on fetch timing: compare what does not.
+        return {
+            "received": get("faststream_received_messages_total", labels) or 0,
+            "processed": get("faststream_received_processed_messages_total", labels | {"status": "acked"}) or 0,
+            "bytes": get("faststream_received_messages_size_bytes_sum", labels) or 0,
+            "in_process": get("faststream_received_messages_in_process", labels) or 0,
+        }
+
+    theirs = await run("batch-theirs", lambda r: KafkaPrometheusMiddleware(registry=r, app_name="ingest"))
+    ours = await run("batch-ours", lambda r: KafkaObservabilityMiddleware(app_name="ingest", registry=r))
+    assert ours == theirs == {"received": 5, "processed": 5, "bytes": sum(map(len, bodies)), "in_process": 0}
+
+
 def test_histogram_buckets_are_inclusive_and_cumulative() -> None:
     histogram = _Histogram((1.0, 16.0))
     for value in (0.5, 1.0, 16.0, 17.0):

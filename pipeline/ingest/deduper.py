@@ -209,7 +209,17 @@ def _implied(update: StatusEvent, status: DeliveryStatus) -> StatusEvent:
 # Label children cached: `labels()` is a lock and a dict walk per call, thousands of times a second.
 @functools.lru_cache(maxsize=1024)
 def _status_events(status: str, phone_number_id: str) -> Any:
+    _every_status(phone_number_id)
     return STATUS_EVENTS.labels(status=status, phone_number_id=phone_number_id)
+
+
+@functools.lru_cache(maxsize=1024)
+def _every_status(phone_number_id: str) -> None:
+    """Every status's series exists at 0 from the number's first event: rate() cannot see the increase
+    that gives birth to a series, so a first burst of failed statuses between two scrapes would move
+    neither the delivery failure ratio nor its alert."""
+    for status in DeliveryStatus:
+        STATUS_EVENTS.labels(status=status.value, phone_number_id=phone_number_id)
 
 
 @functools.lru_cache(maxsize=16)

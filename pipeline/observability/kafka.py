@@ -115,9 +115,9 @@ class KafkaObservabilityMiddleware:
     """Kafka metrics (`faststream_*`, see `kafka_metrics`) and, unless FastStream's telemetry
     middleware records spans, W3C trace context through Kafka headers with spans never recorded.
 
-    FastStream builds one middleware per message and per publish; this is the factory it calls.
-    Trace context and metrics share one middleware because FastStream's per-middleware machinery (an
-    instance, an exit-stack entry and two awaits per message) cost as much as either's own work
+    FastStream asks this factory for a middleware per message and per publish; it hands out one
+    stateless scope. Trace context and metrics share it because FastStream's per-middleware machinery
+    (an exit-stack entry and awaits per message) cost as much as either's own work
     (bench/observability_overhead.py). FastStream's telemetry middleware, used when spans are
     exported, computes attributes, baggage and two or three spans per message even when nothing
     records them: several times the CPU of the context-only path here, hand-written for that reason.

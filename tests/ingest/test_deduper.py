@@ -6,6 +6,7 @@ restore, crashes, replicas — is tested against the real broker in test_restore
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,7 @@ from pipeline.contracts import DeliveryStatus, StatusEvent
 from pipeline.ingest.consumer import Outbox
 from pipeline.ingest.deduper import Deduper
 from pipeline.ingest.restore import PartitionState
+from pipeline.observability import metrics
 from pipeline.topics import TopicCatalog
 
 TOPICS = TopicCatalog(KafkaSettings(topic_prefix="t."))
@@ -64,9 +66,9 @@ class NoRestore:
         return self.part
 
 
-def update(offset: int, wamid: str, kind: str, ts: int = 1764000000) -> Record:
+def update(offset: int, wamid: str, kind: str, ts: int = 1764000000, number: str = "106540352242922") -> Record:
     event = StatusEvent(wamid=wamid, status=DeliveryStatus(kind), timestamp=datetime.fromtimestamp(ts, UTC),
-                        phone_number_id="106540352242922", request_id="req_1")
+                        phone_number_id=number, request_id="req_1")
     return Record(offset, event.model_dump_json().encode(), wamid.encode())
 
 
@@ -93,6 +95,21 @@ async def test_events_go_to_the_input_partition_with_headers_and_one_state_per_m
     # the reported read is forwarded byte for byte; the implied ones are new records
     assert events[2][3] == records[0].value
     assert StatusEvent.model_validate_json(events[0][3] or b"").status is DeliveryStatus.SENT
+
+
+async def test_every_status_series_exists_from_a_numbers_first_event() -> None:
+    """A series born at N hides those N from rate(): a first burst of failed statuses must show."""
+    fresh = f"1065403{time.time_ns() % 10**8:08d}"
+
+    def sample(status: DeliveryStatus) -> float | None:
+        labels = {"status": status.value, "phone_number_id": fresh}
+        return metrics.registry.get_sample_value("delivery_status_events_total", labels)
+
+    assert sample(DeliveryStatus.FAILED) is None
+    await deduper(RecordingOutbox()).process(TP, [update(0, "w-fresh", "delivered", number=fresh)])
+    assert {s.value: sample(s) for s in DeliveryStatus} == {
+        "sent": 1.0, "delivered": 1.0, "read": 0.0, "played": 0.0, "failed": 0.0,  # sent: implied
+    }
 
 
 async def test_events_already_written_before_a_crash_are_not_written_again() -> None:

@@ -140,10 +140,8 @@ class KafkaMetrics(Collector):
             size.add_metric(labels, r.size.buckets(), r.size.sum)
             in_process.add_metric(labels, r.in_process)
             duration.add_metric(labels, r.duration.buckets(), r.duration.sum)
-            for status, count in list(r.processed.items()):
-                processed.add_metric([*labels, status], count)
-            for kind, count in list(r.exceptions.items()):
-                exceptions.add_metric([*labels, kind], count)
+            _add_each(processed, labels, r.processed)
+            _add_each(exceptions, labels, r.exceptions)
         yield from (received, size, in_process, processed, duration, exceptions)
 
         published = CounterMetricFamily(
@@ -159,11 +157,15 @@ class KafkaMetrics(Collector):
         for (app, topic), s in list(self.published.items()):
             labels = [app, "kafka", topic]
             publish_duration.add_metric(labels, s.duration.buckets(), s.duration.sum)
-            for status, count in list(s.published.items()):
-                published.add_metric([*labels, status], count)
-            for kind, count in list(s.exceptions.items()):
-                publish_exceptions.add_metric([*labels, kind], count)
+            _add_each(published, labels, s.published)
+            _add_each(publish_exceptions, labels, s.exceptions)
         yield from (published, publish_duration, publish_exceptions)
+
+
+def _add_each(family: CounterMetricFamily, labels: list[str], counts: dict[str, int]) -> None:
+    """One sample per key of `counts` (a status, an exception type), the key as the last label."""
+    for key, count in list(counts.items()):
+        family.add_metric([*labels, key], count)
 
 
 _collectors: dict[int, KafkaMetrics] = {}

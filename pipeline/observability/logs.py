@@ -27,7 +27,8 @@ from pipeline.observability.stage import current_stage
 OPS_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 # Loggers whose INFO lines are per-connection or per-message chatter; their warnings still come through
 # (the Kafka clients', the first two, at most once per 10 s and message).
-_QUIET_AT_INFO = ("aiokafka", "kafka", "httpx", "httpcore")
+_KAFKA_LOGGERS = ("aiokafka", "kafka")
+_QUIET_AT_INFO = (*_KAFKA_LOGGERS, "httpx", "httpcore")
 # FastStream logs through these with `propagate = False` and its own coloured handler; ours replaces it.
 _FASTSTREAM_LOGGERS = ("faststream", "faststream.access.kafka")
 _UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
@@ -123,7 +124,7 @@ class _Repeats(logging.Filter):
         self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}  # key -> (printed at, held back)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING or not record.name.startswith(_QUIET_AT_INFO[:2]):
+        if record.levelno < logging.WARNING or not record.name.startswith(_KAFKA_LOGGERS):
             return True
         key = (record.name, record.levelno, str(record.msg))  # the template: "node %s" repeats for every node
         now = self._clock()

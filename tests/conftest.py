@@ -17,7 +17,7 @@ from pipeline.config import Settings, load_settings
 from pipeline.local.kafka import LocalKafka, free_port
 from pipeline.topics import TopicCatalog, create_topics
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="session")
@@ -69,9 +69,9 @@ async def topics(settings: Settings) -> AsyncIterator[TopicCatalog]:
 
 @pytest.fixture
 def fixtures_dir() -> Path:
-    path = SHARED / "fixtures" / "webhooks"
-    if not path.exists():
-        pytest.skip(f"shared fixtures not found at {path}")
+    """Meta's sample webhook bodies, kept in the repository (tests/fixtures/webhooks/README.md)."""
+    path = FIXTURES / "webhooks"
+    assert path.is_dir(), f"the repository's webhook fixtures are missing: {path}"
     return path
 
 

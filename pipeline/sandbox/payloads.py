@@ -1,4 +1,4 @@
-"""Webhook bodies in Meta's shape (compare /work/shared/fixtures/webhooks/*.json) and their signature.
+"""Webhook bodies in Meta's shape (compare tests/fixtures/webhooks/*.json) and their signature.
 
     value = status_value(metadata, [status(...), ...])
     body = envelope(waba_id, [value])                       # {"object": "whatsapp_business_account", ...}

@@ -22,7 +22,7 @@ import orjson
 from pipeline.contracts import ErrorClass, ErrorInfo
 from pipeline.observability.redaction import scrub_text
 
-# Meta's documented codes (../shared/reference/whatsapp-cloud-api.md). Decide on the code, never on
+# Meta's documented codes (docs/whatsapp.md). Decide on the code, never on
 # the HTTP status or the message text: the same codes arrive in failed status webhooks.
 _CODES: dict[ErrorClass, frozenset[int]] = {
     ErrorClass.TRANSIENT: frozenset({1, 2, 131000, 131016, 131057}),

@@ -15,7 +15,7 @@ from pipeline.observability.metrics import error_code_label
 from pipeline.whatsapp import KNOWN_ERROR_CODES, GraphApiError, classify
 from pipeline.whatsapp.errors import error_from_response, error_from_transport
 
-# The reference table (../shared/reference/whatsapp-cloud-api.md), restated so a change to the
+# The reference table (docs/whatsapp.md, from Meta's error-code reference), restated so a change to the
 # client's table has to be a deliberate change here too.
 REFERENCE: dict[ErrorClass, list[int]] = {
     ErrorClass.TRANSIENT: [1, 2, 131000, 131016, 131057],

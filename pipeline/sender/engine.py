@@ -38,6 +38,7 @@ from prometheus_client import Counter
 from pipeline.config import Settings
 from pipeline.contracts import (
     CallbackData,
+    CircuitReason,
     CircuitState,
     DeadLetterReason,
     ErrorClass,
@@ -48,7 +49,7 @@ from pipeline.contracts import (
 from pipeline.observability import get_logger
 from pipeline.observability import metrics as m
 from pipeline.observability.context import context_from_traceparent
-from pipeline.sender.breaker import CircuitBreaker
+from pipeline.sender.breaker import CircuitBreaker, CircuitChange
 from pipeline.sender.decode import Rejected, decode, owner_partition
 from pipeline.sender.limits import RateLimiter
 from pipeline.sender.offsets import OffsetTracker
@@ -64,6 +65,11 @@ _JSON_HEADERS = (("content-type", b"application/json"),)
 _SENT = Terminal(MessageOutcome.SENT)
 _EXPIRED = Terminal(MessageOutcome.EXPIRED)
 _PUBLISH_RETRY_MAX = 5.0
+_NO_PARTITION = -1  # tasks that belong to no partition (the breaker's probes): revocation does not wait for them
+_TRIP_REASONS = frozenset({
+    CircuitReason.SERVICE_FAILURES, CircuitReason.FAILURE_RATIO, CircuitReason.BLOCKED,
+    CircuitReason.PROBE_FAILED, CircuitReason.TRIAL_FAILED,
+})
 
 
 class ConsumedRecord(Protocol):
@@ -297,6 +303,8 @@ class Engine:
             self._spawn(work.origin.partition, self._attempt(work))
         for work in batch.expired:
             self._spawn(work.origin.partition, self._conclude(work, _EXPIRED))
+        for lane in batch.probes:
+            self._spawn(_NO_PARTITION, self._probe(lane))
         wake = self.scheduler.next_wake
         if wake is None:
             return
@@ -329,6 +337,11 @@ class Engine:
             s.breaker_failure_threshold,
             s.breaker_reset_seconds,
             blocked_probe_seconds=s.blocked_probe_seconds,
+            failure_ratio=s.breaker_failure_ratio,
+            min_calls=s.breaker_min_calls,
+            min_recipients=s.breaker_min_recipients,
+            window_seconds=s.breaker_window_seconds,
+            recipient_memory_seconds=max(600.0, s.retry_max_delay_seconds * 2),
             on_change=partial(self._on_circuit, number),
         )
         limiter = RateLimiter(s.rate_per_second, guard=s.rate_window_guard_seconds)
@@ -342,8 +355,11 @@ class Engine:
             self._counter(m.MESSAGES, number, outcome.value)
         return Lane(number, limiter, breaker)
 
-    def _on_circuit(self, number: str, state: CircuitState, blocked: ErrorClass | None) -> None:
+    def _on_circuit(self, number: str, change: CircuitChange) -> None:
+        state, blocked = change.state, change.blocked
         m.CIRCUIT_STATE.labels(phone_number_id=number).set(state.gauge_value)
+        if change.reason in _TRIP_REASONS:
+            self._counter(m.CIRCUIT_TRIPS, number, change.reason.value).inc()
         previous = self._blocked_class.get(number)
         if blocked is not None and previous is None:
             self._blocked_class[number] = blocked
@@ -354,8 +370,33 @@ class Engine:
             del self._blocked_class[number]
             m.NUMBER_BLOCKED.labels(phone_number_id=number, error_class=previous.value).set(0)
             log.warning("number_unblocked", phone_number_id=number, error_class=previous.value)
-        if state is not CircuitState.HALF_OPEN:
-            log.warning("circuit_" + state.value, phone_number_id=number)
+        # One line per change, saying why (and on what evidence): circuit_open, circuit_half_open, circuit_closed.
+        log.warning("circuit_" + state.value, phone_number_id=number, reason=change.reason.value, **change.evidence)
+
+    async def _probe(self, lane: Lane) -> None:
+        """The half-open probe: Meta's health call for the number (a GET; it sends nothing, to nobody)."""
+        number, breaker = lane.number, lane.breaker
+        started = self._now()
+        result = "ok"
+        try:
+            await self._client.check_health(number)
+        except GraphApiError as exc:
+            result = "failed"
+            breaker.probe_failed(self._now(), exc.error_class, exc.message)
+        except Exception as exc:  # a bug in the client: never leave the number waiting for a verdict
+            result = "failed"
+            breaker.probe_failed(self._now(), ErrorClass.OTHER, f"{type(exc).__name__}: {exc}")
+            log.error("circuit_probe_error", phone_number_id=number, exc_info=exc)
+        except BaseException:
+            breaker.probe_abandoned()
+            raise
+        else:
+            breaker.probe_succeeded(self._now())
+        self._counter(m.CIRCUIT_PROBES, number, result).inc()
+        log.info("circuit_probe", phone_number_id=number, probe="health_check", result=result,
+                 duration_ms=round((self._now() - started) * 1000, 1))
+        self.scheduler.probed(number)
+        self._kick()
 
     # --- the Graph API call -----------------------------------------------------------------------
 
@@ -396,7 +437,7 @@ class Engine:
         verdict: Verdict
         wamid = None
         if sent is not None:
-            lane.breaker.record_success(work.probe)
+            lane.breaker.record_success(now, work.recipient)
             verdict, wamid = _SENT, sent.wamid
             self._count(m.SEND_ATTEMPTS, number, "sent", ErrorClass.NONE.value, "none")
         elif error is not None:
@@ -413,8 +454,6 @@ class Engine:
                 error.error_class.value, m.error_code_label(error.code, KNOWN_ERROR_CODES),
             )
         else:
-            if work.probe:
-                lane.breaker.release_probe()
             what = f"{type(unexpected).__name__}: {unexpected}"
             work.last_error = ErrorInfo(error_class=ErrorClass.OTHER, message=what)
             verdict = Terminal(MessageOutcome.DEAD_LETTERED, work.last_error, DeadLetterReason.UNEXPECTED_ERROR)

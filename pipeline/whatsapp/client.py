@@ -66,6 +66,10 @@ class MessageSender(Protocol):
         self, request: SendRequest, *, phone_number_id: str | None = None, callback_data: str | None = None
     ) -> SentMessage: ...
 
+    async def check_health(self, phone_number_id: str | None = None) -> dict[str, Any]:
+        """The breaker's half-open probe: raises `GraphApiError` while Meta or the number is not answering."""
+        ...
+
 
 class WhatsAppClient:
     """Graph API calls over an httpx transport (aiohttp's connection pool unless told otherwise).

@@ -31,8 +31,11 @@ class Call:
 class FakeMeta:
     """Implements the client's `MessageSender` Protocol; `script` decides each answer."""
 
-    def __init__(self, script: Script | None = None, latency: float = 0.01) -> None:
+    def __init__(self, script: Script | None = None, latency: float = 0.01,
+                 health: Callable[[], GraphApiError | None] | None = None) -> None:
         self.script = script or (lambda request, n: None)
+        self.health = health or (lambda: None)  # the answer to the breaker's probe (GET of the number)
+        self.health_checks: list[str] = []
         self.latency = latency
         self.calls: list[Call] = []
         self.in_flight = 0
@@ -59,6 +62,14 @@ class FakeMeta:
             if error is not None:
                 raise error
             return SentMessage(wamid=f"wamid.{next(self._ids)}", wa_id=request.to.lstrip("+"), http_status=200)
+
+    async def check_health(self, phone_number_id: str | None = None) -> dict[str, Any]:
+        self.health_checks.append(phone_number_id or "")
+        await asyncio.sleep(self.latency)
+        error = self.health()
+        if error is not None:
+            raise error
+        return {"id": phone_number_id, "verified_name": "Fake"}
 
     def sent_ids(self) -> list[str]:
         return [c.request_id for c in self.calls]

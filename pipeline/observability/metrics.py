@@ -88,6 +88,11 @@ AMBIGUOUS_ATTEMPTS = Counter(
     "Attempts that timed out after the request was written: Meta may have sent the message.",
     ["phone_number_id"],
 )
+AMBIGUOUS_RESOLVED = Counter(
+    "delivery_ambiguous_resolved",
+    "Ambiguous attempts decided by Meta's status webhooks: sent (a status came within the window) or not_sent.",
+    ["phone_number_id", "resolution"],
+)
 NUMBER_BLOCKED = Gauge(
     "delivery_number_blocked",
     "1 while a business number is stopped by an auth or policy error (needs an operator).",
@@ -131,7 +136,8 @@ CATALOG_BY_STAGE: Mapping[Stage, tuple[MetricWrapperBase, ...]] = {
     Stage.API: (API_REQUESTS, API_REQUEST_DURATION, *_EVERY_STAGE),
     Stage.SENDER: (
         SEND_ATTEMPTS, MESSAGES, SEND_DURATION, RATE_LIMIT_WAIT, RATE_LIMIT, RATE_LIMIT_CONFIGURED, CIRCUIT_STATE,
-        CIRCUIT_TRIPS, CIRCUIT_PROBES, INFLIGHT, AMBIGUOUS_ATTEMPTS, NUMBER_BLOCKED, *_EVERY_STAGE, *_EVERY_CONSUMER,
+        CIRCUIT_TRIPS, CIRCUIT_PROBES, INFLIGHT, AMBIGUOUS_ATTEMPTS, AMBIGUOUS_RESOLVED, NUMBER_BLOCKED,
+        *_EVERY_STAGE, *_EVERY_CONSUMER,
     ),
     Stage.INGEST: (
         WEBHOOKS, STATUS_EVENTS, STATUS_DUPLICATES, STATUS_OUT_OF_ORDER, FAILURES, TRANSITION, INBOUND_MESSAGES,

@@ -49,12 +49,13 @@ from pipeline.contracts import (
 from pipeline.observability import get_logger
 from pipeline.observability import metrics as m
 from pipeline.observability.context import context_from_traceparent
+from pipeline.sender.ambiguous import StatusWatch
 from pipeline.sender.breaker import CircuitBreaker, CircuitChange
 from pipeline.sender.decode import Rejected, decode, owner_partition
 from pipeline.sender.limits import RateLimiter
 from pipeline.sender.offsets import OffsetTracker
 from pipeline.sender.outcomes import Sink, dead_letter_record, result_record, traceparent_of
-from pipeline.sender.retry import Hold, Retry, RetryPolicy, Terminal, Verdict
+from pipeline.sender.retry import Hold, Park, Retry, RetryPolicy, Terminal, Verdict
 from pipeline.sender.scheduler import Lane, Scheduler
 from pipeline.sender.work import Origin, Work
 from pipeline.whatsapp import KNOWN_ERROR_CODES, GraphApiError, MessageSender
@@ -97,6 +98,7 @@ class Engine:
         policy: RetryPolicy | None = None,
         clock: Callable[[], float] | None = None,
         wall: Callable[[], float] = time.time,
+        watch: StatusWatch | None = None,
     ) -> None:
         self._settings = settings.sender
         self._default_number = settings.whatsapp.phone_number_id
@@ -110,6 +112,7 @@ class Engine:
         self._policy = policy or RetryPolicy.from_settings(settings.sender)
         self._clock_override = clock
         self._wall = wall
+        self._watch = watch or StatusWatch()  # without a StatusFeed every parked request is retried after its window
         self.scheduler = Scheduler(
             self._new_lane, max_in_flight=settings.sender.max_in_flight, max_buffered=settings.sender.max_buffered
         )
@@ -416,6 +419,8 @@ class Engine:
             limiter.release()
             raise
         m.INFLIGHT.inc()
+        request_id = work.request.request_id
+        self._watch.expect(request_id)  # a status may arrive before an ambiguous call gives up
         sent = None
         error: GraphApiError | None = None
         unexpected: BaseException | None = None
@@ -460,6 +465,10 @@ class Engine:
             self._count(m.SEND_ATTEMPTS, number, "failed", ErrorClass.OTHER.value, "none")
             log.error("send_unexpected_error", request_id=work.request.request_id, exc_info=unexpected)
 
+        if isinstance(verdict, Park):
+            verdict, wamid, now = await self._resolve_ambiguous(work, lane, verdict.window)
+        else:
+            self._watch.forget(request_id)
         if isinstance(verdict, Retry | Hold):
             if not self._owns(work):
                 self.scheduler.finished(work, now)
@@ -477,6 +486,28 @@ class Engine:
         self.scheduler.finished(work, now)
         self._kick()
         await self._conclude(work, verdict, wamid=wamid)
+
+    async def _resolve_ambiguous(
+        self, work: Work, lane: Lane, window: float
+    ) -> tuple[Retry | Terminal, str | None, float]:
+        """Park a request that may have been sent until its status says so, or its window ends (ambiguous.py)."""
+        number = work.number
+        self.scheduler.park(work)  # its call slot is free; its recipient waits behind it (order)
+        self._kick()
+        self._log.warning("send_ambiguous_parked", request_id=work.request.request_id, phone_number_id=number,
+                          window_s=window, attempts=work.attempts, trace_id=_trace_id(work))
+        try:
+            wamid = await self._watch.resolve(work.request.request_id, window)
+        finally:
+            self.scheduler.unpark(work)
+        now = self._now()
+        resolution = "sent" if wamid is not None else "not_sent"
+        self._counter(m.AMBIGUOUS_RESOLVED, number, resolution).inc()
+        self._log.info("send_ambiguous_resolved", request_id=work.request.request_id, phone_number_id=number,
+                       resolution=resolution, waited_s=round(now - work.dispatched_at, 3), trace_id=_trace_id(work))
+        if wamid is not None:
+            return _SENT, wamid, now
+        return self._policy.unsent(work, now, breaker=lane.breaker), None, now
 
     def _owns(self, work: Work) -> bool:
         partition = work.origin.partition

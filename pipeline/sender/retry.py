@@ -9,6 +9,7 @@ The table (error classes from `pipeline.whatsapp.classify`):
 | class | effect on the number / recipient | this request |
 |---|---|---|
 | transient (5xx, timeouts, 1, 2, 131000, …) | breaker failure (service or recipient) | backoff |
+| transient, ambiguous (sent, then no answer) | breaker failure | `Park(window)`: its status decides |
 | throttled 130429 | rate x `decrease` (AIMD) | retry with backoff |
 | throttled 4, 80007, 131048 | number paused for `retry_after` (60 s / 300 s) | retry after it |
 | pair_limited 131056 | only this recipient waits: 6 s, 12 s, 24 s, … | retry after it |
@@ -47,13 +48,20 @@ class Hold:
 
 
 @dataclass(frozen=True, slots=True)
+class Park:
+    """The call may have sent the message: wait up to `window` s for its status (ambiguous.py), then decide."""
+
+    window: float
+
+
+@dataclass(frozen=True, slots=True)
 class Terminal:
     outcome: MessageOutcome
     error: ErrorInfo | None = None
     reason: DeadLetterReason | None = None  # for DEAD_LETTERED
 
 
-Verdict = Retry | Hold | Terminal
+Verdict = Retry | Hold | Park | Terminal
 
 _BLOCKING = frozenset({ErrorClass.AUTH, ErrorClass.POLICY})
 _NUMBER_PAUSE_CODES = frozenset({4, 80007, 131048})
@@ -66,6 +74,7 @@ class RetryPolicy:
     max_delay: float = 300.0
     pair_interval: float = 6.0
     retry_ambiguous: bool = False
+    ambiguous_window: float = 60.0
     rng: random.Random = random.Random()  # noqa: RUF009 — one shared generator; tests pass a seeded one
 
     @classmethod
@@ -76,6 +85,7 @@ class RetryPolicy:
             max_delay=sender.retry_max_delay_seconds,
             pair_interval=sender.pair_interval_seconds,
             retry_ambiguous=sender.retry_ambiguous,
+            ambiguous_window=sender.ambiguous_window_seconds,
             rng=rng or random.Random(),
         )
 
@@ -95,7 +105,7 @@ class RetryPolicy:
             scope = scope_of(error)
             breaker.record_failure(now, work.recipient, scope)
             if error.ambiguous and not self.retry_ambiguous:
-                return Terminal(MessageOutcome.FAILED, info)
+                return Park(self.ambiguous_window)  # Meta's status webhooks will tell; never guessed
             state = breaker.state
             if state is CircuitState.OPEN or (scope is Scope.SERVICE and state is not CircuitState.CLOSED):
                 return self._retry(work, 0.0, now, charge=False)  # Meta is down: the breaker decides when
@@ -123,7 +133,13 @@ class RetryPolicy:
             return Terminal(MessageOutcome.DEAD_LETTERED, info, DeadLetterReason.PAYLOAD_REJECTED)
         return Terminal(MessageOutcome.FAILED, info)
 
-    def _retry(self, work: Work, delay: float, now: float, *, charge: bool = True) -> Verdict:
+    def unsent(self, work: Work, now: float, *, breaker: CircuitBreaker) -> Retry | Terminal:
+        """A parked request whose window passed without a status: it was not sent, so it goes again."""
+        if breaker.state is not CircuitState.CLOSED:
+            return self._retry(work, 0.0, now, charge=False)  # Meta is down: the breaker decides when
+        return self._retry(work, self.backoff(work.charged + 1), now)
+
+    def _retry(self, work: Work, delay: float, now: float, *, charge: bool = True) -> Retry | Terminal:
         if charge:
             work.charged += 1
             if work.charged >= self.max_attempts:

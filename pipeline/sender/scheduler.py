@@ -208,6 +208,18 @@ class Scheduler:
         recipient.retrying = True
         self._schedule(lane, recipient, now)
 
+    def park(self, work: Work) -> None:
+        """The in-flight head's fate is unknown: free its call slot, keep its recipient waiting behind it."""
+        _, recipient = self._returning(work)
+        recipient.busy = True  # nothing else for this recipient goes until the head's fate is known
+
+    def unpark(self, work: Work) -> None:
+        """The parked head is decided: it is in flight again for `finished` or `retry` to take back."""
+        lane = self.lanes[work.number]
+        assert lane.recipients[work.recipient].queue[0] is work, "only a parked head can be unparked"
+        lane.in_flight += 1
+        self.in_flight += 1
+
     def probed(self, number: str) -> None:
         """The breaker's probe for `number` has its verdict: the lane may dispatch (or wait) again."""
         lane = self.lanes.get(number)

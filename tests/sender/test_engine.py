@@ -15,6 +15,7 @@ from opentelemetry.trace import SpanKind
 from pipeline.config import Settings, load_settings
 from pipeline.contracts import CallbackData, ErrorClass, MessageOutcome, Stage
 from pipeline.observability import metrics, setup
+from pipeline.sender.ambiguous import StatusWatch
 from pipeline.sender.decode import owner_partition
 from pipeline.sender.engine import Engine
 from pipeline.sender.offsets import OffsetTracker
@@ -48,9 +49,10 @@ class Harness:
         self.meta = meta
         self.sink = sink or MemorySink()
         self.settings = make_settings(**sender)
+        self.watch = StatusWatch()
         telemetry = setup(Stage.SENDER, self.settings, span_exporter=_exporter[0])
         self.engine = Engine(self.settings, meta, self.sink, results_topic=RESULTS, dead_letters_topic=DLQ,
-                             partitions=PARTITIONS, tracer=telemetry.tracer("pipeline.sender"))
+                             partitions=PARTITIONS, tracer=telemetry.tracer("pipeline.sender"), watch=self.watch)
         for p in range(PARTITIONS):
             self.engine.assign(p, 0, None)
         self.offsets = dict.fromkeys(range(PARTITIONS), 0)
@@ -298,3 +300,43 @@ async def test_in_flight_is_bounded() -> None:
         h.feed(request_bytes(f"+1650555{i:04d}", f"req-{i}"))
     await h.until(lambda: len(h.results()) == 60)
     assert h.meta.max_in_flight == 7
+
+
+async def test_an_ambiguous_send_is_concluded_by_its_status_or_retried_after_the_window() -> None:
+    """Finding 7: a call that may have sent is parked; Meta's status (by request id) decides."""
+    def script(request, n):  # type: ignore[no-untyped-def]
+        if n == 1 and request.request_id in ("req-sent-really", "req-not-sent"):
+            return GraphApiError("RemoteProtocolError after the request was sent", error_class=ErrorClass.TRANSIENT,
+                                 ambiguous=True)
+        return None
+
+    h = Harness(FakeMeta(script), ambiguous_window_seconds=0.5)
+    h.feed(request_bytes("+16505550030", "req-sent-really"))  # Meta has it: a status will say so
+    h.feed(request_bytes("+16505550030", "req-behind"))  # same recipient: must wait behind it (order)
+    h.feed(request_bytes("+16505550031", "req-not-sent"))  # no status: it was not sent
+    await h.until(lambda: h.watch.parked == 2)
+    assert [c.request_id for c in h.meta.calls].count("req-behind") == 0
+    h.watch.seen("req-sent-really", "wamid.FROM-THE-STATUS")
+    await h.until(lambda: len(h.results()) == 3)
+    by_id = {r["request_id"]: r for r in h.results()}
+    assert by_id["req-sent-really"]["outcome"] == "sent"
+    assert by_id["req-sent-really"]["wamid"] == "wamid.FROM-THE-STATUS"
+    assert by_id["req-sent-really"]["ambiguous_attempts"] == 1
+    assert by_id["req-not-sent"]["outcome"] == "sent"
+    assert by_id["req-not-sent"]["attempts"] == 2  # retried once its window passed without a status
+    calls = [c.request_id for c in h.meta.calls]
+    assert calls.count("req-sent-really") == 1  # never sent twice
+    assert calls.index("req-behind") > calls.index("req-sent-really")
+    assert by_id["req-behind"]["outcome"] == "sent"
+
+
+async def test_a_status_that_arrives_before_the_ambiguous_answer_still_counts() -> None:
+    h = Harness(FakeMeta(lambda r, n: GraphApiError("ReadTimeout", error_class=ErrorClass.TRANSIENT, ambiguous=True)
+                         if n == 1 else None,
+                         latency=0.2), ambiguous_window_seconds=5.0)
+    h.feed(request_bytes("+16505550032", "req-early"))
+    await h.until(lambda: len(h.meta.calls) == 1)
+    h.watch.seen("req-early", "wamid.EARLY")  # the webhook beat the timeout
+    await h.until(lambda: len(h.results()) == 1, timeout=2.0)
+    assert h.results()[0]["wamid"] == "wamid.EARLY"
+    assert len(h.meta.calls) == 1

@@ -9,7 +9,7 @@ import pytest
 from pipeline.contracts import CircuitState, DeadLetterReason, ErrorClass, MessageOutcome, SendRequest
 from pipeline.sender.breaker import CircuitBreaker, Scope
 from pipeline.sender.limits import RateLimiter
-from pipeline.sender.retry import Hold, Retry, RetryPolicy, Terminal
+from pipeline.sender.retry import Hold, Park, Retry, RetryPolicy, Terminal
 from pipeline.sender.work import Origin, Work
 from pipeline.whatsapp import GraphApiError
 
@@ -75,14 +75,16 @@ def test_failures_while_the_breaker_is_open_cost_no_attempts(policy, limiter, br
         assert isinstance(policy.judge(w, error(2), 0.0, limiter=limiter, breaker=breaker), Retry)
 
 
-def test_ambiguous_timeouts_fail_unless_retrying_them_is_allowed(limiter, breaker) -> None:
+def test_ambiguous_timeouts_are_parked_for_their_status_unless_retrying_them_is_allowed(limiter, breaker) -> None:
+    # Replaced (issue 13, finding 7): an ambiguous timeout used to fail; now its status decides.
     timeout = error(None, ErrorClass.TRANSIENT, ambiguous=True)
-    strict = RetryPolicy(retry_ambiguous=False)
-    verdict = strict.judge(work(), timeout, 0.0, limiter=limiter, breaker=breaker)
-    assert isinstance(verdict, Terminal)
-    assert verdict.outcome is MessageOutcome.FAILED
+    strict = RetryPolicy(retry_ambiguous=False, ambiguous_window=60.0)
+    assert strict.judge(work(), timeout, 0.0, limiter=limiter, breaker=breaker) == Park(60.0)
     lenient = RetryPolicy(retry_ambiguous=True)
     assert isinstance(lenient.judge(work(), timeout, 0.0, limiter=limiter, breaker=breaker), Retry)
+    unsent = work()
+    assert isinstance(strict.unsent(unsent, 61.0, breaker=breaker), Retry)
+    assert unsent.charged == 1
 
 
 def test_130429_slows_the_number_and_retries(policy, limiter, breaker) -> None:

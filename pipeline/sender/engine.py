@@ -49,6 +49,7 @@ from pipeline.contracts import (
 from pipeline.observability import get_logger
 from pipeline.observability import metrics as m
 from pipeline.observability.context import context_from_traceparent
+from pipeline.observability.redaction import wamid_ref
 from pipeline.sender.ambiguous import StatusWatch
 from pipeline.sender.breaker import CircuitBreaker, CircuitChange
 from pipeline.sender.decode import Rejected, decode, owner_partition
@@ -504,7 +505,8 @@ class Engine:
         resolution = "sent" if wamid is not None else "not_sent"
         self._counter(m.AMBIGUOUS_RESOLVED, number, resolution).inc()
         self._log.info("send_ambiguous_resolved", request_id=work.request.request_id, phone_number_id=number,
-                       resolution=resolution, waited_s=round(now - work.dispatched_at, 3), trace_id=_trace_id(work))
+                       resolution=resolution, waited_s=round(now - work.dispatched_at, 3), trace_id=_trace_id(work),
+                       wamid_ref=wamid_ref(wamid) if wamid is not None else None)
         if wamid is not None:
             return _SENT, wamid, now
         return self._policy.unsent(work, now, breaker=lane.breaker), None, now
@@ -545,7 +547,7 @@ class Engine:
             "trace_id": _trace_id(work),
         }
         if wamid is not None:
-            fields["wamid"] = wamid
+            fields["wamid_ref"] = wamid_ref(wamid)  # a wamid holds the recipient's number: never logged raw
         if error is not None:
             fields["error_class"] = error.error_class.value
             fields["error_code"] = error.code

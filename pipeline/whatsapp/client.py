@@ -32,7 +32,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from pipeline.config import SANDBOX_ACCESS_TOKEN, WhatsAppSettings
 from pipeline.contracts import ErrorClass, SendRequest
-from pipeline.observability.redaction import register_secrets
+from pipeline.observability.redaction import register_secrets, wamid_ref
 from pipeline.whatsapp.errors import GraphApiError, error_from_response, error_from_transport
 from pipeline.whatsapp.media import MediaCache, MediaKey, check_media
 from pipeline.whatsapp.payloads import MEDIA_TYPES, message_payload, with_media_id
@@ -176,7 +176,7 @@ class WhatsAppClient:
                     http_status=response.status_code,
                     ambiguous=True,
                 )
-            span.set_attribute("whatsapp.wamid", wamid)
+            span.set_attribute("whatsapp.wamid_ref", wamid_ref(wamid))  # the wamid holds the recipient's number
             return SentMessage(wamid=wamid, wa_id=_first(body, "contacts", "wa_id"), http_status=response.status_code)
 
     # --- media ------------------------------------------------------------------------------------

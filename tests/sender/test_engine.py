@@ -340,3 +340,19 @@ async def test_a_status_that_arrives_before_the_ambiguous_answer_still_counts() 
     await h.until(lambda: len(h.results()) == 1, timeout=2.0)
     assert h.results()[0]["wamid"] == "wamid.EARLY"
     assert len(h.meta.calls) == 1
+
+
+async def test_logs_carry_a_wamid_ref_never_the_wamid(capsys: pytest.CaptureFixture[str]) -> None:
+    """Finding 8: a wamid is base64 of a record holding the recipient's number."""
+    import orjson
+
+    from pipeline.observability.redaction import wamid_ref
+
+    h = Harness(FakeMeta())
+    h.feed(request_bytes("+16505551234", "req-pii"))
+    await h.until(lambda: len(h.results()) == 1)
+    wamid = str(h.results()[0]["wamid"])  # the outcome record keeps it: consumers join on it
+    out = capsys.readouterr().out
+    assert wamid not in out
+    lines = [orjson.loads(line) for line in out.splitlines() if '"message_sent"' in line]
+    assert [line["wamid_ref"] for line in lines] == [wamid_ref(wamid)]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from opentelemetry import trace
 from opentelemetry.context import Context
 
@@ -93,6 +93,7 @@ class Published:
 class MemorySink:
     records: list[Published] = field(default_factory=list)
     fail_next: int = 0  # that many publishes time out first
+    max_bytes: int | None = None  # like the producer's max_request_size: bigger records are refused
 
     async def publish(
         self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]],
@@ -102,6 +103,9 @@ class MemorySink:
         if self.fail_next:
             self.fail_next -= 1
             raise KafkaTimeoutError("broker unavailable (fake)")
+        size = len(value) + len(key or b"") + sum(len(k) + len(v) for k, v in headers)
+        if self.max_bytes is not None and size > self.max_bytes:
+            raise MessageSizeTooLargeError(f"{len(value)} bytes (fake)")
         span = trace.get_current_span(context) if context is not None else None
         out = list(headers)
         if span is not None:

@@ -147,7 +147,8 @@ async def test_a_real_outage_opens_fast_probes_once_per_reset_interval_and_fails
     duplicates = sum(n - 1 for n in calls.values())
     outcome_counts = Counter(r["outcome"] for r in outcomes.results)
     print(f"\noutage ({mode}): circuit open after {calls_to_open} failed calls; {calls_during} messages and "
-          f"{probes} health probes ({gets} GETs at the sandbox) during {outage:.0f} s open (reset {reset:.0f} s); outcomes {dict(outcome_counts)}; "
+          f"{probes} health probes ({gets} GETs at the sandbox) during {outage:.0f} s open (reset {reset:.0f} s); "
+          f"outcomes {dict(outcome_counts)}; "
           f"duplicates at the sandbox: {duplicates}")
     if mode == "timeout":
         # Calls already dispatched before the first timeout came back: the same as before issue 19.

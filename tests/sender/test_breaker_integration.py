@@ -213,3 +213,42 @@ async def test_30_percent_of_recipients_failing_keep_the_circuit_closed_and_the_
     assert worst == 0  # never left closed
     assert sum(trips(reason) for reason in CircuitReason) == trips_before
     assert ratio >= 0.9
+
+
+async def test_a_send_that_timed_out_after_meta_took_it_is_concluded_sent_by_its_status_not_sent_twice(
+    settings: Settings, topics: TopicCatalog
+) -> None:
+    """Finding 7 with the real ingest: the sandbox's `9030` recipients are accepted, their statuses are
+    posted, but the answer is held past the client's timeout: ambiguous. The status decides."""
+    from pipeline.contracts import Stage
+    from pipeline.ingest import Ingest
+    from pipeline.observability import setup
+
+    held = [text_request(f"+1650{n:03d}9030", f"held-{n}") for n in range(5)]
+    ordinary = [text_request(f"+1650555{8000 + n:04d}", f"plain-{n}") for n in range(20)]
+    run = with_sender(settings, None, ambiguous_window_seconds=20.0)
+    run = run.model_copy(update={"whatsapp": run.whatsapp.model_copy(update={"timeout_seconds": 1.0})})
+    async with Ingest(settings, setup(Stage.INGEST, settings)) as ingest:
+        webhook_url = f"http://127.0.0.1:{ingest.port}/webhooks/whatsapp"
+        async with running_sandbox(rate_per_second=0, latency_median_ms=10, hang_seconds=3.0, sent_after_ms=200,
+                                   webhook_url=webhook_url) as sandbox, Outcomes(settings) as outcomes:
+            async with running_sender(with_sender(run, sandbox.base_url)):
+                await asyncio.sleep(1.0)  # the status feed reads from the end: let it start first
+                await produce(settings, [*held, *ordinary])
+                await outcomes.wait_for(25, timeout=60)
+                resolved = metrics.registry.get_sample_value(
+                    "delivery_ambiguous_resolved_total", {"phone_number_id": NUMBER, "resolution": "sent"})
+            sends = await sandbox.control.sends()
+    by_id = {r["request_id"]: r for r in outcomes.results}
+    wamids = {callback_request_id(s): s["wamid"] for s in sends}
+    calls = Counter(callback_request_id(s) for s in sends)
+    duplicates = sum(n - 1 for n in calls.values())
+    print(f"\nambiguous: {len(held)} held sends concluded by their statuses "
+          f"(delivery_ambiguous_resolved_total{{resolution=sent}} = {resolved}); duplicates at the sandbox: {duplicates}")
+    for request in held:
+        result = by_id[request.request_id]
+        assert result["outcome"] == "sent"
+        assert result["ambiguous_attempts"] == 1
+        assert result["wamid"] == wamids[request.request_id]  # Meta's wamid, from the status
+    assert {r["outcome"] for r in outcomes.results} == {"sent"}
+    assert duplicates == 0

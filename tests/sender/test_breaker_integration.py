@@ -244,7 +244,8 @@ async def test_a_send_that_timed_out_after_meta_took_it_is_concluded_sent_by_its
     calls = Counter(callback_request_id(s) for s in sends)
     duplicates = sum(n - 1 for n in calls.values())
     print(f"\nambiguous: {len(held)} held sends concluded by their statuses "
-          f"(delivery_ambiguous_resolved_total{{resolution=sent}} = {resolved}); duplicates at the sandbox: {duplicates}")
+          f"(delivery_ambiguous_resolved_total{{resolution=sent}} = {resolved}); "
+          f"duplicates at the sandbox: {duplicates}")
     for request in held:
         result = by_id[request.request_id]
         assert result["outcome"] == "sent"

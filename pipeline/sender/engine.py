@@ -175,7 +175,23 @@ class Engine:
             final[partition] = (tracker.position, tracker.metadata())
             self._last_commit.pop(partition, None)
         self._revoking -= lost
+        self._drop_foreign_lanes()
         return final
+
+    def _drop_foreign_lanes(self) -> None:
+        """Forget idle lanes of numbers this process no longer owns: their gauges go, their breakers too."""
+        for number in [n for n, lane in self.scheduler.lanes.items()
+                       if not lane.queued and not lane.in_flight
+                       and owner_partition(n, self.partitions) not in self.trackers]:
+            self.scheduler.drop_lane(number)
+            for gauge in (m.RATE_LIMIT, m.RATE_LIMIT_CONFIGURED, m.CIRCUIT_STATE):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(number)
+            blocked = self._blocked_class.pop(number, None)
+            if blocked is not None:
+                with contextlib.suppress(KeyError):
+                    m.NUMBER_BLOCKED.remove(number, blocked.value)
+            log.info("lane_dropped", phone_number_id=number)
 
     async def close(self, grace: float) -> dict[int, tuple[int, str]]:
         """Shutdown: revoke everything (see `revoke`) and cancel what is left."""
@@ -250,9 +266,10 @@ class Engine:
             self._spawn(record.partition, self._dead_letter(tracker, origin, decoded, span, context))
             return
         request = decoded
-        if b'"request_id"' not in value:
+        if "request_id" not in request.model_fields_set:
             # The default would be a new random id at every decode: after a restart the same record
-            # would become another request. Derive it from where the record sits instead.
+            # would become another request. Derive it from where the record sits instead. (Asked of
+            # pydantic, not of the bytes: metadata may well hold a "request_id" key of its own.)
             derived = f"{record.topic}:{record.partition}:{record.offset}"[-64:]
             request = request.model_copy(update={"request_id": derived})
         span.set_attribute("messaging.message.id", request.request_id)
@@ -327,6 +344,7 @@ class Engine:
         """Expire requests waiting behind others; refresh the rate gauges (call every second)."""
         for work in self.scheduler.sweep(self._now()):
             self._spawn(work.origin.partition, self._conclude(work, _EXPIRED))
+        self._drop_foreign_lanes()  # lanes that still had calls out when their partition went
         for number, lane in self.scheduler.lanes.items():
             m.RATE_LIMIT.labels(phone_number_id=number).set(round(lane.limiter.rate, 3))
 

@@ -10,6 +10,7 @@
     scheduler.retry(work, now + 2.0)     # the head goes again later, still first in its queue
     scheduler.sweep(now)                 # expired requests that were waiting behind others
     scheduler.revoke({0, 1})             # forget the queued work of lost partitions
+    scheduler.drop_lane(number)          # forget an idle number this process no longer owns
 
 Contract (the sender's order guarantee): requests to one recipient from one business number are
 kept in one FIFO; only its head is ever dispatched, and only when no call for that recipient is in
@@ -284,6 +285,13 @@ class Scheduler:
                     self._unschedule(lane, recipient)
                     del lane.recipients[key]
         return dropped
+
+    def drop_lane(self, number: str) -> None:
+        """Forget an idle lane (its number moved to another replica); `lane()` makes a fresh one if it comes back."""
+        lane = self.lanes.get(number)
+        if lane is not None:
+            assert not lane.queued and not lane.in_flight, "only an idle lane can be dropped"
+            del self.lanes[number]
 
     def in_flight_work(self) -> Iterator[Work]:
         for lane in self.lanes.values():

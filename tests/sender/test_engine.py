@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -356,3 +357,32 @@ async def test_logs_carry_a_wamid_ref_never_the_wamid(capsys: pytest.CaptureFixt
     assert wamid not in out
     lines = [orjson.loads(line) for line in out.splitlines() if '"message_sent"' in line]
     assert [line["wamid_ref"] for line in lines] == [wamid_ref(wamid)]
+
+
+async def test_a_record_without_request_id_gets_one_from_its_place_even_if_metadata_has_that_key() -> None:
+    h = Harness(FakeMeta())
+    value = orjson.dumps({"to": "+16505551234", "message": {"type": "text", "text": {"body": "hi"}},
+                          "metadata": {"request_id": "not-mine"}})
+    offset = h.feed(value)
+    await h.until(lambda: len(h.results()) == 1)
+    assert h.results()[0]["request_id"] == f"{REQUESTS}:{HOME}:{offset}"  # the same after any re-read
+
+
+async def test_a_revoked_numbers_lane_and_its_gauges_are_dropped() -> None:
+    """Issue 20: a replica must not keep publishing rate gauges (or keep breakers) for numbers it lost."""
+    other = next(f"10654035224{n:04d}" for n in range(10_000)
+                 if owner_partition(f"10654035224{n:04d}", PARTITIONS) != HOME)
+    h = Harness(FakeMeta())
+    h.feed(request_bytes("+16505551234", "req-home"))
+    h.feed(request_bytes("+16505551235", "req-other", phone_number_id=other),
+           partition=owner_partition(other, PARTITIONS), key=other.encode())
+    await h.until(lambda: len(h.results()) == 2)
+
+    def gauge(number: str) -> float | None:
+        return metrics.registry.get_sample_value("delivery_rate_limit_per_second", {"phone_number_id": number})
+
+    assert gauge(other) is not None
+    await h.engine.revoke([owner_partition(other, PARTITIONS)], grace=1.0)
+    assert set(h.engine.scheduler.lanes) == {NUMBER}
+    assert gauge(other) is None
+    assert gauge(NUMBER) is not None

@@ -290,7 +290,8 @@ class Scheduler:
         """Forget an idle lane (its number moved to another replica); `lane()` makes a fresh one if it comes back."""
         lane = self.lanes.get(number)
         if lane is not None:
-            assert not lane.queued and not lane.in_flight, "only an idle lane can be dropped"
+            assert not lane.queued, "only an idle lane can be dropped"
+            assert not lane.in_flight, "only an idle lane can be dropped"
             del self.lanes[number]
 
     def in_flight_work(self) -> Iterator[Work]:

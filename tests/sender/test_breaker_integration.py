@@ -105,7 +105,8 @@ async def test_after_a_restart_failing_recipients_back_off_and_ordinary_messages
     opened = {reason.value: trips(reason) - trips_before[reason] for reason in CircuitReason
               if trips(reason) - trips_before[reason]}
     print(f"\nrestart: 300 ordinary messages sent {delays[0]:.2f}-{delays[-1]:.2f} s after being accepted "
-          f"(median {statistics.median(delays):.2f} s; producing them took {produced:.2f} s); failing recipients retried {retried} times meanwhile; "
+          f"(median {statistics.median(delays):.2f} s; producing them took {produced:.2f} s); "
+          f"failing recipients retried {retried} times meanwhile; "
           f"circuit trips {opened or 'none'}")
     assert len(delays) == 300
     assert delays[-1] <= 5.0
@@ -155,8 +156,9 @@ async def test_a_real_outage_opens_fast_probes_once_per_reset_interval_and_fails
           f"outcomes {dict(outcome_counts)}; "
           f"duplicates at the sandbox: {duplicates}")
     if mode == "timeout":
-        # Calls already dispatched before the first timeout came back: the same as before issue 19.
-        assert calls_to_open <= rate * 1.04 * client_timeout + 5
+        # Calls already dispatched before the first timeout came back (the same as before issue 19),
+        # with half a second of slack for a loaded event loop handling the timeouts late.
+        assert calls_to_open <= rate * (client_timeout + 0.5) + 5
     else:
         assert calls_to_open <= 5
     assert calls_during <= 1  # messages wait while open (at most a late one from before it opened)
@@ -168,29 +170,34 @@ async def test_a_real_outage_opens_fast_probes_once_per_reset_interval_and_fails
     assert duplicates == 0
 
 
-async def _run_mix(settings: Settings, requests: list[SendRequest], ordinary: set[str]) -> tuple[float, float]:
+async def _run_mix(settings: Settings, requests: list[SendRequest], ordinary: set[str], number: str,
+                   ) -> tuple[float, float]:
     """Sent/s of the `ordinary` requests (first to last send at the sandbox) and the circuit's worst state."""
     async with running_sandbox(rate_per_second=0, latency_median_ms=20) as sandbox, Outcomes(settings) as outcomes:
-        await produce(settings, requests)
+        await produce(settings, requests, key=number.encode())
         worst = 0.0
-        # 200/s: the number's rate, not this shared machine's CPU, is what the two runs share.
+        gauge = metrics.CIRCUIT_STATE.labels(phone_number_id=number)
+        # The two runs share this machine alike; at 200/s an unloaded run is bound by the rate.
         async with running_sender(with_sender(settings, sandbox.base_url, rate_per_second=200)):
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 90
             while sum(r["request_id"] in ordinary for r in outcomes.results) < len(ordinary):
-                worst = max(worst, circuit())
-                assert time.monotonic() < deadline, "the ordinary requests were not all sent in 60 s"
+                worst = max(worst, float(gauge._value.get()))
+                assert time.monotonic() < deadline, "the ordinary requests were not all sent in 90 s"
                 await asyncio.sleep(0.02)
         sends = await sandbox.control.sends()
         stats = await sandbox.control.stats()
     at = sorted(s["at"] for s in sends if callback_request_id(s) in ordinary)
-    print(f"\n  {len(at)} ordinary sent in {at[-1] - at[0]:.2f} s; calls answered: {stats['received']['messages']}")
+    print(f"\n  {number}: {len(at)} ordinary sent in {at[-1] - at[0]:.2f} s; calls answered: "
+          f"{stats['received']['messages']}")
     return (len(at) - 1) / (at[-1] - at[0]), worst
 
 
 async def test_30_percent_of_recipients_failing_keep_the_circuit_closed_and_the_rest_at_full_speed(
     settings: Settings, topics: TopicCatalog
 ) -> None:
-    def mix(failing_recipients: bool, tag: str) -> tuple[list[SendRequest], set[str]]:
+    """Both runs at once, each with its own topics, number, sender and sandbox: whatever else loads this
+    machine loads both alike, so the ratio measures the failures, not the neighbours."""
+    def mix(failing_recipients: bool, tag: str, number: str) -> tuple[list[SendRequest], set[str]]:
         requests, ordinary = [], set()
         for n in range(1000):
             recipient = n % 200
@@ -200,20 +207,27 @@ async def test_30_percent_of_recipients_failing_keep_the_circuit_closed_and_the_
             else:
                 to = f"+1650777{recipient:04d}"
                 ordinary.add(rid)
-            requests.append(text_request(to, rid))
+            requests.append(text_request(to, rid).model_copy(update={"phone_number_id": number}))
         return requests, ordinary
 
-    baseline_requests, baseline_ordinary = mix(False, "base")
-    baseline, _ = await _run_mix(settings, baseline_requests, baseline_ordinary)
+    def apart(tag: str) -> Settings:
+        return settings.model_copy(update={
+            "kafka": settings.kafka.model_copy(update={"topic_prefix": f"{settings.kafka.topic_prefix}{tag}."}),
+            "sender": settings.sender.model_copy(update={"group_id": f"{settings.sender.group_id}-{tag}"}),
+        })
+
+    base_settings, mixed_settings = apart("base"), apart("mix")
+    await create_topics(base_settings.kafka)
+    await create_topics(mixed_settings.kafka)
+    baseline_number = "106540352242999"
     trips_before = sum(trips(reason) for reason in CircuitReason)
-    second = settings.model_copy(update={"kafka": settings.kafka.model_copy(
-        update={"topic_prefix": settings.kafka.topic_prefix + "mix."})})
-    await create_topics(second.kafka)
-    mixed_requests, mixed_ordinary = mix(True, "mix")
-    mixed, worst = await _run_mix(second, mixed_requests, mixed_ordinary)
+    (baseline, _), (mixed, worst) = await asyncio.gather(
+        _run_mix(base_settings, *mix(False, "base", baseline_number), baseline_number),
+        _run_mix(mixed_settings, *mix(True, "mix", NUMBER), NUMBER),
+    )
     ratio = mixed / baseline
     print(f"\n30 % failing recipients: the other 70 % at {mixed:.0f} sent/s against {baseline:.0f} sent/s "
-          f"without failures (ratio {ratio:.2f}); worst circuit state {worst:.0f}")
+          f"without failures, in the same run (ratio {ratio:.2f}); worst circuit state {worst:.0f}")
     assert worst == 0  # never left closed
     assert sum(trips(reason) for reason in CircuitReason) == trips_before
     assert ratio >= 0.9

@@ -51,7 +51,8 @@ class Harness:
         self.sink = sink or MemorySink()
         self.settings = make_settings(**sender)
         self.watch = StatusWatch()
-        telemetry = setup(Stage.SENDER, self.settings, span_exporter=_exporter[0])
+        exporter = _exporter[0] if _exporter else InMemorySpanExporter()  # used from other modules too
+        telemetry = setup(Stage.SENDER, self.settings, span_exporter=exporter)
         self.engine = Engine(self.settings, meta, self.sink, results_topic=RESULTS, dead_letters_topic=DLQ,
                              partitions=PARTITIONS, tracer=telemetry.tracer("pipeline.sender"), watch=self.watch)
         for p in range(PARTITIONS):

@@ -15,18 +15,15 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from pipeline.config import Settings
 from pipeline.sandbox.testing import running_sandbox
 from pipeline.topics import TopicCatalog
 from tests.sender.fakes import FakeMeta, MemorySink
 from tests.sender.kafka_helpers import Outcomes, produce, running_sender, text_request, with_sender
-from tests.sender.test_engine import DLQ, HOME, Harness, _exporter, request_bytes
+from tests.sender.test_engine import DLQ, HOME, Harness, request_bytes
 
 ONE_MIB = 1024 * 1024
-if not _exporter:  # the engine tests' span exporter, when this module runs on its own
-    _exporter.append(InMemorySpanExporter())
 
 
 def nested(depth: int) -> bytes:

@@ -366,7 +366,8 @@ class Engine:
             recipient_memory_seconds=max(600.0, s.retry_max_delay_seconds * 2),
             on_change=partial(self._on_circuit, number),
         )
-        limiter = RateLimiter(s.rate_per_second, guard=s.rate_window_guard_seconds)
+        limiter = RateLimiter(s.rate_per_second, guard=s.rate_window_guard_seconds,
+                              on_decrease=partial(self._on_rate_decrease, number))
         m.RATE_LIMIT_CONFIGURED.labels(phone_number_id=number).set(s.rate_per_second)
         m.RATE_LIMIT.labels(phone_number_id=number).set(s.rate_per_second)
         m.CIRCUIT_STATE.labels(phone_number_id=number).set(CircuitState.CLOSED.gauge_value)
@@ -376,6 +377,10 @@ class Engine:
         for outcome in MessageOutcome:
             self._counter(m.MESSAGES, number, outcome.value)
         return Lane(number, limiter, breaker)
+
+    def _on_rate_decrease(self, number: str, rate: float) -> None:
+        m.RATE_LIMIT.labels(phone_number_id=number).set(round(rate, 3))
+        log.warning("rate_decreased", phone_number_id=number, rate=round(rate, 2))
 
     def _on_circuit(self, number: str, change: CircuitChange) -> None:
         state, blocked = change.state, change.blocked
@@ -468,11 +473,7 @@ class Engine:
             if error.ambiguous:
                 work.ambiguous_attempts += 1
                 self._count(m.AMBIGUOUS_ATTEMPTS, number)
-            rate_before = lane.limiter.rate
             verdict = self._policy.judge(work, error, now, limiter=lane.limiter, breaker=lane.breaker)
-            if lane.limiter.rate != rate_before:
-                m.RATE_LIMIT.labels(phone_number_id=number).set(round(lane.limiter.rate, 3))
-                log.warning("rate_decreased", phone_number_id=number, rate=round(lane.limiter.rate, 2))
             self._count(
                 m.SEND_ATTEMPTS, number, "failed" if isinstance(verdict, Terminal) else "retry",
                 error.error_class.value, m.error_code_label(error.code, KNOWN_ERROR_CODES),

@@ -146,7 +146,7 @@ class KafkaSource:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
             if not stop.is_set():
-                await self._commit(self._engine.commit_offsets)
+                await self._commit(self._engine.offsets_to_commit)
 
     async def _commit(self, offsets: Callable[[], Offsets], *, final: bool = False) -> None:
         committed = await self.committer.commit(offsets, final=final)

@@ -3,7 +3,7 @@
     engine = Engine(settings, client, sink, partitions=12)
     engine.assign(0, committed=1200, metadata="o1:1200:…")   # on assignment
     engine.intake(record)                 # each fetched record: decode, route, schedule (never blocks)
-    engine.commit_offsets()               # {partition: (offset, metadata)} that changed since last time
+    engine.offsets_to_commit()               # {partition: (offset, metadata)} that changed since last time
     await engine.revoke({0}, grace=3.0)   # lost partition: finish what is in flight, hand back the rest
     engine.room                           # requests it can still take (backpressure for the fetcher)
 
@@ -218,7 +218,7 @@ class Engine:
         tracker = self.trackers.get(partition)
         return tracker is not None and tracker.overflowing
 
-    def commit_offsets(self) -> dict[int, tuple[int, str]]:
+    def offsets_to_commit(self) -> dict[int, tuple[int, str]]:
         """Positions (and done-above metadata) that changed since the last call."""
         changed: dict[int, tuple[int, str]] = {}
         for partition, tracker in self.trackers.items():
@@ -237,7 +237,7 @@ class Engine:
     def intake(self, record: ConsumedRecord) -> None:
         """Take one fetched record. Never blocks: everything after decoding happens in tasks/timers."""
         tracker = self.trackers.get(record.partition)
-        if tracker is None or tracker.fetched(record.offset):
+        if tracker is None or tracker.already_done(record.offset):
             return
         headers = tuple(record.headers or ())
         value = record.value or b""

@@ -95,6 +95,8 @@ class KafkaSource:
                     committer.result()  # a failed commit is fatal (commits.py says why): raise it
                 if self._fatal is not None:
                     raise self._fatal
+                if self._engine.fatal is not None:
+                    raise self._engine.fatal  # e.g. the producer was fenced: restart from the last commit
                 self._apply_backpressure()
                 # Paused partitions return nothing, so `room` bounds what one fetch can add. Small
                 # batches: taking 5,000 records in one go stalled the event loop (and sending) ~200 ms.

@@ -29,7 +29,13 @@ from collections.abc import Callable, Collection, Coroutine
 from functools import partial
 from typing import Any, Protocol
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    IllegalOperation,
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+)
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
@@ -59,6 +65,8 @@ _JSON_HEADERS = (("content-type", b"application/json"),)
 _SENT = Terminal(MessageOutcome.SENT)
 _EXPIRED = Terminal(MessageOutcome.EXPIRED)
 _PUBLISH_RETRY_MAX = 5.0
+# The producer can no longer publish in this process' transactions: fatal, not retried.
+_BROKEN_PRODUCER = (ProducerFenced, InvalidProducerEpoch, OutOfOrderSequenceNumber, IllegalOperation)
 _NO_PARTITION = -1  # tasks that belong to no partition (the breaker's probes): revocation does not wait for them
 
 
@@ -116,6 +124,7 @@ class Engine:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self.telemetry = SenderTelemetry(self._tracer, self._group)
+        self.fatal: BaseException | None = None  # set when publishing can never succeed again: stop the process
 
     # --- time -------------------------------------------------------------------------------------
 
@@ -505,6 +514,13 @@ class Engine:
             try:
                 await self._sink.publish(topic, key, value, headers, context=context)
                 return True
+            except _BROKEN_PRODUCER as exc:
+                # Retrying cannot help (fenced, or the transaction is gone): the process must stop and
+                # restart from its last commit (commits.py), not wait forever with its partitions held.
+                if self.fatal is None:
+                    self.fatal = exc
+                self.telemetry.publish_failed(topic, origin, exc, retry_in=-1.0)
+                raise
             except (KafkaError, TimeoutError) as exc:
                 self.telemetry.publish_failed(topic, origin, exc, delay)
                 await asyncio.sleep(delay)

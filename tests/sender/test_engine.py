@@ -387,3 +387,22 @@ async def test_a_revoked_numbers_lane_and_its_gauges_are_dropped() -> None:
     assert set(h.engine.scheduler.lanes) == {NUMBER}
     assert gauge(other) is None
     assert gauge(NUMBER) is not None
+
+
+async def test_a_fenced_producer_is_fatal_not_retried_forever() -> None:
+    """A fenced transactional producer can never publish again: the engine says so instead of looping."""
+    from aiokafka.errors import ProducerFenced
+
+    class FencedSink(MemorySink):
+        calls = 0
+
+        async def publish(self, *args: object, **kwargs: object) -> None:
+            FencedSink.calls += 1
+            raise ProducerFenced()
+
+    h = Harness(FakeMeta(), FencedSink())
+    h.feed(request_bytes("+16505551234", "req-fenced"))
+    await h.until(lambda: h.engine.fatal is not None)
+    await asyncio.sleep(0.3)
+    assert FencedSink.calls == 1
+    assert h.engine.offsets_to_commit() == {}  # nothing marked done

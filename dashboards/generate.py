@@ -113,6 +113,20 @@ def graph_api_panels(board: Dashboard, *matchers: str) -> None:
         description="Per business number: closed (sending), half-open (probing), open (not sending). "
         "Alert DeliveryCircuitOpenTooLong fires after 5 minutes without closing.",
     )
+    board.timeseries(
+        "Circuit: why it opened, and its probes",
+        [
+            q(f"sum by (phone_number_id, reason) (increase({s('delivery_circuit_trips_total', *matchers)}{RI}))",
+              "opened: {{reason}} {{phone_number_id}}"),
+            q(f"sum by (phone_number_id, result) (increase({s('delivery_circuit_probes_total', *matchers)}{RI}))",
+              "probe {{result}} {{phone_number_id}}"),
+        ],
+        unit="short",
+        description="Why each circuit left closed: service_failures (consecutive failures Meta owns: no answer, "
+        "5xx, codes 1/2/131016/131057, across recipients), failure_ratio (many distinct recipients failing in the "
+        "window: probed at once), blocked (auth/policy), probe_failed, trial_failed. Probes are GETs of the phone "
+        "number, never messages. The circuit_open log line carries the evidence (docs/sender.md).",
+    )
 
 
 def overview() -> Dashboard:

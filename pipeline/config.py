@@ -196,6 +196,12 @@ class SenderSettings(_Group):
     pair_interval_seconds: float = Field(default=6.0, ge=0)
     breaker_failure_threshold: int = Field(default=5, ge=1)
     breaker_reset_seconds: float = Field(default=60.0, gt=0)
+    breaker_failure_ratio: float = Field(
+        default=0.5, gt=0, le=1, description="failure share of the window that makes the breaker probe at once"
+    )
+    breaker_min_calls: int = Field(default=20, ge=1, description="answers in the window before the ratio counts")
+    breaker_min_recipients: int = Field(default=5, ge=1, description="distinct failing recipients the ratio needs")
+    breaker_window_seconds: float = Field(default=10.0, gt=0, description="the breaker's sliding window")
     blocked_probe_seconds: float = Field(
         default=300.0, gt=0, description="after an auth/policy error, how often one request probes the number"
     )
@@ -217,7 +223,13 @@ class SenderSettings(_Group):
     retry_max_attempts: int = Field(default=8, ge=1)
     retry_base_delay_seconds: float = Field(default=0.5, gt=0)
     retry_max_delay_seconds: float = Field(default=300.0, gt=0)
-    retry_ambiguous: bool = False
+    retry_ambiguous: bool = Field(
+        default=False, description="retry a call that may have sent at once, without waiting for its status"
+    )
+    ambiguous_window_seconds: float = Field(
+        default=60.0, gt=0, le=3600,
+        description="how long a possibly-sent request waits for a status with its request id before a retry",
+    )
     commit_interval_seconds: float = Field(default=1.0, gt=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
 

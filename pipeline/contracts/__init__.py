@@ -32,6 +32,7 @@ from pipeline.contracts.messages import (
 from pipeline.contracts.vocabulary import (
     ApiOutcome,
     AttemptOutcome,
+    CircuitReason,
     CircuitState,
     DeadLetterReason,
     DeliveryStatus,
@@ -46,6 +47,7 @@ __all__ = [
     "AttemptOutcome",
     "AudioMessage",
     "CallbackData",
+    "CircuitReason",
     "CircuitState",
     "DeadLetter",
     "DeadLetterReason",

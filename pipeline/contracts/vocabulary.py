@@ -109,3 +109,15 @@ class CircuitState(StrEnum):
     @property
     def gauge_value(self) -> int:
         return {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}[self]
+
+
+class CircuitReason(StrEnum):
+    """Why a number's circuit changed state (docs/sender.md, "Circuit breaker"). Bounded: a metric label."""
+
+    SERVICE_FAILURES = "service_failures"  # consecutive failures Meta owns (no answer, 5xx, codes 1/2/…)
+    FAILURE_RATIO = "failure_ratio"  # many distinct recipients failing in the window: verify with a probe now
+    BLOCKED = "blocked"  # auth or policy error
+    PROBE_FAILED = "probe_failed"  # the health probe failed: still down
+    TRIAL_FAILED = "trial_failed"  # the first message after a good probe failed the way an outage does
+    RESET_ELAPSED = "reset_elapsed"  # open long enough: probe
+    PROBE_SUCCEEDED = "probe_succeeded"  # closed (on trial)

@@ -71,11 +71,27 @@ CIRCUIT_STATE = Gauge(
     "delivery_circuit_state", "Circuit breaker state per business number: 0 closed, 1 half-open, 2 open.",
     ["phone_number_id"],
 )
+CIRCUIT_TRIPS = Counter(
+    "delivery_circuit_trips",
+    "Times a number's circuit left closed or re-opened, by reason (service_failures, failure_ratio, blocked, "
+    "probe_failed, trial_failed).",
+    ["phone_number_id", "reason"],
+)
+CIRCUIT_PROBES = Counter(
+    "delivery_circuit_probes",
+    "Health probes (GET of the phone number) of a number whose circuit is half-open, by result.",
+    ["phone_number_id", "result"],
+)
 INFLIGHT = Gauge("delivery_inflight_messages", "Graph API calls in flight in this sender.")
 AMBIGUOUS_ATTEMPTS = Counter(
     "delivery_ambiguous_attempts",
     "Attempts that timed out after the request was written: Meta may have sent the message.",
     ["phone_number_id"],
+)
+AMBIGUOUS_RESOLVED = Counter(
+    "delivery_ambiguous_resolved",
+    "Ambiguous attempts decided by Meta's status webhooks: sent (a status came within the window) or not_sent.",
+    ["phone_number_id", "resolution"],
 )
 NUMBER_BLOCKED = Gauge(
     "delivery_number_blocked",
@@ -120,7 +136,8 @@ CATALOG_BY_STAGE: Mapping[Stage, tuple[MetricWrapperBase, ...]] = {
     Stage.API: (API_REQUESTS, API_REQUEST_DURATION, *_EVERY_STAGE),
     Stage.SENDER: (
         SEND_ATTEMPTS, MESSAGES, SEND_DURATION, RATE_LIMIT_WAIT, RATE_LIMIT, RATE_LIMIT_CONFIGURED, CIRCUIT_STATE,
-        INFLIGHT, AMBIGUOUS_ATTEMPTS, NUMBER_BLOCKED, *_EVERY_STAGE, *_EVERY_CONSUMER,
+        CIRCUIT_TRIPS, CIRCUIT_PROBES, INFLIGHT, AMBIGUOUS_ATTEMPTS, AMBIGUOUS_RESOLVED, NUMBER_BLOCKED,
+        *_EVERY_STAGE, *_EVERY_CONSUMER,
     ),
     Stage.INGEST: (
         WEBHOOKS, STATUS_EVENTS, STATUS_DUPLICATES, STATUS_OUT_OF_ORDER, FAILURES, TRANSITION, INBOUND_MESSAGES,

@@ -22,9 +22,11 @@ from pipeline.config import Settings
 from pipeline.contracts import Stage
 from pipeline.lifecycle import release_signals, stop_on_signals
 from pipeline.observability import OpsServer, get_logger, setup, track_lag
+from pipeline.sender.ambiguous import StatusFeed, StatusWatch
 from pipeline.sender.commits import TransactionalCommitter
 from pipeline.sender.consumer import KafkaSource
 from pipeline.sender.engine import Engine
+from pipeline.sender.health import BrokerCheck
 from pipeline.sender.outcomes import KafkaSink, KeyCachingPartitioner
 from pipeline.topics import TopicCatalog, create_topics
 from pipeline.whatsapp import WhatsAppClient
@@ -56,6 +58,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await producer.start()
     client = WhatsAppClient(settings.whatsapp, max_connections=sender.max_in_flight + 16)
     tracer = telemetry.tracer("pipeline.sender")
+    watch = StatusWatch()
+    statuses = StatusFeed(settings, watch)
     transactions = TransactionalCommitter(producer, sender.group_id, catalog.send_requests) if exactly_once else None
     engine = Engine(
         settings,
@@ -65,14 +69,21 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         dead_letters_topic=catalog.dead_letters,
         partitions=settings.kafka.partitions,
         tracer=tracer,
+        watch=watch,
     )
     source = KafkaSource(settings, engine, transactions)
     _tune_gc()
     try:
         if transactions is not None:
             await transactions.start()
+        await statuses.start()
         await source.start()
-        async with OpsServer(settings.sender.host, settings.sender.port, ready=source.ready) as ops:
+        broker = BrokerCheck(producer.client)
+
+        async def ready() -> bool:
+            return source.ready() and await broker.reachable()
+
+        async with OpsServer(settings.sender.host, settings.sender.port, ready=ready) as ops:
             lag = asyncio.create_task(track_lag(source.consumer, settings.sender.group_id))
             log.info("sender_started", ops_port=ops.port, topic=source.topic, group=settings.sender.group_id,
                      rate_per_second=settings.sender.rate_per_second, max_in_flight=settings.sender.max_in_flight)
@@ -82,6 +93,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
                 lag.cancel()
                 await asyncio.gather(lag, return_exceptions=True)
     finally:
+        await statuses.stop()
         await producer.stop()
         await client.aclose()
         release_signals()

@@ -2,7 +2,7 @@
 
     committer = TransactionalCommitter(producer, group_id)    # exactly one visible outcome per request
     sink = committer.sink(tracer)                            # publishes inside the open transaction
-    committed = await committer.commit(engine.commit_offsets)   # {partition: (offset, metadata)}
+    committed = await committer.commit(engine.offsets_to_commit)   # {partition: (offset, metadata)}
 
 **Transactional (the default).** Outcomes (`send.results`, `dead-letters`, re-routed requests) are
 written inside a transaction that also carries the consumer group's offsets (with the done-offset

@@ -1,6 +1,6 @@
 """Fetch `send.requests` into the engine, with backpressure, explicit commits and rebalances.
 
-    source = KafkaSource(settings, engine)
+    source = KafkaSource(settings, engine)                  # consumer_factory=… for a fake in tests
     await source.start()
     await source.run(stop)        # until `stop` is set; then drains (grace), commits and returns
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
@@ -38,23 +39,40 @@ _RESUME_BELOW = 0.8  # resume a paused partition once it holds less than 80 % of
 _FETCH_BATCH = 200  # records per getmany: ~8 ms of intake work, so sends keep their pace
 
 
+def kafka_consumer(settings: Settings) -> Any:
+    """The real consumer: aiokafka, explicit commits, read_committed (the default `ConsumerFactory`)."""
+    return AIOKafkaConsumer(
+        **settings.kafka.client_kwargs(),
+        group_id=settings.sender.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        # Re-routed requests are written in the sender's transactions: skip aborted ones.
+        isolation_level="read_committed",
+        session_timeout_ms=int(settings.sender.session_timeout_seconds * 1000),
+        heartbeat_interval_ms=min(3000, int(settings.sender.session_timeout_seconds * 1000) // 3),
+        fetch_max_wait_ms=100,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+
+
+# Builds the consumer from the settings; tests pass an in-memory fake with aiokafka's methods
+# (subscribe, start, stop, assignment, pause, resume, getmany, commit, partitions_for_topic).
+ConsumerFactory = Callable[[Settings], Any]
+
+
 class KafkaSource:
-    def __init__(self, settings: Settings, engine: Engine, committer: Committer | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        committer: Committer | None = None,
+        *,
+        consumer_factory: ConsumerFactory = kafka_consumer,
+    ) -> None:
         self._settings = settings
         self._engine = engine
         self.topic = TopicCatalog(settings.kafka).send_requests
-        self.consumer = AIOKafkaConsumer(
-            **settings.kafka.client_kwargs(),
-            group_id=settings.sender.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            # Re-routed requests are written in the sender's transactions: skip aborted ones.
-            isolation_level="read_committed",
-            session_timeout_ms=int(settings.sender.session_timeout_seconds * 1000),
-            heartbeat_interval_ms=min(3000, int(settings.sender.session_timeout_seconds * 1000) // 3),
-            fetch_max_wait_ms=100,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-        )
+        self.consumer = consumer_factory(settings)
         self.committer: Committer = committer or ConsumerCommitter(self.consumer, self.topic)
         self._paused: set[TopicPartition] = set()
         self._fatal: BaseException | None = None  # raised by the fetch loop (listener errors are swallowed)
@@ -77,6 +95,8 @@ class KafkaSource:
                     committer.result()  # a failed commit is fatal (commits.py says why): raise it
                 if self._fatal is not None:
                     raise self._fatal
+                if self._engine.fatal is not None:
+                    raise self._engine.fatal  # e.g. the producer was fenced: restart from the last commit
                 self._apply_backpressure()
                 # Paused partitions return nothing, so `room` bounds what one fetch can add. Small
                 # batches: taking 5,000 records in one go stalled the event loop (and sending) ~200 ms.
@@ -128,7 +148,7 @@ class KafkaSource:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
             if not stop.is_set():
-                await self._commit(self._engine.commit_offsets)
+                await self._commit(self._engine.offsets_to_commit)
 
     async def _commit(self, offsets: Callable[[], Offsets], *, final: bool = False) -> None:
         committed = await self.committer.commit(offsets, final=final)

@@ -12,6 +12,7 @@ never stops a partition.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 
 import orjson
@@ -19,6 +20,8 @@ from aiokafka.partitioner import murmur2
 from pydantic import ValidationError
 
 from pipeline.contracts import DeadLetterReason, SendRequest, describe, field_errors
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # RequestId's rule (pipeline/contracts/messages.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +51,9 @@ def _rejected(value: bytes, exc: ValidationError) -> Rejected:
     return Rejected(
         DeadLetterReason.SCHEMA_INVALID,
         describe(field_errors(exc, data))[:4000],
-        request_id if isinstance(request_id, str) else None,
+        # Only a well-formed id is kept: it becomes a header of the dead letter, and a hostile 900 KB one
+        # would make the dead letter itself too large to publish (issue 13, finding 2).
+        request_id if isinstance(request_id, str) and _REQUEST_ID.fullmatch(request_id) else None,
     )
 
 

@@ -3,7 +3,7 @@
     engine = Engine(settings, client, sink, partitions=12)
     engine.assign(0, committed=1200, metadata="o1:1200:…")   # on assignment
     engine.intake(record)                 # each fetched record: decode, route, schedule (never blocks)
-    engine.commit_offsets()               # {partition: (offset, metadata)} that changed since last time
+    engine.offsets_to_commit()               # {partition: (offset, metadata)} that changed since last time
     await engine.revoke({0}, grace=3.0)   # lost partition: finish what is in flight, hand back the rest
     engine.room                           # requests it can still take (backpressure for the fetcher)
 
@@ -29,41 +29,45 @@ from collections.abc import Callable, Collection, Coroutine
 from functools import partial
 from typing import Any, Protocol
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    IllegalOperation,
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+)
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Tracer
-from prometheus_client import Counter
+from opentelemetry.trace import Tracer
 
 from pipeline.config import Settings
 from pipeline.contracts import (
     CallbackData,
-    CircuitState,
     DeadLetterReason,
     ErrorClass,
     ErrorInfo,
     MessageOutcome,
     SendRequest,
 )
-from pipeline.observability import get_logger
-from pipeline.observability import metrics as m
-from pipeline.observability.context import context_from_traceparent
+from pipeline.sender.ambiguous import StatusWatch
 from pipeline.sender.breaker import CircuitBreaker
 from pipeline.sender.decode import Rejected, decode, owner_partition
 from pipeline.sender.limits import RateLimiter
 from pipeline.sender.offsets import OffsetTracker
 from pipeline.sender.outcomes import Sink, dead_letter_record, result_record, traceparent_of
-from pipeline.sender.retry import Hold, Retry, RetryPolicy, Terminal, Verdict
+from pipeline.sender.retry import Hold, Park, Retry, RetryPolicy, Terminal, Verdict
 from pipeline.sender.scheduler import Lane, Scheduler
+from pipeline.sender.telemetry import SenderTelemetry
 from pipeline.sender.work import Origin, Work
-from pipeline.whatsapp import KNOWN_ERROR_CODES, GraphApiError, MessageSender
-
-log = get_logger(__name__)
+from pipeline.whatsapp import GraphApiError, MessageSender
 
 _JSON_HEADERS = (("content-type", b"application/json"),)
 _SENT = Terminal(MessageOutcome.SENT)
 _EXPIRED = Terminal(MessageOutcome.EXPIRED)
 _PUBLISH_RETRY_MAX = 5.0
+# The producer can no longer publish in this process' transactions: fatal, not retried.
+_BROKEN_PRODUCER = (ProducerFenced, InvalidProducerEpoch, OutOfOrderSequenceNumber, IllegalOperation)
+_NO_PARTITION = -1  # tasks that belong to no partition (the breaker's probes): revocation does not wait for them
 
 
 class ConsumedRecord(Protocol):
@@ -91,6 +95,7 @@ class Engine:
         policy: RetryPolicy | None = None,
         clock: Callable[[], float] | None = None,
         wall: Callable[[], float] = time.time,
+        watch: StatusWatch | None = None,
     ) -> None:
         self._settings = settings.sender
         self._default_number = settings.whatsapp.phone_number_id
@@ -104,6 +109,7 @@ class Engine:
         self._policy = policy or RetryPolicy.from_settings(settings.sender)
         self._clock_override = clock
         self._wall = wall
+        self._watch = watch or StatusWatch()  # without a StatusFeed every parked request is retried after its window
         self.scheduler = Scheduler(
             self._new_lane, max_in_flight=settings.sender.max_in_flight, max_buffered=settings.sender.max_buffered
         )
@@ -117,10 +123,8 @@ class Engine:
         self._poll_pending = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
-        self._blocked_class: dict[str, ErrorClass] = {}
-        self._counters: dict[tuple[Any, ...], Any] = {}
-        # A bound logger once, after `setup()`: the module proxy re-binds on every call.
-        self._log = log.bind()
+        self.telemetry = SenderTelemetry(self._tracer, self._group)
+        self.fatal: BaseException | None = None  # set when publishing can never succeed again: stop the process
 
     # --- time -------------------------------------------------------------------------------------
 
@@ -153,7 +157,7 @@ class Engine:
         lost = set(partitions) & self.trackers.keys()
         self._revoking |= lost
         for work in self.scheduler.revoke(lost):
-            self._close_span(work, "revoked")
+            self.telemetry.handed_back(work, "revoked")
         deadline = self._now() + grace
         while any(self._active.get(p) for p in lost) and (remaining := deadline - self._now()) > 0:
             self._quiet.clear()
@@ -165,7 +169,16 @@ class Engine:
             final[partition] = (tracker.position, tracker.metadata())
             self._last_commit.pop(partition, None)
         self._revoking -= lost
+        self._drop_foreign_lanes()
         return final
+
+    def _drop_foreign_lanes(self) -> None:
+        """Forget idle lanes of numbers this process no longer owns: their gauges go, their breakers too."""
+        for number in [n for n, lane in self.scheduler.lanes.items()
+                       if not lane.queued and not lane.in_flight
+                       and owner_partition(n, self.partitions) not in self.trackers]:
+            self.scheduler.drop_lane(number)
+            self.telemetry.lane_dropped(number)
 
     async def close(self, grace: float) -> dict[int, tuple[int, str]]:
         """Shutdown: revoke everything (see `revoke`) and cancel what is left."""
@@ -192,7 +205,7 @@ class Engine:
         tracker = self.trackers.get(partition)
         return tracker is not None and tracker.overflowing
 
-    def commit_offsets(self) -> dict[int, tuple[int, str]]:
+    def offsets_to_commit(self) -> dict[int, tuple[int, str]]:
         """Positions (and done-above metadata) that changed since the last call."""
         changed: dict[int, tuple[int, str]] = {}
         for partition, tracker in self.trackers.items():
@@ -211,38 +224,21 @@ class Engine:
     def intake(self, record: ConsumedRecord) -> None:
         """Take one fetched record. Never blocks: everything after decoding happens in tasks/timers."""
         tracker = self.trackers.get(record.partition)
-        if tracker is None or tracker.fetched(record.offset):
+        if tracker is None or tracker.already_done(record.offset):
             return
         headers = tuple(record.headers or ())
         value = record.value or b""
         origin = Origin(record.topic, record.partition, record.offset, record.key, headers, value)
-        parent = None
-        for name, raw in headers:
-            if name == "traceparent":
-                parent = context_from_traceparent(raw.decode("ascii", "replace"))
-                break
-        span = self._tracer.start_span(
-            f"process {record.topic}",
-            context=parent,
-            kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.operation.type": "process",
-                "messaging.destination.name": record.topic,
-                "messaging.destination.partition.id": str(record.partition),
-                "messaging.kafka.offset": record.offset,
-                "messaging.consumer.group.name": self._group,
-            },
-        )
-        context = trace.set_span_in_context(span)
+        span, context = self.telemetry.record_received(record)
         decoded = decode(record.value)
         if isinstance(decoded, Rejected):
             self._spawn(record.partition, self._dead_letter(tracker, origin, decoded, span, context))
             return
         request = decoded
-        if b'"request_id"' not in value:
+        if "request_id" not in request.model_fields_set:
             # The default would be a new random id at every decode: after a restart the same record
-            # would become another request. Derive it from where the record sits instead.
+            # would become another request. Derive it from where the record sits instead. (Asked of
+            # pydantic, not of the bytes: metadata may well hold a "request_id" key of its own.)
             derived = f"{record.topic}:{record.partition}:{record.offset}"[-64:]
             request = request.model_copy(update={"request_id": derived})
         span.set_attribute("messaging.message.id", request.request_id)
@@ -297,6 +293,8 @@ class Engine:
             self._spawn(work.origin.partition, self._attempt(work))
         for work in batch.expired:
             self._spawn(work.origin.partition, self._conclude(work, _EXPIRED))
+        for lane in batch.probes:
+            self._spawn(_NO_PARTITION, self._probe(lane))
         wake = self.scheduler.next_wake
         if wake is None:
             return
@@ -315,8 +313,8 @@ class Engine:
         """Expire requests waiting behind others; refresh the rate gauges (call every second)."""
         for work in self.scheduler.sweep(self._now()):
             self._spawn(work.origin.partition, self._conclude(work, _EXPIRED))
-        for number, lane in self.scheduler.lanes.items():
-            m.RATE_LIMIT.labels(phone_number_id=number).set(round(lane.limiter.rate, 3))
+        self._drop_foreign_lanes()  # lanes that still had calls out when their partition went
+        self.telemetry.rates(self.scheduler.lanes.values())
 
     async def run_sweeper(self, interval: float = 1.0) -> None:
         while True:
@@ -329,33 +327,39 @@ class Engine:
             s.breaker_failure_threshold,
             s.breaker_reset_seconds,
             blocked_probe_seconds=s.blocked_probe_seconds,
-            on_change=partial(self._on_circuit, number),
+            failure_ratio=s.breaker_failure_ratio,
+            min_calls=s.breaker_min_calls,
+            min_recipients=s.breaker_min_recipients,
+            window_seconds=s.breaker_window_seconds,
+            recipient_memory_seconds=max(600.0, s.retry_max_delay_seconds * 2),
+            on_change=partial(self.telemetry.circuit_changed, number),
         )
-        limiter = RateLimiter(s.rate_per_second, guard=s.rate_window_guard_seconds)
-        m.RATE_LIMIT_CONFIGURED.labels(phone_number_id=number).set(s.rate_per_second)
-        m.RATE_LIMIT.labels(phone_number_id=number).set(s.rate_per_second)
-        m.CIRCUIT_STATE.labels(phone_number_id=number).set(CircuitState.CLOSED.gauge_value)
-        # Every outcome's series exists at 0 from the number's first message: rate() cannot see the
-        # increase that gives birth to a series, so a first burst of failures between two scrapes
-        # would move neither the send error ratio nor its alert.
-        for outcome in MessageOutcome:
-            self._counter(m.MESSAGES, number, outcome.value)
+        limiter = RateLimiter(s.rate_per_second, guard=s.rate_window_guard_seconds,
+                              on_decrease=partial(self.telemetry.rate_decreased, number))
+        self.telemetry.lane_created(number, s.rate_per_second)
         return Lane(number, limiter, breaker)
 
-    def _on_circuit(self, number: str, state: CircuitState, blocked: ErrorClass | None) -> None:
-        m.CIRCUIT_STATE.labels(phone_number_id=number).set(state.gauge_value)
-        previous = self._blocked_class.get(number)
-        if blocked is not None and previous is None:
-            self._blocked_class[number] = blocked
-            m.NUMBER_BLOCKED.labels(phone_number_id=number, error_class=blocked.value).set(1)
-            log.error("number_blocked", phone_number_id=number, error_class=blocked.value,
-                      hint="fix the token or the account; the sender probes again and resumes by itself")
-        elif blocked is None and previous is not None:
-            del self._blocked_class[number]
-            m.NUMBER_BLOCKED.labels(phone_number_id=number, error_class=previous.value).set(0)
-            log.warning("number_unblocked", phone_number_id=number, error_class=previous.value)
-        if state is not CircuitState.HALF_OPEN:
-            log.warning("circuit_" + state.value, phone_number_id=number)
+    async def _probe(self, lane: Lane) -> None:
+        """The half-open probe: Meta's health call for the number (a GET; it sends nothing, to nobody)."""
+        number, breaker = lane.number, lane.breaker
+        started = self._now()
+        failure: BaseException | None = None
+        try:
+            await self._client.check_health(number)
+        except GraphApiError as exc:
+            failure = exc
+            breaker.probe_failed(self._now(), exc.error_class, exc.message)
+        except Exception as exc:  # a bug in the client: never leave the number waiting for a verdict
+            failure = exc
+            breaker.probe_failed(self._now(), ErrorClass.OTHER, f"{type(exc).__name__}: {exc}")
+        except BaseException:
+            breaker.probe_abandoned()
+            raise
+        else:
+            breaker.probe_succeeded(self._now())
+        self.telemetry.probed(number, "ok" if failure is None else "failed", (self._now() - started) * 1000, failure)
+        self.scheduler.probed(number)
+        self._kick()
 
     # --- the Graph API call -----------------------------------------------------------------------
 
@@ -364,8 +368,6 @@ class Engine:
         number = work.number
         work.attempts += 1
         started = self._now()
-        if work.attempts == 1:
-            self._observe(m.RATE_LIMIT_WAIT, number, started - work.received)
         # The scheduler reserved a slot; the window is checked again now, as the request is written.
         limiter = lane.limiter
         try:
@@ -374,7 +376,9 @@ class Engine:
         except BaseException:
             limiter.release()
             raise
-        m.INFLIGHT.inc()
+        self.telemetry.dispatched(work, started - work.received)
+        request_id = work.request.request_id
+        self._watch.expect(request_id)  # a status may arrive before an ambiguous call gives up
         sent = None
         error: GraphApiError | None = None
         unexpected: BaseException | None = None
@@ -390,54 +394,58 @@ class Engine:
         finally:
             if token is not None:
                 otel_context.detach(token)
-            m.INFLIGHT.dec()
         now = self._now()
-        self._observe(m.SEND_DURATION, number, now - started)
         verdict: Verdict
         wamid = None
         if sent is not None:
-            lane.breaker.record_success(work.probe)
+            lane.breaker.record_success(now, work.recipient)
             verdict, wamid = _SENT, sent.wamid
-            self._count(m.SEND_ATTEMPTS, number, "sent", ErrorClass.NONE.value, "none")
         elif error is not None:
             if error.ambiguous:
                 work.ambiguous_attempts += 1
-                self._count(m.AMBIGUOUS_ATTEMPTS, number)
-            rate_before = lane.limiter.rate
             verdict = self._policy.judge(work, error, now, limiter=lane.limiter, breaker=lane.breaker)
-            if lane.limiter.rate != rate_before:
-                m.RATE_LIMIT.labels(phone_number_id=number).set(round(lane.limiter.rate, 3))
-                log.warning("rate_decreased", phone_number_id=number, rate=round(lane.limiter.rate, 2))
-            self._count(
-                m.SEND_ATTEMPTS, number, "failed" if isinstance(verdict, Terminal) else "retry",
-                error.error_class.value, m.error_code_label(error.code, KNOWN_ERROR_CODES),
-            )
         else:
-            if work.probe:
-                lane.breaker.release_probe()
             what = f"{type(unexpected).__name__}: {unexpected}"
             work.last_error = ErrorInfo(error_class=ErrorClass.OTHER, message=what)
             verdict = Terminal(MessageOutcome.DEAD_LETTERED, work.last_error, DeadLetterReason.UNEXPECTED_ERROR)
-            self._count(m.SEND_ATTEMPTS, number, "failed", ErrorClass.OTHER.value, "none")
-            log.error("send_unexpected_error", request_id=work.request.request_id, exc_info=unexpected)
+        self.telemetry.answered(work, now - started, terminal=isinstance(verdict, Terminal), error=error,
+                                unexpected=unexpected)
 
+        if isinstance(verdict, Park):
+            verdict, wamid, now = await self._resolve_ambiguous(work, lane, verdict.window)
+        else:
+            self._watch.forget(request_id)
         if isinstance(verdict, Retry | Hold):
             if not self._owns(work):
                 self.scheduler.finished(work, now)
-                self._close_span(work, "revoked")
+                self.telemetry.handed_back(work, "revoked")
                 return
             delay = verdict.delay if isinstance(verdict, Retry) else 0.0
             if error is not None:
-                self._log.info("send_retry", request_id=work.request.request_id, phone_number_id=number,
-                         to=work.request.to, error_class=error.error_class.value, error_code=error.code,
-                         attempts=work.attempts, delay_s=round(delay, 3), held=isinstance(verdict, Hold),
-                         trace_id=_trace_id(work))
+                self.telemetry.retrying(work, error, delay, held=isinstance(verdict, Hold))
             self.scheduler.retry(work, now + delay, now)
             self._kick()
             return
         self.scheduler.finished(work, now)
         self._kick()
         await self._conclude(work, verdict, wamid=wamid)
+
+    async def _resolve_ambiguous(
+        self, work: Work, lane: Lane, window: float
+    ) -> tuple[Retry | Terminal, str | None, float]:
+        """Park a request that may have been sent until its status says so, or its window ends (ambiguous.py)."""
+        self.scheduler.park(work)  # its call slot is free; its recipient waits behind it (order)
+        self._kick()
+        self.telemetry.parked(work, window)
+        try:
+            wamid = await self._watch.resolve(work.request.request_id, window)
+        finally:
+            self.scheduler.unpark(work)
+        now = self._now()
+        self.telemetry.resolved(work, wamid, now - work.dispatched_at)
+        if wamid is not None:
+            return _SENT, wamid, now
+        return self._policy.unsent(work, now, breaker=lane.breaker), None, now
 
     def _owns(self, work: Work) -> bool:
         partition = work.origin.partition
@@ -456,39 +464,17 @@ class Engine:
             reason = verdict.reason or DeadLetterReason.UNEXPECTED_ERROR
             topic, key = self._dead_letters_topic, work.origin.key
             value = dead_letter_record(work.origin, reason, text, work.request.request_id)
-            m.DEAD_LETTERS.labels(stage="sender", reason=reason.value).inc()
         else:
             topic, key = self._results_topic, work.number.encode()
             value = result_record(work, outcome, wamid=wamid)
         headers = (*_JSON_HEADERS, ("request-id", work.request.request_id.encode()))
         assert work.tracker is not None
         if not await self._publish(work.tracker, work.origin, topic, key, value, headers, work.context):
-            self._close_span(work, "revoked")
+            self.telemetry.handed_back(work, "revoked")
             return
         work.tracker.done(work.origin.offset)
-        self._count(m.MESSAGES, work.number, outcome.value, exemplar=_trace_id(work))
-        error = work.last_error if outcome is not MessageOutcome.SENT else None
-        duration_ms = round((self._now() - work.received) * 1000, 1)
-        fields: dict[str, Any] = {
-            "request_id": work.request.request_id, "phone_number_id": work.number, "to": work.request.to,
-            "outcome": outcome.value, "attempts": work.attempts, "duration_ms": duration_ms,
-            "trace_id": _trace_id(work),
-        }
-        if wamid is not None:
-            fields["wamid"] = wamid
-        if error is not None:
-            fields["error_class"] = error.error_class.value
-            fields["error_code"] = error.code
-        if outcome is MessageOutcome.SENT:
-            self._log.info("message_sent", **fields)
-        else:
-            self._log.warning("message_" + outcome.value, **fields)
-        span = work.span
-        if span is not None:
-            span.set_attribute("delivery.outcome", outcome.value)
-            if error is not None:
-                span.set_status(trace.StatusCode.ERROR, f"{outcome.value}: {error.error_class.value} {error.code}")
-            span.end()
+        self.telemetry.concluded(work, outcome, wamid=wamid, duration_ms=(self._now() - work.received) * 1000,
+                                 reason=verdict.reason)
 
     async def _dead_letter(
         self, tracker: OffsetTracker, origin: Origin, rejected: Rejected,
@@ -498,15 +484,10 @@ class Engine:
         headers = [*_JSON_HEADERS]
         if rejected.request_id:
             headers.append(("request-id", rejected.request_id.encode()))
-        span.set_attribute("delivery.outcome", MessageOutcome.DEAD_LETTERED.value)
-        span.set_status(trace.StatusCode.ERROR, rejected.reason.value)
-        if await self._publish(tracker, origin, self._dead_letters_topic, origin.key, value, headers, context):
+        published = await self._publish(tracker, origin, self._dead_letters_topic, origin.key, value, headers, context)
+        if published:
             tracker.done(origin.offset)
-            m.DEAD_LETTERS.labels(stage="sender", reason=rejected.reason.value).inc()
-            log.warning("message_dead_lettered", reason=rejected.reason.value, error=rejected.error,
-                        request_id=rejected.request_id, partition=origin.partition, offset=origin.offset,
-                        trace_id=format(span.get_span_context().trace_id, "032x"))
-        span.end()
+        self.telemetry.rejected(origin, rejected.reason, rejected.error, rejected.request_id, span, published=published)
 
     async def _reroute(
         self, tracker: OffsetTracker, origin: Origin, request: SendRequest, number: str,
@@ -515,12 +496,11 @@ class Engine:
         """A request on a partition that does not own its number: re-publish it keyed by the number."""
         value = request.model_copy(update={"phone_number_id": number}).model_dump_json().encode()
         headers = [(k, v) for k, v in origin.headers if k != "traceparent"]
-        span.set_attribute("delivery.rerouted", True)
-        if await self._publish(tracker, origin, origin.topic, number.encode(), value, headers, context):
+        published = await self._publish(tracker, origin, origin.topic, number.encode(), value, headers, context)
+        if published:
             tracker.done(origin.offset)
-            log.info("request_rerouted", request_id=request.request_id, phone_number_id=number,
-                     from_partition=origin.partition, to_partition=owner_partition(number, self.partitions))
-        span.end()
+        self.telemetry.rerouted(request.request_id, number, origin, owner_partition(number, self.partitions), span,
+                                published=published)
 
     async def _publish(
         self, tracker: OffsetTracker, origin: Origin, topic: str, key: bytes | None, value: bytes,
@@ -534,9 +514,15 @@ class Engine:
             try:
                 await self._sink.publish(topic, key, value, headers, context=context)
                 return True
+            except _BROKEN_PRODUCER as exc:
+                # Retrying cannot help (fenced, or the transaction is gone): the process must stop and
+                # restart from its last commit (commits.py), not wait forever with its partitions held.
+                if self.fatal is None:
+                    self.fatal = exc
+                self.telemetry.publish_failed(topic, origin, exc, retry_in=-1.0)
+                raise
             except (KafkaError, TimeoutError) as exc:
-                log.error("outcome_publish_failed", topic=topic, partition=origin.partition, offset=origin.offset,
-                          error=str(exc), retry_in_s=delay)
+                self.telemetry.publish_failed(topic, origin, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _PUBLISH_RETRY_MAX)
 
@@ -556,31 +542,6 @@ class Engine:
         else:
             del self._active[partition]
             self._quiet.set()
-        if not task.cancelled() and task.exception() is not None:
-            log.error("sender_task_failed", partition=partition, exc_info=task.exception())
-
-    def _close_span(self, work: Work, why: str) -> None:
-        if work.span is not None:
-            work.span.set_attribute("delivery.handed_back", why)
-            work.span.end()
-            work.span = None
-
-    def _observe(self, histogram: Any, number: str, value: float) -> None:
-        child = self._counters.get((histogram, number))
-        if child is None:
-            child = self._counters[(histogram, number)] = histogram.labels(number)
-        child.observe(value)
-
-    def _count(self, counter: Counter, *labels: str, exemplar: str | None = None) -> None:
-        self._counter(counter, *labels).inc(exemplar={"trace_id": exemplar} if exemplar else None)
-
-    def _counter(self, counter: Counter, *labels: str) -> Counter:
-        key = (counter, *labels)
-        child = self._counters.get(key)
-        if child is None:
-            child = self._counters[key] = counter.labels(*labels)
-        return child
-
-
-def _trace_id(work: Work) -> str | None:
-    return work.traceparent[3:35] if work.traceparent else None
+        failure = None if task.cancelled() else task.exception()
+        if failure is not None:
+            self.telemetry.task_failed(partition, failure)

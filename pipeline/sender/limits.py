@@ -1,6 +1,6 @@
 """How fast one business number may send: never above its rate in any one-second window.
 
-    limiter = RateLimiter(rate=80.0)
+    limiter = RateLimiter(rate=80.0, on_decrease=lambda rate: ...)   # told each cut, like the breaker's listener
     wait = limiter.acquire(now)     # scheduling: 0.0 = one send may be dispatched (a slot is reserved)
     wait = limiter.send(now)        # right before the request is written: 0.0 = go (and it is counted)
     limiter.release()               # a reserved slot that will not be used after all
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 
 # A wait is never reported as 0.0 (which means "acquired"), however the float arithmetic rounds.
 _MIN_WAIT = 1e-6
@@ -47,7 +48,7 @@ _MIN_WAIT = 1e-6
 
 class RateLimiter:
     __slots__ = (
-        "_burst_seconds", "_recover", "_sends", "_tat", "_updated", "configured",
+        "_burst_seconds", "_listener", "_recover", "_sends", "_tat", "_updated", "configured",
         "decrease", "floor", "paused_until", "rate", "reserved", "window",
     )
 
@@ -60,6 +61,7 @@ class RateLimiter:
         decrease: float = 0.02,
         recover: float = 0.05,
         floor_fraction: float = 0.05,
+        on_decrease: Callable[[float], None] | None = None,
     ) -> None:
         if rate <= 0:
             raise ValueError(f"rate: must be > 0 sends per second; got {rate}")
@@ -77,6 +79,7 @@ class RateLimiter:
         self.reserved = 0  # slots given out by `acquire`, not yet used by `send`
         self._tat = 0.0  # GCRA theoretical arrival time of the next send
         self._updated: float | None = None
+        self._listener = on_decrease  # told the new rate after each 130429 (the climb back is gradual)
 
     @property
     def window_cap(self) -> int:
@@ -130,6 +133,8 @@ class RateLimiter:
         """Meta said 130429: one send too many somewhere; take `decrease` of the rate off."""
         self._recover_rate(now)
         self.rate = max(self.floor, self.rate - max(1.0, self.rate * self.decrease))
+        if self._listener is not None:
+            self._listener(self.rate)
 
     def pause(self, now: float, seconds: float) -> None:
         """Send nothing for `seconds` (an app or account limit: Meta asks for minutes)."""

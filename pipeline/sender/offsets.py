@@ -1,8 +1,8 @@
 """Which offsets of one partition are done, and what may be committed.
 
     tracker = OffsetTracker.restore(committed=120, metadata="o1:120:eJz...")   # after assignment
-    tracker.fetched(120)            # False: a new record to process
-    tracker.fetched(123)            # True: done before the last restart (in the metadata), skip it
+    tracker.already_done(120)            # False: a new record to process
+    tracker.already_done(123)            # True: done before the last restart (in the metadata), skip it
     tracker.done(120)
     tracker.position                # 121: commit this; every offset below it is done
     tracker.metadata()              # offsets done above it, for the commit's metadata string
@@ -43,8 +43,8 @@ class OffsetTracker:
     def restore(cls, committed: int, metadata: str | None, *, limit: int = DEFAULT_METADATA_LIMIT) -> OffsetTracker:
         return cls(committed, decode_done(committed, metadata), limit=limit)
 
-    def fetched(self, offset: int) -> bool:
-        """Record a fetched offset; True when it was already done before a restart (skip it)."""
+    def already_done(self, offset: int) -> bool:
+        """Record a fetched offset; True when it is already done (before a restart, or fetched twice): skip it."""
         if offset < self.next_fetch and offset not in self._skip:
             # Seen already (a fetch repeated after a seek): treat as done, never process twice here.
             return True

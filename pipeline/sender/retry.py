@@ -8,7 +8,8 @@ The table (error classes from `pipeline.whatsapp.classify`):
 
 | class | effect on the number / recipient | this request |
 |---|---|---|
-| transient (5xx, timeouts, 1, 2, 131000, …) | breaker failure | backoff; ambiguous: only if `retry_ambiguous` |
+| transient (5xx, timeouts, 1, 2, 131000, …) | breaker failure (service or recipient) | backoff |
+| transient, ambiguous (sent, then no answer) | breaker failure | `Park(window)`: its status decides |
 | throttled 130429 | rate x `decrease` (AIMD) | retry with backoff |
 | throttled 4, 80007, 131048 | number paused for `retry_after` (60 s / 300 s) | retry after it |
 | pair_limited 131056 | only this recipient waits: 6 s, 12 s, 24 s, … | retry after it |
@@ -18,8 +19,9 @@ The table (error classes from `pipeline.whatsapp.classify`):
 
 Retries are bounded by `max_attempts` *charged* attempts and by the request's deadline (a retry that
 would start after `expires_at` ends as `expired` at once). A transient failure is not charged when
-it leaves the breaker open: then Meta is down, the breaker holds the work, and a long outage must
-not exhaust the budget of the requests that happened to probe it.
+it is a service failure that leaves the breaker open: then Meta is down, the breaker holds the
+work, and a long outage must not exhaust anyone's budget. A recipient-scoped failure (131000) is
+always charged: that recipient backs off on its own, bounded by `max_attempts` and its expiry.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 
 from pipeline.config import SenderSettings
 from pipeline.contracts import CircuitState, DeadLetterReason, ErrorClass, ErrorInfo, MessageOutcome
-from pipeline.sender.breaker import CircuitBreaker
+from pipeline.sender.breaker import CircuitBreaker, Scope, scope_of
 from pipeline.sender.limits import RateLimiter
 from pipeline.sender.work import Work
 from pipeline.whatsapp import GraphApiError
@@ -46,13 +48,20 @@ class Hold:
 
 
 @dataclass(frozen=True, slots=True)
+class Park:
+    """The call may have sent the message: wait up to `window` s for its status (ambiguous.py), then decide."""
+
+    window: float
+
+
+@dataclass(frozen=True, slots=True)
 class Terminal:
     outcome: MessageOutcome
     error: ErrorInfo | None = None
     reason: DeadLetterReason | None = None  # for DEAD_LETTERED
 
 
-Verdict = Retry | Hold | Terminal
+Verdict = Retry | Hold | Park | Terminal
 
 _BLOCKING = frozenset({ErrorClass.AUTH, ErrorClass.POLICY})
 _NUMBER_PAUSE_CODES = frozenset({4, 80007, 131048})
@@ -65,6 +74,7 @@ class RetryPolicy:
     max_delay: float = 300.0
     pair_interval: float = 6.0
     retry_ambiguous: bool = False
+    ambiguous_window: float = 60.0
     rng: random.Random = random.Random()  # noqa: RUF009 — one shared generator; tests pass a seeded one
 
     @classmethod
@@ -75,6 +85,7 @@ class RetryPolicy:
             max_delay=sender.retry_max_delay_seconds,
             pair_interval=sender.pair_interval_seconds,
             retry_ambiguous=sender.retry_ambiguous,
+            ambiguous_window=sender.ambiguous_window_seconds,
             rng=rng or random.Random(),
         )
 
@@ -91,17 +102,21 @@ class RetryPolicy:
         work.last_error = info
         cls = error.error_class
         if cls is ErrorClass.TRANSIENT:
-            breaker.record_failure(now, work.probe)
+            scope = scope_of(error)
+            breaker.record_failure(now, work.recipient, scope)
             if error.ambiguous and not self.retry_ambiguous:
-                return Terminal(MessageOutcome.FAILED, info)
-            if breaker.state is not CircuitState.CLOSED:
-                return self._retry(work, 0.0, now, charge=False)  # the breaker decides when
+                return Park(self.ambiguous_window)  # Meta's status webhooks will tell; never guessed
+            state = breaker.state
+            if state is CircuitState.OPEN or (scope is Scope.SERVICE and state is not CircuitState.CLOSED):
+                return self._retry(work, 0.0, now, charge=False)  # Meta is down: the breaker decides when
+            # A recipient-scoped failure while the number is up is this recipient's: it backs off on its
+            # own and is charged.
             return self._retry(work, self.backoff(work.charged + 1), now)
         if cls in _BLOCKING:
-            breaker.block(now, cls, work.probe)
+            breaker.block(now, cls)
             return Hold()
         # Meta answered with a verdict on this request: it is up, whatever the verdict.
-        breaker.record_success(work.probe)
+        breaker.record_success(now, work.recipient)
         if cls is ErrorClass.THROTTLED:
             if error.code in _NUMBER_PAUSE_CODES:
                 wait = max(error.retry_after or 60.0, self.base_delay)
@@ -118,7 +133,13 @@ class RetryPolicy:
             return Terminal(MessageOutcome.DEAD_LETTERED, info, DeadLetterReason.PAYLOAD_REJECTED)
         return Terminal(MessageOutcome.FAILED, info)
 
-    def _retry(self, work: Work, delay: float, now: float, *, charge: bool = True) -> Verdict:
+    def unsent(self, work: Work, now: float, *, breaker: CircuitBreaker) -> Retry | Terminal:
+        """A parked request whose window passed without a status: it was not sent, so it goes again."""
+        if breaker.state is not CircuitState.CLOSED:
+            return self._retry(work, 0.0, now, charge=False)  # Meta is down: the breaker decides when
+        return self._retry(work, self.backoff(work.charged + 1), now)
+
+    def _retry(self, work: Work, delay: float, now: float, *, charge: bool = True) -> Retry | Terminal:
         if charge:
             work.charged += 1
             if work.charged >= self.max_attempts:

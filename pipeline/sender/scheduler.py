@@ -2,18 +2,25 @@
 
     scheduler = Scheduler(lane_factory, max_in_flight=300, max_buffered=20_000)
     scheduler.submit(work, now)          # raises MessageRejected when max_buffered requests are held
-    batch = scheduler.poll(now)          # batch.dispatch: call Meta now; batch.expired: too late
+    batch = scheduler.poll(now)          # batch.dispatch: call Meta now; batch.expired: too late;
+                                         # batch.probes: lanes whose breaker wants its health probe now
+    scheduler.probed(number)             # the probe's verdict is in: look at that lane again
     scheduler.next_wake                  # when poll has something to do again (None: on the next event)
     scheduler.finished(work, now)        # the head's outcome is known: its recipient moves on
     scheduler.retry(work, now + 2.0)     # the head goes again later, still first in its queue
     scheduler.sweep(now)                 # expired requests that were waiting behind others
     scheduler.revoke({0, 1})             # forget the queued work of lost partitions
+    scheduler.drop_lane(number)          # forget an idle number this process no longer owns
 
 Contract (the sender's order guarantee): requests to one recipient from one business number are
 kept in one FIFO; only its head is ever dispatched, and only when no call for that recipient is in
 flight. A retried head keeps its place, so later requests to that recipient wait behind it and
 everyone else keeps flowing. Each number is a `Lane` with its own rate limiter, breaker and queue
 of recipients that are ready; a lane blocked by its limiter or breaker does not hold others up.
+
+Fresh work and retries share a number fairly: recipients whose head is a retry wait in their own
+ready queue, and while both queues hold someone the lane alternates between them, so a backlog of
+failing retries (after a restart, say) can take at most half of a number's dispatches.
 
 `poll` is synchronous and takes the time as an argument, so the whole policy runs under a fake
 clock in tests; the engine calls it from one event-loop callback and turns `next_wake` into one
@@ -43,13 +50,14 @@ class MessageRejected(Exception):  # arroyo's name for backpressure
 
 
 class Recipient:
-    __slots__ = ("busy", "key", "not_before", "queue", "scheduled")
+    __slots__ = ("busy", "key", "not_before", "queue", "retrying", "scheduled")
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.queue: deque[Work] = deque()
         self.busy = False  # its head is in flight
-        self.scheduled = False  # in the lane's ready deque or timer heap
+        self.scheduled = False  # in one of the lane's ready deques or its timer heap
+        self.retrying = False  # its head has been tried before (it waits in `retry_ready`)
         self.not_before = 0.0
 
 
@@ -61,17 +69,27 @@ class Lane:
         self.limiter = limiter
         self.breaker = breaker
         self.recipients: dict[str, Recipient] = {}
-        self.ready: deque[Recipient] = deque()
+        self.ready: deque[Recipient] = deque()  # heads never tried
+        self.retry_ready: deque[Recipient] = deque()  # heads to try again
+        self.retry_turn = False  # alternate between the two while both hold someone
         self.timers: list[tuple[float, int, Recipient]] = []
         self.in_flight = 0
         self.queued = 0
         self.blocked_until = 0.0  # limiter or breaker wait: skip the lane until then
+
+    @property
+    def has_ready(self) -> bool:
+        return bool(self.ready or self.retry_ready)
+
+    def ready_for(self, recipient: Recipient) -> deque[Recipient]:
+        return self.retry_ready if recipient.retrying else self.ready
 
 
 @dataclass(slots=True)
 class Batch:
     dispatch: list[Work] = field(default_factory=list)
     expired: list[Work] = field(default_factory=list)
+    probes: list[Lane] = field(default_factory=list)
 
 
 LaneFactory = Callable[[str], Lane]
@@ -125,10 +143,13 @@ class Scheduler:
             timers = lane.timers
             while timers and timers[0][0] <= now:
                 _, _, recipient = heapq.heappop(timers)
-                lane.ready.append(recipient)
-            if lane.ready and now >= lane.blocked_until:
+                lane.ready_for(recipient).append(recipient)
+            if lane.has_ready and now >= lane.blocked_until:
                 self._drain_lane(lane, now, batch)
-            if lane.ready and lane.blocked_until > now:
+            if lane.has_ready and lane.breaker.take_probe(now):
+                lane.blocked_until = math.inf  # messages wait for the probe's verdict (`probed`)
+                batch.probes.append(lane)
+            if lane.has_ready and lane.blocked_until > now:
                 wake = min(wake, lane.blocked_until)
             if timers:
                 wake = min(wake, timers[0][0])
@@ -136,9 +157,12 @@ class Scheduler:
         return batch
 
     def _drain_lane(self, lane: Lane, now: float, batch: Batch) -> None:
-        ready = lane.ready
         lane.blocked_until = 0.0
-        while ready and self.in_flight < self.max_in_flight:
+        while lane.has_ready and self.in_flight < self.max_in_flight:
+            if lane.ready and lane.retry_ready:
+                ready = lane.retry_ready if lane.retry_turn else lane.ready
+            else:
+                ready = lane.ready or lane.retry_ready
             recipient = ready[0]
             head = recipient.queue[0]
             if head.deadline is not None and head.deadline <= now:
@@ -152,13 +176,12 @@ class Scheduler:
             wait = lane.breaker.admit(now, lane.in_flight)
             if wait == 0.0:
                 wait = lane.limiter.acquire(now)
-                if wait > 0.0 and lane.breaker.probing:
-                    lane.breaker.release_probe()  # the probe was not sent; let the next try take it
             if wait > 0.0:
-                # math.inf: the breaker waits for a call in flight; `finished`/`retry` clear it.
+                # math.inf: the breaker waits for a call in flight or its probe; `finished`, `retry`
+                # and `probed` clear it.
                 lane.blocked_until = now + wait
                 return
-            head.probe = lane.breaker.probing
+            lane.retry_turn = ready is lane.ready  # the other queue's turn next
             ready.popleft()
             recipient.scheduled = False
             recipient.busy = True
@@ -173,6 +196,7 @@ class Scheduler:
         """The in-flight head reached an outcome: drop it; its recipient's next request may go."""
         lane, recipient = self._returning(work)
         self._pop_head(lane, recipient)
+        recipient.retrying = False
         if recipient.queue:
             self._schedule(lane, recipient, now)
         else:
@@ -182,7 +206,26 @@ class Scheduler:
         """The in-flight head goes again at `at` (it stays first; its recipient waits with it)."""
         lane, recipient = self._returning(work)
         recipient.not_before = max(recipient.not_before, at)
+        recipient.retrying = True
         self._schedule(lane, recipient, now)
+
+    def park(self, work: Work) -> None:
+        """The in-flight head's fate is unknown: free its call slot, keep its recipient waiting behind it."""
+        _, recipient = self._returning(work)
+        recipient.busy = True  # nothing else for this recipient goes until the head's fate is known
+
+    def unpark(self, work: Work) -> None:
+        """The parked head is decided: it is in flight again for `finished` or `retry` to take back."""
+        lane = self.lanes[work.number]
+        assert lane.recipients[work.recipient].queue[0] is work, "only a parked head can be unparked"
+        lane.in_flight += 1
+        self.in_flight += 1
+
+    def probed(self, number: str) -> None:
+        """The breaker's probe for `number` has its verdict: the lane may dispatch (or wait) again."""
+        lane = self.lanes.get(number)
+        if lane is not None and lane.blocked_until == math.inf:
+            lane.blocked_until = 0.0
 
     def sweep(self, now: float) -> list[Work]:
         """Remove queued (not in-flight) requests whose deadline passed, wherever they wait.
@@ -243,6 +286,14 @@ class Scheduler:
                     del lane.recipients[key]
         return dropped
 
+    def drop_lane(self, number: str) -> None:
+        """Forget an idle lane (its number moved to another replica); `lane()` makes a fresh one if it comes back."""
+        lane = self.lanes.get(number)
+        if lane is not None:
+            assert not lane.queued, "only an idle lane can be dropped"
+            assert not lane.in_flight, "only an idle lane can be dropped"
+            del self.lanes[number]
+
     def in_flight_work(self) -> Iterator[Work]:
         for lane in self.lanes.values():
             for recipient in lane.recipients.values():
@@ -271,7 +322,7 @@ class Scheduler:
     def _schedule(self, lane: Lane, recipient: Recipient, now: float) -> None:
         recipient.scheduled = True
         if recipient.not_before <= now:
-            lane.ready.append(recipient)
+            lane.ready_for(recipient).append(recipient)
         else:
             heapq.heappush(lane.timers, (recipient.not_before, next(self._seq), recipient))
 
@@ -281,6 +332,8 @@ class Scheduler:
         recipient.scheduled = False
         if recipient in lane.ready:
             lane.ready.remove(recipient)
+        elif recipient in lane.retry_ready:
+            lane.retry_ready.remove(recipient)
         else:
             lane.timers = [t for t in lane.timers if t[2] is not recipient]
             heapq.heapify(lane.timers)

@@ -40,7 +40,6 @@ class Work:
     charged: int = 0  # calls that count against retry_max_attempts (see retry.py)
     ambiguous_attempts: int = 0
     pair_strikes: int = 0  # consecutive 131056 answers for this request
-    probe: bool = False  # the current call is the breaker's half-open probe
     last_error: ErrorInfo | None = None
     span: Span | None = None  # the `process` span, ended when the outcome is recorded
     context: Context | None = None  # trace context in which the work's calls and publishes run

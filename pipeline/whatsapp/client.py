@@ -32,7 +32,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from pipeline.config import SANDBOX_ACCESS_TOKEN, WhatsAppSettings
 from pipeline.contracts import ErrorClass, SendRequest
-from pipeline.observability.redaction import register_secrets
+from pipeline.observability.redaction import register_secrets, wamid_ref
 from pipeline.whatsapp.errors import GraphApiError, error_from_response, error_from_transport
 from pipeline.whatsapp.media import MediaCache, MediaKey, check_media
 from pipeline.whatsapp.payloads import MEDIA_TYPES, message_payload, with_media_id
@@ -65,6 +65,10 @@ class MessageSender(Protocol):
     async def send_message(
         self, request: SendRequest, *, phone_number_id: str | None = None, callback_data: str | None = None
     ) -> SentMessage: ...
+
+    async def check_health(self, phone_number_id: str | None = None) -> dict[str, Any]:
+        """The breaker's half-open probe: raises `GraphApiError` while Meta or the number is not answering."""
+        ...
 
 
 class WhatsAppClient:
@@ -172,7 +176,7 @@ class WhatsAppClient:
                     http_status=response.status_code,
                     ambiguous=True,
                 )
-            span.set_attribute("whatsapp.wamid", wamid)
+            span.set_attribute("whatsapp.wamid_ref", wamid_ref(wamid))  # the wamid holds the recipient's number
             return SentMessage(wamid=wamid, wa_id=_first(body, "contacts", "wa_id"), http_status=response.status_code)
 
     # --- media ------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from opentelemetry import trace
 from opentelemetry.context import Context
 
@@ -31,8 +31,11 @@ class Call:
 class FakeMeta:
     """Implements the client's `MessageSender` Protocol; `script` decides each answer."""
 
-    def __init__(self, script: Script | None = None, latency: float = 0.01) -> None:
+    def __init__(self, script: Script | None = None, latency: float = 0.01,
+                 health: Callable[[], GraphApiError | None] | None = None) -> None:
         self.script = script or (lambda request, n: None)
+        self.health = health or (lambda: None)  # the answer to the breaker's probe (GET of the number)
+        self.health_checks: list[str] = []
         self.latency = latency
         self.calls: list[Call] = []
         self.in_flight = 0
@@ -60,6 +63,14 @@ class FakeMeta:
                 raise error
             return SentMessage(wamid=f"wamid.{next(self._ids)}", wa_id=request.to.lstrip("+"), http_status=200)
 
+    async def check_health(self, phone_number_id: str | None = None) -> dict[str, Any]:
+        self.health_checks.append(phone_number_id or "")
+        await asyncio.sleep(self.latency)
+        error = self.health()
+        if error is not None:
+            raise error
+        return {"id": phone_number_id, "verified_name": "Fake"}
+
     def sent_ids(self) -> list[str]:
         return [c.request_id for c in self.calls]
 
@@ -82,6 +93,7 @@ class Published:
 class MemorySink:
     records: list[Published] = field(default_factory=list)
     fail_next: int = 0  # that many publishes time out first
+    max_bytes: int | None = None  # like the producer's max_request_size: bigger records are refused
 
     async def publish(
         self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]],
@@ -91,6 +103,9 @@ class MemorySink:
         if self.fail_next:
             self.fail_next -= 1
             raise KafkaTimeoutError("broker unavailable (fake)")
+        size = len(value) + len(key or b"") + sum(len(k) + len(v) for k, v in headers)
+        if self.max_bytes is not None and size > self.max_bytes:
+            raise MessageSizeTooLargeError(f"{len(value)} bytes (fake)")
         span = trace.get_current_span(context) if context is not None else None
         out = list(headers)
         if span is not None:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -15,6 +16,7 @@ from opentelemetry.trace import SpanKind
 from pipeline.config import Settings, load_settings
 from pipeline.contracts import CallbackData, ErrorClass, MessageOutcome, Stage
 from pipeline.observability import metrics, setup
+from pipeline.sender.ambiguous import StatusWatch
 from pipeline.sender.decode import owner_partition
 from pipeline.sender.engine import Engine
 from pipeline.sender.offsets import OffsetTracker
@@ -48,9 +50,11 @@ class Harness:
         self.meta = meta
         self.sink = sink or MemorySink()
         self.settings = make_settings(**sender)
-        telemetry = setup(Stage.SENDER, self.settings, span_exporter=_exporter[0])
+        self.watch = StatusWatch()
+        exporter = _exporter[0] if _exporter else InMemorySpanExporter()  # used from other modules too
+        telemetry = setup(Stage.SENDER, self.settings, span_exporter=exporter)
         self.engine = Engine(self.settings, meta, self.sink, results_topic=RESULTS, dead_letters_topic=DLQ,
-                             partitions=PARTITIONS, tracer=telemetry.tracer("pipeline.sender"))
+                             partitions=PARTITIONS, tracer=telemetry.tracer("pipeline.sender"), watch=self.watch)
         for p in range(PARTITIONS):
             self.engine.assign(p, 0, None)
         self.offsets = dict.fromkeys(range(PARTITIONS), 0)
@@ -99,7 +103,7 @@ async def test_a_request_is_sent_its_result_published_and_its_offset_done() -> N
     assert callback.request_id == "req-1"
     assert callback.traceparent == result["traceparent"]
     assert callback.accepted_at == datetime(2026, 1, 1, tzinfo=UTC)  # times accepted_to_* at the ingest
-    assert h.engine.commit_offsets() == {HOME: (1, "")}
+    assert h.engine.offsets_to_commit() == {HOME: (1, "")}
 
 
 async def test_every_outcome_series_exists_from_a_numbers_first_message() -> None:
@@ -133,7 +137,7 @@ async def test_poison_messages_are_dead_lettered_with_reasons_and_later_ones_are
     assert "to:" in letters[1]["error"]
     assert [d["offset"] for d in letters] == [0, 1]
     assert [r["request_id"] for r in h.results()] == ["req-ok"]
-    assert h.engine.commit_offsets()[HOME][0] == 3
+    assert h.engine.offsets_to_commit()[HOME][0] == 3
 
 
 async def test_a_request_on_the_wrong_partition_is_rerouted_with_the_right_key() -> None:
@@ -148,7 +152,7 @@ async def test_a_request_on_the_wrong_partition_is_rerouted_with_the_right_key()
     assert moved.json()["phone_number_id"] == NUMBER  # the default made explicit
     assert moved.header("request-id") == "req-moved"
     assert h.meta.calls == []
-    assert h.engine.commit_offsets()[wrong][0] == 1
+    assert h.engine.offsets_to_commit()[wrong][0] == 1
 
 
 async def test_expired_requests_are_not_sent() -> None:
@@ -191,7 +195,10 @@ async def test_terminal_errors_fail_and_invalid_payloads_are_dead_lettered() -> 
 
 async def test_auth_errors_block_the_number_without_burning_the_backlog() -> None:
     broken = {"on": True}
-    h = Harness(FakeMeta(lambda r, n: GraphApiError("token expired", code=190) if broken["on"] else None))
+    def expired() -> GraphApiError | None:
+        return GraphApiError("token expired", code=190) if broken["on"] else None
+
+    h = Harness(FakeMeta(lambda r, n: expired(), health=expired))
     for i in range(20):
         h.feed(request_bytes(f"+1650555{i:04d}", f"req-{i}"))
     blocked = metrics.NUMBER_BLOCKED.labels(phone_number_id=NUMBER, error_class=ErrorClass.AUTH.value)
@@ -199,7 +206,8 @@ async def test_auth_errors_block_the_number_without_burning_the_backlog() -> Non
     await h.until(lambda: h.meta.in_flight == 0)
     before = len(h.meta.calls)  # the calls already out when the first 190 came back
     await asyncio.sleep(0.7)  # two probe intervals
-    assert len(h.meta.calls) - before <= 3  # then one probe per 0.3 s
+    assert len(h.meta.calls) - before == 0  # the probes are health calls, not messages...
+    assert 1 <= len(h.meta.health_checks) <= 3  # ...one per 0.3 s
     assert h.sink.records == []  # nothing failed
     broken["on"] = False
     await h.until(lambda: len(h.results()) == 20)
@@ -223,9 +231,9 @@ async def test_outcomes_are_published_before_the_offset_is_done_even_when_kafka_
     h = Harness(FakeMeta(), MemorySink(fail_next=2))
     h.feed(request_bytes("+16505551234", "req-1"))
     await asyncio.sleep(0.1)
-    assert h.engine.commit_offsets() == {}  # not published yet: nothing to commit
+    assert h.engine.offsets_to_commit() == {}  # not published yet: nothing to commit
     await h.until(lambda: len(h.results()) == 1, timeout=3)
-    assert h.engine.commit_offsets() == {HOME: (1, "")}
+    assert h.engine.offsets_to_commit() == {HOME: (1, "")}
 
 
 async def test_done_offsets_above_an_unfinished_one_go_into_the_metadata_and_are_skipped_after_restart() -> None:
@@ -236,11 +244,11 @@ async def test_done_offsets_above_an_unfinished_one_go_into_the_metadata_and_are
     for i in range(5):
         h.feed(request_bytes(f"+1650555{i + 10:04d}", f"req-{i}"))
     await h.until(lambda: len(h.results()) == 5)
-    offsets = h.engine.commit_offsets()
+    offsets = h.engine.offsets_to_commit()
     position, metadata = offsets[HOME]
     assert position == 0  # the pair-limited request pins it...
     restored = OffsetTracker.restore(position, metadata)
-    assert [o for o in range(6) if not restored.fetched(o)] == [0]  # ...but nothing else is redone
+    assert [o for o in range(6) if not restored.already_done(o)] == [0]  # ...but nothing else is redone
 
 
 async def test_revoke_finishes_in_flight_calls_drops_the_queue_and_reports_the_final_position() -> None:
@@ -294,3 +302,107 @@ async def test_in_flight_is_bounded() -> None:
         h.feed(request_bytes(f"+1650555{i:04d}", f"req-{i}"))
     await h.until(lambda: len(h.results()) == 60)
     assert h.meta.max_in_flight == 7
+
+
+async def test_an_ambiguous_send_is_concluded_by_its_status_or_retried_after_the_window() -> None:
+    """Finding 7: a call that may have sent is parked; Meta's status (by request id) decides."""
+    def script(request, n):  # type: ignore[no-untyped-def]
+        if n == 1 and request.request_id in ("req-sent-really", "req-not-sent"):
+            return GraphApiError("RemoteProtocolError after the request was sent", error_class=ErrorClass.TRANSIENT,
+                                 ambiguous=True)
+        return None
+
+    h = Harness(FakeMeta(script), ambiguous_window_seconds=0.5)
+    h.feed(request_bytes("+16505550030", "req-sent-really"))  # Meta has it: a status will say so
+    h.feed(request_bytes("+16505550030", "req-behind"))  # same recipient: must wait behind it (order)
+    h.feed(request_bytes("+16505550031", "req-not-sent"))  # no status: it was not sent
+    await h.until(lambda: h.watch.parked == 2)
+    assert [c.request_id for c in h.meta.calls].count("req-behind") == 0
+    h.watch.seen("req-sent-really", "wamid.FROM-THE-STATUS")
+    await h.until(lambda: len(h.results()) == 3)
+    by_id = {r["request_id"]: r for r in h.results()}
+    assert by_id["req-sent-really"]["outcome"] == "sent"
+    assert by_id["req-sent-really"]["wamid"] == "wamid.FROM-THE-STATUS"
+    assert by_id["req-sent-really"]["ambiguous_attempts"] == 1
+    assert by_id["req-not-sent"]["outcome"] == "sent"
+    assert by_id["req-not-sent"]["attempts"] == 2  # retried once its window passed without a status
+    calls = [c.request_id for c in h.meta.calls]
+    assert calls.count("req-sent-really") == 1  # never sent twice
+    assert calls.index("req-behind") > calls.index("req-sent-really")
+    assert by_id["req-behind"]["outcome"] == "sent"
+
+
+async def test_a_status_that_arrives_before_the_ambiguous_answer_still_counts() -> None:
+    h = Harness(FakeMeta(lambda r, n: GraphApiError("ReadTimeout", error_class=ErrorClass.TRANSIENT, ambiguous=True)
+                         if n == 1 else None,
+                         latency=0.2), ambiguous_window_seconds=5.0)
+    h.feed(request_bytes("+16505550032", "req-early"))
+    await h.until(lambda: len(h.meta.calls) == 1)
+    h.watch.seen("req-early", "wamid.EARLY")  # the webhook beat the timeout
+    await h.until(lambda: len(h.results()) == 1, timeout=2.0)
+    assert h.results()[0]["wamid"] == "wamid.EARLY"
+    assert len(h.meta.calls) == 1
+
+
+async def test_logs_carry_a_wamid_ref_never_the_wamid(capsys: pytest.CaptureFixture[str]) -> None:
+    """Finding 8: a wamid is base64 of a record holding the recipient's number."""
+    import orjson
+
+    from pipeline.observability.redaction import wamid_ref
+
+    h = Harness(FakeMeta())
+    h.feed(request_bytes("+16505551234", "req-pii"))
+    await h.until(lambda: len(h.results()) == 1)
+    wamid = str(h.results()[0]["wamid"])  # the outcome record keeps it: consumers join on it
+    out = capsys.readouterr().out
+    assert wamid not in out
+    lines = [orjson.loads(line) for line in out.splitlines() if '"message_sent"' in line]
+    assert [line["wamid_ref"] for line in lines] == [wamid_ref(wamid)]
+
+
+async def test_a_record_without_request_id_gets_one_from_its_place_even_if_metadata_has_that_key() -> None:
+    h = Harness(FakeMeta())
+    value = orjson.dumps({"to": "+16505551234", "message": {"type": "text", "text": {"body": "hi"}},
+                          "metadata": {"request_id": "not-mine"}})
+    offset = h.feed(value)
+    await h.until(lambda: len(h.results()) == 1)
+    assert h.results()[0]["request_id"] == f"{REQUESTS}:{HOME}:{offset}"  # the same after any re-read
+
+
+async def test_a_revoked_numbers_lane_and_its_gauges_are_dropped() -> None:
+    """Issue 20: a replica must not keep publishing rate gauges (or keep breakers) for numbers it lost."""
+    other = next(f"10654035224{n:04d}" for n in range(10_000)
+                 if owner_partition(f"10654035224{n:04d}", PARTITIONS) != HOME)
+    h = Harness(FakeMeta())
+    h.feed(request_bytes("+16505551234", "req-home"))
+    h.feed(request_bytes("+16505551235", "req-other", phone_number_id=other),
+           partition=owner_partition(other, PARTITIONS), key=other.encode())
+    await h.until(lambda: len(h.results()) == 2)
+
+    def gauge(number: str) -> float | None:
+        return metrics.registry.get_sample_value("delivery_rate_limit_per_second", {"phone_number_id": number})
+
+    assert gauge(other) is not None
+    await h.engine.revoke([owner_partition(other, PARTITIONS)], grace=1.0)
+    assert set(h.engine.scheduler.lanes) == {NUMBER}
+    assert gauge(other) is None
+    assert gauge(NUMBER) is not None
+
+
+async def test_a_fenced_producer_is_fatal_not_retried_forever() -> None:
+    """A fenced transactional producer can never publish again: the engine says so instead of looping."""
+    from aiokafka.errors import ProducerFenced
+
+    class FencedSink(MemorySink):
+        calls = 0
+
+        async def publish(self, *args: object, **kwargs: object) -> None:
+            FencedSink.calls += 1
+            raise ProducerFenced()
+
+    h = Harness(FakeMeta(), FencedSink())
+    h.feed(request_bytes("+16505551234", "req-fenced"))
+    await h.until(lambda: h.engine.fatal is not None)
+    await asyncio.sleep(0.3)
+    assert FencedSink.calls == 1
+    assert h.engine.offsets_to_commit() == {}  # nothing marked done

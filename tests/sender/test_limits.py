@@ -150,3 +150,11 @@ def test_bad_arguments_name_the_rule() -> None:
         RateLimiter(0)
     with pytest.raises(ValueError, match="guard"):
         RateLimiter(10, guard=-1)
+
+
+def test_a_130429_tells_the_listener_the_new_rate() -> None:
+    seen: list[float] = []
+    limiter = RateLimiter(100.0, on_decrease=seen.append)
+    limiter.throttled(0.0)
+    limiter.throttled(0.0)
+    assert seen == [98.0, 96.04]

@@ -13,7 +13,7 @@ from pipeline.sender.offsets import OffsetTracker, decode_done, encode_done
 def test_position_is_the_lowest_offset_not_done() -> None:
     tracker = OffsetTracker(100)
     for offset in range(100, 105):
-        assert tracker.fetched(offset) is False
+        assert tracker.already_done(offset) is False
     tracker.done(102)
     tracker.done(101)
     assert tracker.position == 100
@@ -28,8 +28,8 @@ def test_position_is_the_lowest_offset_not_done() -> None:
 
 def test_gaps_in_offsets_do_not_pin_the_position() -> None:
     tracker = OffsetTracker(0)
-    tracker.fetched(0)
-    tracker.fetched(7)  # 1..6 were transaction markers or compacted away
+    tracker.already_done(0)
+    tracker.already_done(7)  # 1..6 were transaction markers or compacted away
     tracker.done(0)
     tracker.done(7)
     assert tracker.position == 8
@@ -38,14 +38,14 @@ def test_gaps_in_offsets_do_not_pin_the_position() -> None:
 def test_metadata_survives_a_restart_and_the_done_offsets_are_skipped() -> None:
     tracker = OffsetTracker(10)
     for offset in range(10, 20):
-        tracker.fetched(offset)
+        tracker.already_done(offset)
     for offset in (11, 12, 15, 19):
         tracker.done(offset)
     committed, metadata = tracker.position, tracker.metadata()
     assert committed == 10
 
     restarted = OffsetTracker.restore(committed, metadata)
-    to_process = [o for o in range(10, 22) if not restarted.fetched(o)]
+    to_process = [o for o in range(10, 22) if not restarted.already_done(o)]
     assert to_process == [10, 13, 14, 16, 17, 18, 20, 21]
     for offset in to_process:
         restarted.done(offset)
@@ -63,7 +63,7 @@ def test_a_plain_commit_by_someone_else_invalidates_the_map() -> None:
 def test_long_runs_compress_well_and_an_overflowing_map_is_cut_and_flagged() -> None:
     tracker = OffsetTracker(0, limit=200)
     for offset in range(100_001):
-        tracker.fetched(offset)
+        tracker.already_done(offset)
     for offset in range(1, 100_001):
         tracker.done(offset)  # offset 0 pins the position
     assert len(tracker.metadata()) < 200
@@ -72,7 +72,7 @@ def test_long_runs_compress_well_and_an_overflowing_map_is_cut_and_flagged() -> 
     scattered = OffsetTracker(0, limit=200)
     rng = random.Random(7)
     for offset in range(20_000):
-        scattered.fetched(offset)
+        scattered.already_done(offset)
     for offset in rng.sample(range(1, 20_000), 5_000):
         scattered.done(offset)
     metadata = scattered.metadata()
@@ -90,7 +90,7 @@ def test_any_completion_order_commits_only_below_unfinished_work(
 ) -> None:
     tracker = OffsetTracker(0)
     for offset in range(count):
-        tracker.fetched(offset)
+        tracker.already_done(offset)
     order = list(range(count))
     rng.shuffle(order)
     finished = data.draw(st.integers(min_value=0, max_value=count))
@@ -102,5 +102,5 @@ def test_any_completion_order_commits_only_below_unfinished_work(
     assert position == count or position not in done
     # after a "crash" at this point, exactly the unfinished offsets are processed again
     restarted = OffsetTracker.restore(position, tracker.metadata())
-    redo = [o for o in range(position, count) if not restarted.fetched(o)]
+    redo = [o for o in range(position, count) if not restarted.already_done(o)]
     assert redo == sorted(set(range(count)) - done)

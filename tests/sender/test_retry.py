@@ -7,9 +7,9 @@ import random
 import pytest
 
 from pipeline.contracts import CircuitState, DeadLetterReason, ErrorClass, MessageOutcome, SendRequest
-from pipeline.sender.breaker import CircuitBreaker
+from pipeline.sender.breaker import CircuitBreaker, Scope
 from pipeline.sender.limits import RateLimiter
-from pipeline.sender.retry import Hold, Retry, RetryPolicy, Terminal
+from pipeline.sender.retry import Hold, Park, Retry, RetryPolicy, Terminal
 from pipeline.sender.work import Origin, Work
 from pipeline.whatsapp import GraphApiError
 
@@ -46,7 +46,7 @@ def test_transient_retries_with_growing_jittered_backoff_then_fails(policy, limi
         verdict = policy.judge(w, error(131000), 0.0, limiter=limiter, breaker=breaker)
         assert isinstance(verdict, Retry)
         delays.append(verdict.delay)
-        breaker.record_success(probe=False)  # other calls succeed in between: breaker stays closed
+        breaker.record_success(0.0, "+16505550000")  # other calls succeed in between: breaker stays closed
     assert 0.5 <= delays[0] <= 1.0
     assert 1.0 <= delays[1] <= 2.0
     assert 2.0 <= delays[2] <= 4.0
@@ -64,8 +64,8 @@ def test_a_retry_that_would_start_after_expiry_expires_now(policy, limiter, brea
 
 
 def test_failures_while_the_breaker_is_open_cost_no_attempts(policy, limiter, breaker) -> None:
-    for _ in range(4):
-        breaker.record_failure(0.0, probe=False)
+    for n in range(4):
+        breaker.record_failure(0.0, f"+1650555000{n}", Scope.SERVICE)
     w = work()
     verdict = policy.judge(w, error(None, http_status=503), 0.0, limiter=limiter, breaker=breaker)
     assert breaker.state is CircuitState.OPEN
@@ -75,14 +75,16 @@ def test_failures_while_the_breaker_is_open_cost_no_attempts(policy, limiter, br
         assert isinstance(policy.judge(w, error(2), 0.0, limiter=limiter, breaker=breaker), Retry)
 
 
-def test_ambiguous_timeouts_fail_unless_retrying_them_is_allowed(limiter, breaker) -> None:
+def test_ambiguous_timeouts_are_parked_for_their_status_unless_retrying_them_is_allowed(limiter, breaker) -> None:
+    # Replaced (issue 13, finding 7): an ambiguous timeout used to fail; now its status decides.
     timeout = error(None, ErrorClass.TRANSIENT, ambiguous=True)
-    strict = RetryPolicy(retry_ambiguous=False)
-    verdict = strict.judge(work(), timeout, 0.0, limiter=limiter, breaker=breaker)
-    assert isinstance(verdict, Terminal)
-    assert verdict.outcome is MessageOutcome.FAILED
+    strict = RetryPolicy(retry_ambiguous=False, ambiguous_window=60.0)
+    assert strict.judge(work(), timeout, 0.0, limiter=limiter, breaker=breaker) == Park(60.0)
     lenient = RetryPolicy(retry_ambiguous=True)
     assert isinstance(lenient.judge(work(), timeout, 0.0, limiter=limiter, breaker=breaker), Retry)
+    unsent = work()
+    assert isinstance(strict.unsent(unsent, 61.0, breaker=breaker), Retry)
+    assert unsent.charged == 1
 
 
 def test_130429_slows_the_number_and_retries(policy, limiter, breaker) -> None:
@@ -126,4 +128,21 @@ def test_invalid_payloads_are_dead_lettered_and_recipient_errors_fail(policy, li
         assert verdict.outcome is MessageOutcome.FAILED
     assert breaker.state is CircuitState.CLOSED
     assert breaker.failures == 0
+
+
+def test_a_failing_recipient_is_charged_and_backs_off_on_its_own_while_the_number_stays_up(
+    policy, limiter, breaker
+) -> None:
+    w = work(deadline=1000.0)
+    delays = []
+    for _ in range(3):
+        verdict = policy.judge(w, error(131000, http_status=500), 0.0, limiter=limiter, breaker=breaker)
+        assert isinstance(verdict, Retry)
+        delays.append(verdict.delay)
+    assert breaker.state is CircuitState.CLOSED
+    assert w.charged == 3  # bounded by max_attempts, unlike an outage
+    assert delays[0] < delays[2]
+    final = policy.judge(w, error(131000, http_status=500), 0.0, limiter=limiter, breaker=breaker)
+    assert isinstance(final, Terminal)
+    assert final.outcome is MessageOutcome.FAILED
 

@@ -10,8 +10,8 @@ from itertools import count, pairwise
 
 import pytest
 
-from pipeline.contracts import SendRequest
-from pipeline.sender.breaker import CircuitBreaker
+from pipeline.contracts import ErrorClass, SendRequest
+from pipeline.sender.breaker import CircuitBreaker, Scope
 from pipeline.sender.limits import RateLimiter
 from pipeline.sender.scheduler import Lane, MessageRejected, Scheduler
 from pipeline.sender.work import Origin, Work
@@ -49,12 +49,17 @@ class Simulation:
         self.sent: list[tuple[float, Work]] = []  # accepted by "Meta", in order
         self.calls: list[tuple[float, Work]] = []  # every call that reached "Meta"
         self.max_in_flight = 0
-        self._events: list[tuple[float, int, Work]] = []
+        self._events: list[tuple[float, int, Work | Lane]] = []
+        self.probes: list[float] = []
+        self.health: Callable[[float], bool] = lambda now: True
         self._seq = count()
 
     def run(self, until: float) -> None:
         while self.now <= until:
             batch = self.s.poll(self.now)
+            for lane in batch.probes:  # the breaker's health probe: Meta answers it after `latency`
+                self.probes.append(self.now)
+                heapq.heappush(self._events, (self.now + self.latency, next(self._seq), lane))
             for work in batch.dispatch:
                 assert self.s.lanes[work.number].limiter.send(self.now) == 0.0
                 self.calls.append((self.now, work))
@@ -65,20 +70,27 @@ class Simulation:
                 return
             self.now = max(self.now, min(candidates))
             while self._events and self._events[0][0] <= self.now:
-                _, _, work = heapq.heappop(self._events)
-                self.complete(work)
+                _, _, item = heapq.heappop(self._events)
+                if isinstance(item, Lane):
+                    if self.health(self.now):
+                        item.breaker.probe_succeeded(self.now)
+                    else:
+                        item.breaker.probe_failed(self.now, ErrorClass.TRANSIENT)
+                    self.s.probed(item.number)
+                else:
+                    self.complete(item)
 
     def complete(self, work: Work) -> None:
         lane = self.s.lanes[work.number]
         what = self.answer(work, self.now)
         if what == "ok":
-            lane.breaker.record_success(work.probe)
+            lane.breaker.record_success(self.now, work.recipient)
             self.sent.append((self.now, work))
             self.s.finished(work, self.now)
         elif what == "pair":
             self.s.retry(work, self.now + 6.0, self.now)
         elif what == "down":
-            lane.breaker.record_failure(self.now, work.probe)
+            lane.breaker.record_failure(self.now, work.recipient, Scope.SERVICE)
             self.s.retry(work, self.now, self.now)
 
 
@@ -158,14 +170,16 @@ def test_an_outage_opens_the_breaker_holds_the_work_and_probes_once_per_interval
         s.submit(make_work(f"+1650555{n:04d}", n), 0.0)
     outage_until = 45.0
     sim = Simulation(s, lambda w, now: "down" if now < outage_until else "ok", latency=0.05)
+    sim.health = lambda now: now >= outage_until  # the GET of the number fails during the outage too
     sim.run(until=200.0)
     during = [t for t, _ in sim.calls if t < outage_until]
     # the first call fails at 0.05 s; by then the limiter let ~50 go (healthy until then)
     first_failure = 0.05
     after_first = [t for t in during if t > first_failure]
     assert len(after_first) <= 4 + 4  # suspect cap: ≤ threshold-1 more, then only probes
-    probes = [t for t in during if t > 1.0]
-    assert len(probes) <= outage_until // 10 + 1
+    assert [t for t in during if t > 1.0] == []  # probes are health calls, never messages
+    probes = [t for t in sim.probes if t < outage_until]
+    assert 1 <= len(probes) <= outage_until // 10 + 1
     assert all(b - a >= 10.0 for a, b in pairwise(probes))
     assert len(sim.sent) == 500  # the backlog drained after recovery; nothing dropped
     assert s.buffered == 0
@@ -227,7 +241,7 @@ def test_lanes_are_independent() -> None:
     s.submit(make_work("+16505550003", 2, number=b), 0.0)
     first = s.poll(0.0).dispatch
     work_a = next(w for w in first if w.number == a)
-    s.lanes[a].breaker.record_failure(0.1, probe=False)  # number a is down
+    s.lanes[a].breaker.record_failure(0.1, work_a.recipient, Scope.SERVICE)  # number a is down
     s.retry(work_a, 0.1, 0.1)
     for w in first:
         if w.number != a:
@@ -248,3 +262,32 @@ def test_numbers_share_the_in_flight_slots() -> None:
     for _, work in sim.sent:
         per_number[work.number] += 1
     assert abs(per_number[a] - per_number[b]) <= 0.2 * max(per_number.values())
+
+
+def test_a_backlog_of_failing_retries_takes_at_most_half_of_a_numbers_dispatches() -> None:
+    """After a restart the old failures are retried first; fresh work must still get its share."""
+    s = scheduler(rate=1000.0, max_in_flight=10)
+    failing = {f"+1650{n:03d}9000" for n in range(40)}
+    for n, to in enumerate(sorted(failing)):
+        s.submit(make_work(to, n), 0.0)
+    now, tried = 0.0, set()
+    while len(tried) < 40:  # every failing head has failed once and waits to be retried
+        now += 0.1
+        for work in s.poll(now).dispatch:
+            tried.add(work.recipient)
+            s.retry(work, now, now)
+    for n in range(40):
+        s.submit(make_work(f"+1650555{n:04d}", 100 + n), now)
+    order: list[str] = []
+    while len([o for o in order if o == "fresh"]) < 40:
+        now += 0.1
+        for work in s.poll(now).dispatch:
+            if work.recipient in failing:
+                order.append("retry")
+                s.retry(work, now, now)
+            else:
+                order.append("fresh")
+                s.finished(work, now)
+    first_80 = order[:80]
+    assert first_80.count("fresh") >= 39  # alternating: one retry per fresh dispatch at most
+    assert len(order) <= 82

@@ -25,7 +25,7 @@ import orjson
 from fastapi import FastAPI
 from opentelemetry import trace
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 
@@ -243,6 +243,10 @@ async def _read_json(request: Request, limit: int) -> _Body | Rejection:
     """The parsed body, or a Rejection (413 over `limit` bytes, 400 when it is not JSON)."""
     try:
         raw = await _read_limited(request, limit)
+    except ClientDisconnect:
+        # The caller hung up mid-body: nothing to answer, and no traceback for the operator to chase.
+        return Rejection(status=400, code="client_disconnected", message="the client closed the connection "
+                         "before sending the whole body")
     except _TooLarge:
         return Rejection(
             status=413,

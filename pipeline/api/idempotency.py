@@ -104,6 +104,12 @@ def scope_of(phone_number_id: str, key: str) -> str:
     return f"{phone_number_id}:{key}"
 
 
+def request_id_scope(request_id: str) -> str:
+    """A caller-chosen request id is claimed like a key, but across business numbers: it names one
+    message on every topic. (`phone_number_id` is digits, so the two scopes cannot collide.)"""
+    return f"request_id:{request_id}"
+
+
 class IdempotencyStore:
     def __init__(self, settings: Settings, publisher: Publisher) -> None:
         self._kafka = settings.kafka

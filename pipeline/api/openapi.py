@@ -32,7 +32,8 @@ _MEANING = {
     400: "The body is not JSON.",
     401: "Missing or unknown API key.",
     403: "The API key may not send from this phone_number_id.",
-    409: "A request with the same Idempotency-Key is still in progress; retry after `Retry-After`.",
+    409: "A request with the same Idempotency-Key is still in progress (retry after `Retry-After`), or the "
+    "caller-chosen request_id already names a different message (`request_id_in_use`: choose another).",
     413: "The body is larger than the route's limit.",
     422: "Every offending field with the rule it breaks and the limit, in one response.",
     503: "Kafka did not acknowledge in time: nothing was accepted. Retry after `Retry-After` seconds.",

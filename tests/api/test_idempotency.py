@@ -102,3 +102,50 @@ async def test_a_batch_key_covers_each_item(api: RunningApi) -> None:
     result = (await api.client.post("/v1/messages:batch", json=twice, headers=api.auth)).json()
     assert [r["status"] for r in result["results"]] == [202, 422]
     assert result["results"][1]["error"]["fields"][0]["rule"] == "duplicate_in_batch"
+
+
+async def test_a_caller_chosen_request_id_names_one_message(api: RunningApi) -> None:
+    first = await api.client.post("/v1/messages", json=text_request("a", request_id="order-5"), headers=api.auth)
+    assert first.status_code == 202
+    # The same message again is replayed like an idempotency key: same answer, nothing published.
+    again = await api.client.post("/v1/messages", json=text_request("a", request_id="order-5"), headers=api.auth)
+    assert again.status_code == 202
+    assert again.json() == {**first.json(), "replayed": True}
+    # A different message under the same id is refused, saying so; from another number too.
+    other = await api.client.post("/v1/messages", json=text_request("b", request_id="order-5"), headers=api.auth)
+    assert other.status_code == 409, other.text
+    assert other.json()["error"]["code"] == "request_id_in_use"
+    assert [(f["field"], f["rule"]) for f in other.json()["error"]["fields"]] == [("request_id", "request_id_in_use")]
+    elsewhere = await api.client.post(
+        "/v1/messages", json=text_request("a", request_id="order-5", phone_number_id="200000000000001"),
+        headers=api.auth)
+    assert elsewhere.status_code == 409
+    # With a fresh idempotency key the id still decides; the key then replays the same answer.
+    keyed = {**api.auth, "Idempotency-Key": "fresh"}
+    assert (await api.client.post("/v1/messages", json=text_request("b", request_id="order-5"),
+                                  headers=keyed)).status_code == 409
+    # ... and the refused claim left the key free for another message.
+    assert (await api.client.post("/v1/messages", json=text_request("c"), headers=keyed)).status_code == 202
+
+    batch = {"messages": [text_request("x", request_id="twice"), text_request("y", request_id="twice")]}
+    result = (await api.client.post("/v1/messages:batch", json=batch, headers=api.auth)).json()
+    assert [r["status"] for r in result["results"]] == [202, 422]
+    assert result["results"][1]["error"]["fields"][0]["field"] == "request_id"
+
+    records = await read_topic(api.service.settings, api.topics.send_requests, at_least=3)
+    ids = [orjson.loads(r.value)["request_id"] for r in records]
+    assert ids.count("order-5") == 1
+    assert ids.count("twice") == 1
+
+
+async def test_a_request_id_is_unique_across_replicas(api_settings: Settings, topics: TopicCatalog) -> None:
+    async with running_api(api_settings) as one, running_api(api_settings) as two:
+        answers = await asyncio.gather(
+            *(replica.client.post("/v1/messages", json=text_request(body, request_id="contended"), headers=one.auth)
+              for replica, body in ((one, "a"), (two, "b"), (one, "c"), (two, "d")))
+        )
+        assert [a.status_code for a in answers].count(202) == 1
+        assert {a.status_code for a in answers} <= {202, 409}
+        records = await read_topic(api_settings, topics.send_requests, at_least=0)
+        assert [orjson.loads(r.value)["request_id"] for r in records].count("contended") <= 1
+        assert len(records) == [a.status_code for a in answers].count(202)

@@ -303,7 +303,7 @@ def _batch_status(outcomes: list[Outcome]) -> int:
 
 
 def _retry_headers(service: ApiService, outcomes: list[Outcome]) -> dict[str, str] | None:
-    retry = any(isinstance(o, Rejection) and o.status in (409, 503) for o in outcomes)
+    retry = any(isinstance(o, Rejection) and o.status in (409, 503, 504) for o in outcomes)
     return {"Retry-After": str(service.settings.api.retry_after_seconds)} if retry else None
 
 
@@ -316,7 +316,7 @@ def _refuse(rejection: Rejection) -> Response:
 def _log_rejection(rejection: Rejection, message_type: str) -> None:
     # Field paths and rules only: values may be message text or phone numbers.
     fields = [f"{f.field}:{f.rule}" for f in rejection.fields]
-    if rejection.status == 503:
+    if rejection.status >= 500:
         log.warning("request_unavailable", code=rejection.code)
     else:
         log.info("request_rejected", status=rejection.status, code=rejection.code, fields=fields,

@@ -7,9 +7,9 @@
 
 Order of checks per item: sanitation and validation (422), the key's permission for the business
 number (403), the idempotency key (replay, 409, 422) and a caller-chosen request id (replay, 409
-`request_id_in_use`), then Kafka (202 only after the broker's
-acknowledgement, else 503). Valid items are published together, so a batch costs one produce round
-trip however many of its items are rejected.
+`request_id_in_use`), then Kafka: 202 only after the broker's acknowledgement, 503 when the record
+is certainly not written, 504 when a broker had it but did not confirm in time. Valid items are
+published together, so a batch costs one produce round trip however many of its items are rejected.
 """
 
 from __future__ import annotations
@@ -71,8 +71,17 @@ class ApiService:
         return Rejection(
             status=503,
             code="unavailable",
-            message="Kafka did not acknowledge the message in time, so it was not accepted; "
-            f"retry after {self._retry_after} s (with the same Idempotency-Key to stay safe)",
+            message="Kafka could not take the message in time (unreachable or too slow): it was not written, "
+            f"and never will be; retry after {self._retry_after} s",
+        )
+
+    def unknown(self) -> Rejection:
+        return Rejection(
+            status=504,
+            code="outcome_unknown",
+            message="Kafka received the message but did not confirm it in time, so it may or may not be "
+            f"accepted; retry after {self._retry_after} s with the same Idempotency-Key to learn which "
+            "(without a key, a retry may send it twice)",
         )
 
     def in_progress(self) -> Rejection:
@@ -185,10 +194,10 @@ class ApiService:
         requests = [admitted[i].request for i in indexes]
 
         def late(position: int, acknowledged: bool) -> None:
-            # Answered 503, yet the record reached Kafka after all (or finally failed): the sender
-            # will send it, so a retry with the same key must get this request's answer.
+            # Answered 504 (unknown); now Kafka has decided. If it was written the sender will send
+            # it, so a retry with the same key must get this request's answer.
             request = requests[position]
-            log.warning("kafka_acknowledged_after_503", request_id=request.request_id, acknowledged=acknowledged)
+            log.warning("kafka_settled_after_504", request_id=request.request_id, acknowledged=acknowledged)
             for owner in owners.get(indexes[position], []):
                 self._settle(owner, accepted_at if acknowledged else None)
 
@@ -203,6 +212,8 @@ class ApiService:
         for index, request, delivery in zip(indexes, requests, deliveries, strict=True):
             if delivery is Delivery.ACKNOWLEDGED:
                 outcomes[index] = Accepted(request.request_id, accepted_at, request.phone_number_id or "")
+            elif delivery is Delivery.PENDING:
+                outcomes[index] = self.unknown()  # FAILED stays None: 503, not written
             if delivery is not Delivery.PENDING:  # PENDING settles in `late`
                 acknowledged = delivery is Delivery.ACKNOWLEDGED
                 settling.extend(self._settle(o, accepted_at if acknowledged else None) for o in owners.get(index, []))
@@ -232,7 +243,7 @@ def api_outcome(outcome: Outcome) -> ApiOutcome:
         return ApiOutcome.DUPLICATE if outcome.replayed else ApiOutcome.ACCEPTED
     if outcome.status in (401, 403):
         return ApiOutcome.UNAUTHORIZED
-    if outcome.status == 503:
+    if outcome.status in (503, 504):
         return ApiOutcome.UNAVAILABLE
     if outcome.status == 409:
         return ApiOutcome.DUPLICATE

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import orjson
 
 from pipeline.config import Settings
 from pipeline.topics import TopicCatalog
-from tests.api.conftest import RunningApi, read_topic, running_api, text_request
+from tests.api.conftest import RunningApi, read_topic, running_api, text_request, with_api
 
 
 async def test_the_same_key_twice_gives_the_original_answer_and_one_message(api: RunningApi) -> None:
@@ -148,3 +149,32 @@ async def test_a_request_id_is_unique_across_replicas(api_settings: Settings, to
         assert {a.status_code for a in answers} <= {202, 409}
         records = await read_topic(api_settings, topics.send_requests, at_least=1)
         assert [orjson.loads(r.value)["request_id"] for r in records] == ["contended"]
+
+
+async def test_a_restart_on_the_same_disk_reads_only_the_tail(
+    api_settings: Settings, topics: TopicCatalog, tmp_path: Path
+) -> None:
+    """Issue 22: answers live on disk (API_STATE_DIR), memory holds only claims in flight, and a
+    replica restarting with its store reads no record it already has."""
+    settings = with_api(api_settings, state_dir=str(tmp_path / "state"), publish_timeout_seconds=0.3)
+    headers = [{"Authorization": "Bearer dev-key", "Idempotency-Key": f"disk-{n}"} for n in range(30)]
+    async with running_api(settings) as before:
+        first = [await before.client.post("/v1/messages", json=text_request(f"m{n}"), headers=h)
+                 for n, h in enumerate(headers)]
+        assert {a.status_code for a in first} == {202}
+        await asyncio.sleep(1.5)  # the tail has read every `accepted` record
+        assert len(before.service.idempotency) == 30
+        assert before.service.idempotency.prune() == 30  # nothing in flight: memory is empty again
+        assert before.service.idempotency.in_memory == 0
+        ends = dict(before.service.idempotency._positions)
+    await asyncio.sleep(before.service.idempotency.claim_ttl_ms / 1000 + 1)  # no claim may still be live
+
+    async with running_api(settings) as after:
+        idem = after.service.idempotency
+        assert idem.started_at == ends, "a restart on the same disk starts at its saved offsets"
+        assert len(idem) == 30
+        again = [await after.client.post("/v1/messages", json=text_request(f"m{n}"), headers=h)
+                 for n, h in enumerate(headers)]
+        assert [a.json()["request_id"] for a in again] == [a.json()["request_id"] for a in first]
+        assert all(a.json()["replayed"] for a in again)
+    assert len(await read_topic(api_settings, topics.send_requests, at_least=30)) == 30

@@ -15,6 +15,7 @@ import os
 import re
 import socket
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -145,6 +146,10 @@ class ApiSettings(_Group):
     retry_after_seconds: int = Field(default=5, ge=1, le=3600, description="Retry-After on 503")
     # The producer waits this long to batch concurrent requests into one Kafka request.
     linger_ms: int = Field(default=2, ge=0, le=1000)
+    # Where the settled idempotency answers live (SQLite; a volume that survives restarts, so a restart
+    # reads only the topic's tail). Unset: a temporary file, rebuilt from the window at each start.
+    state_dir: Path | None = None
+    state_cache_mb: int = Field(default=64, ge=1, le=65_536, description="SQLite page cache for the answers")
 
     @field_validator("keys")
     @classmethod

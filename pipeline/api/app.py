@@ -25,7 +25,7 @@ import orjson
 from fastapi import FastAPI
 from opentelemetry import trace
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 
@@ -243,6 +243,10 @@ async def _read_json(request: Request, limit: int) -> _Body | Rejection:
     """The parsed body, or a Rejection (413 over `limit` bytes, 400 when it is not JSON)."""
     try:
         raw = await _read_limited(request, limit)
+    except ClientDisconnect:
+        # The caller hung up mid-body: nothing to answer, and no traceback for the operator to chase.
+        return Rejection(status=400, code="client_disconnected", message="the client closed the connection "
+                         "before sending the whole body")
     except _TooLarge:
         return Rejection(
             status=413,
@@ -299,7 +303,7 @@ def _batch_status(outcomes: list[Outcome]) -> int:
 
 
 def _retry_headers(service: ApiService, outcomes: list[Outcome]) -> dict[str, str] | None:
-    retry = any(isinstance(o, Rejection) and o.status in (409, 503) for o in outcomes)
+    retry = any(isinstance(o, Rejection) and o.status in (409, 503, 504) for o in outcomes)
     return {"Retry-After": str(service.settings.api.retry_after_seconds)} if retry else None
 
 
@@ -312,7 +316,7 @@ def _refuse(rejection: Rejection) -> Response:
 def _log_rejection(rejection: Rejection, message_type: str) -> None:
     # Field paths and rules only: values may be message text or phone numbers.
     fields = [f"{f.field}:{f.rule}" for f in rejection.fields]
-    if rejection.status == 503:
+    if rejection.status >= 500:
         log.warning("request_unavailable", code=rejection.code)
     else:
         log.info("request_rejected", status=rejection.status, code=rejection.code, fields=fields,

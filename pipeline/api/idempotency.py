@@ -16,8 +16,12 @@ later requests replay) or `released` (Kafka failed; the key is free again). A cl
 vanished expires after `claim_ttl`; that is the one gap: an owner that dies between Kafka's
 acknowledgement of the message and of its `accepted` record lets a retry publish again after the TTL.
 
-State is an in-memory index of the window (`API_IDEMPOTENCY_WINDOW_SECONDS`) rebuilt at start-up by
-seeking each partition to the window's first record by timestamp, and kept current by tailing it.
+State: settled answers (kept for the whole `API_IDEMPOTENCY_WINDOW_SECONDS`) live on disk in an
+`AnswerIndex` (SQLite, `API_STATE_DIR`), with the offsets read so far; in-flight claims (seconds
+long) live in memory. At start-up each partition is read from the index's saved offset (or from the
+window's first record by timestamp when there is none), and from no later than the oldest claim that
+may still be live; then tailed. Memory is bounded by in-flight claims and SQLite's cache, not by the
+window's traffic.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import BaseModel, Field, ValidationError
 
+from pipeline.api.answers import Answer, AnswerIndex
 from pipeline.api.publisher import Publisher, Unavailable
 from pipeline.config import Settings
 from pipeline.observability import get_logger
@@ -88,10 +93,9 @@ class _Claim:
 
 @dataclass
 class _Entry:
+    """A scope with claims in flight (its settled answer, if any, is in the AnswerIndex)."""
+
     claims: list[_Claim] = field(default_factory=list)
-    result: Replay | None = None
-    result_fingerprint: str = ""
-    result_ms: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def touch(self) -> None:
@@ -104,6 +108,12 @@ def scope_of(phone_number_id: str, key: str) -> str:
     return f"{phone_number_id}:{key}"
 
 
+def request_id_scope(request_id: str) -> str:
+    """A caller-chosen request id is claimed like a key, but across business numbers: it names one
+    message on every topic. (`phone_number_id` is digits, so the two scopes cannot collide.)"""
+    return f"request_id:{request_id}"
+
+
 class IdempotencyStore:
     def __init__(self, settings: Settings, publisher: Publisher) -> None:
         self._kafka = settings.kafka
@@ -114,7 +124,11 @@ class IdempotencyStore:
         # Longer than an owner can take (its claim, publish and accept are each bounded by the timeout).
         self.claim_ttl_ms = int((3 * settings.api.publish_timeout_seconds + 5) * 1000)
         self._entries: dict[str, _Entry] = {}
+        state_dir = settings.api.state_dir
+        self._answers = AnswerIndex(None if state_dir is None else state_dir / f"{self.topic}.sqlite", self.topic,
+                                    cache_mb=settings.api.state_cache_mb)
         self._positions: dict[int, int] = {}
+        self.started_at: dict[int, int] = {}
         self._loaded_at: dict[int, int] = {}
         self._waiters: dict[int, list[tuple[int, asyncio.Future[None]]]] = defaultdict(list)
         self._consumer: AIOKafkaConsumer | None = None
@@ -127,6 +141,12 @@ class IdempotencyStore:
         return bool(self._loaded_at) and all(self._positions[p] >= end for p, end in self._loaded_at.items())
 
     def __len__(self) -> int:
+        """Settled answers held (on disk)."""
+        return len(self._answers)
+
+    @property
+    def in_memory(self) -> int:
+        """Scopes with claims in flight: all this store keeps in memory."""
         return len(self._entries)
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -157,20 +177,29 @@ class IdempotencyStore:
         try:
             await consumer.start()
             consumer.assign(tps)
-            since = int(time.time() * 1000) - self._window_ms
-            starts = await consumer.offsets_for_times(dict.fromkeys(tps, since))
+            now = int(time.time() * 1000)
+            window = await consumer.offsets_for_times(dict.fromkeys(tps, now - self._window_ms))
+            # Claims younger than their TTL may still be live; their records must be read again.
+            live = await consumer.offsets_for_times(dict.fromkeys(tps, now - self.claim_ttl_ms - 1000))
+            ends = await consumer.end_offsets(tps)
+            saved = self._answers.positions()
             for tp in tps:
-                found = starts.get(tp)
-                if found is None:
-                    await consumer.seek_to_end(tp)
+                end = ends[tp]
+                window_start = end if window.get(tp) is None else window[tp].offset
+                claims_start = end if live.get(tp) is None else live[tp].offset
+                checkpoint = saved.get(tp.partition)
+                if checkpoint is None or checkpoint > end:  # no index, or one from another topic's life
+                    start = window_start
                 else:
-                    consumer.seek(tp, found.offset)
+                    start = min(max(checkpoint, window_start), claims_start)
+                consumer.seek(tp, start)
             ends = await consumer.end_offsets(tps)
             positions = {tp.partition: await consumer.position(tp) for tp in tps}
         except BaseException:
             await consumer.stop()
             raise
         self._positions = positions
+        self.started_at = dict(positions)  # where reading began: the tail after the saved offsets, when there are any
         self._loaded_at = {tp.partition: ends[tp] for tp in tps}
         self._consumer = consumer
         self._tasks = [
@@ -201,12 +230,13 @@ class IdempotencyStore:
         if self._consumer is not None:
             consumer, self._consumer = self._consumer, None
             await consumer.stop()
+        self._answers.close()
 
     # --- the protocol -----------------------------------------------------------------------------
 
     async def claim(self, scope: str, fingerprint: str, request_id: str) -> Decision:
         """Decide whether this request publishes; raises `Unavailable` when Kafka cannot record the claim."""
-        settled = self._settled(self._entries.get(scope), fingerprint)
+        settled = self._settled(scope, fingerprint)
         if settled is not None:
             return settled
         if not self.ready:
@@ -228,9 +258,9 @@ class IdempotencyStore:
             return Conflict("in_progress")
 
     async def _await_turn(self, owner: Owner) -> Decision:
-        entry = self._entries[owner.scope]
+        entry = self._entries.setdefault(owner.scope, _Entry())  # none when an answer came first
         while True:
-            settled = self._settled(entry, owner.fingerprint)
+            settled = self._settled(owner.scope, owner.fingerprint)
             if settled is not None:
                 return settled  # answered by an earlier request; our claim is moot
             now = _now_ms()
@@ -265,10 +295,13 @@ class IdempotencyStore:
     def _expired(self, claim: _Claim, now_ms: int) -> bool:
         return now_ms - claim.timestamp_ms > self.claim_ttl_ms
 
-    def _settled(self, entry: _Entry | None, fingerprint: str) -> Replay | Conflict | None:
-        if entry is None or entry.result is None or _now_ms() - entry.result_ms > self._window_ms:
+    def _settled(self, scope: str, fingerprint: str) -> Replay | Conflict | None:
+        answer = self._answers.get(scope)
+        if answer is None or _now_ms() - answer.at_ms > self._window_ms:
             return None
-        return entry.result if entry.result_fingerprint == fingerprint else Conflict("mismatch")
+        if answer.fingerprint != fingerprint:
+            return Conflict("mismatch")
+        return Replay(request_id=answer.request_id, accepted_at=answer.accepted_at)
 
     async def _append(
         self,
@@ -301,11 +334,8 @@ class IdempotencyStore:
         while True:
             try:
                 batches = await self._consumer.getmany(timeout_ms=1000)
-                for tp, records in batches.items():
-                    for record in records:
-                        self._apply(record.key, record.value, record.timestamp)
-                    if records:
-                        self._advance(tp.partition, records[-1].offset + 1)
+                self._fold([(r.key, r.value, r.timestamp) for records in batches.values() for r in records],
+                           {tp.partition: records[-1].offset + 1 for tp, records in batches.items() if records})
             except KafkaError as exc:
                 log.warning("idempotency_read_failed", error=type(exc).__name__)
                 await asyncio.sleep(1.0)
@@ -314,27 +344,51 @@ class IdempotencyStore:
                 log.exception("idempotency_reader_error")
                 await asyncio.sleep(1.0)
 
+    def _fold(self, records: list[tuple[bytes | None, bytes | None, int]], ends: dict[int, int]) -> None:
+        """Apply a fetched batch: claims in memory, answers and offsets to disk, then wake the waiters.
+
+        Answers are on disk before anyone waiting on them is woken, and stored with the offsets they
+        were read up to, so a restart resumes exactly there.
+        """
+        settled: dict[str, Answer | None] = {}
+        touched: set[str] = set()
+        for key, value, timestamp_ms in records:
+            self._fold_one(key, value, timestamp_ms, settled, touched)
+        if settled or ends:
+            self._answers.apply(settled.items(), ends)
+        for scope in touched:
+            if (entry := self._entries.get(scope)) is not None:
+                entry.touch()
+        for partition, position in ends.items():
+            self._advance(partition, position)
+
     def _apply(self, key: bytes | None, value: bytes | None, timestamp_ms: int) -> None:
+        """One record on its own (what `_fold` does for a batch)."""
+        self._fold([(key, value, timestamp_ms)], {})
+
+    def _fold_one(self, key: bytes | None, value: bytes | None, timestamp_ms: int,
+                  settled: dict[str, Answer | None], touched: set[str]) -> None:
+        """One record into the in-flight claims and into `settled` (answers for the index)."""
         try:
             record = IdempotencyRecord.model_validate_json(value or b"")
             scope = (key or b"").decode()
         except (ValidationError, UnicodeDecodeError):
             log.warning("idempotency_record_malformed", topic=self.topic)
             return
-        entry = self._entries.setdefault(scope, _Entry())
+        touched.add(scope)
         if record.state == "claimed":
-            if entry.result is not None and timestamp_ms - entry.result_ms > self._window_ms:
-                entry.result = None
-            if entry.result is None:
+            answer = settled[scope] if scope in settled else self._answers.get(scope)
+            if answer is not None and timestamp_ms - answer.at_ms > self._window_ms:
+                settled[scope] = answer = None  # its window is over: the key is free again
+            if answer is None:
+                entry = self._entries.setdefault(scope, _Entry())
                 entry.claims.append(_Claim(record.claim_id, record.fingerprint, timestamp_ms))
         elif record.state == "accepted":
-            entry.result = Replay(request_id=record.request_id, accepted_at=record.accepted_at or "")
-            entry.result_fingerprint = record.fingerprint
-            entry.result_ms = timestamp_ms
-            entry.claims.clear()
-        else:
-            entry.claims = [c for c in entry.claims if c.claim_id != record.claim_id]
-        entry.touch()
+            settled[scope] = Answer(record.request_id, record.accepted_at or "", record.fingerprint, timestamp_ms)
+            if (accepted := self._entries.get(scope)) is not None:
+                accepted.claims.clear()
+        elif (released := self._entries.get(scope)) is not None:
+            released.claims = [c for c in released.claims if c.claim_id != record.claim_id]
 
     def _advance(self, partition: int, position: int) -> None:
         self._positions[partition] = position
@@ -357,13 +411,15 @@ class IdempotencyStore:
             self.prune()
 
     def prune(self) -> int:
-        """Forget expired results and abandoned claims; return how many keys were dropped."""
+        """Forget answers older than the window and scopes without live claims; return how many
+        scopes left memory."""
         now = _now_ms()
+        self._answers.prune(now - self._window_ms)
         dropped = 0
         for scope in list(self._entries):
             entry = self._entries[scope]
             entry.claims = [c for c in entry.claims if now - c.timestamp_ms <= self.claim_ttl_ms]
-            if not entry.claims and (entry.result is None or now - entry.result_ms > self._window_ms):
+            if not entry.claims:
                 del self._entries[scope]
                 entry.touch()
                 dropped += 1

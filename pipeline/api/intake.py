@@ -74,15 +74,38 @@ def may_hold_controls(raw: bytes) -> bool:
     return _CONTROL_IN_JSON.search(raw) is not None
 
 
-def strip_controls(value: Any) -> Any:
-    """A copy of a JSON value with control characters removed from every string in it."""
+DEPTH_LIMIT = 32
+"""How deeply a request body may nest; the deepest real message (a template parameter) needs about 10."""
+
+
+class TooDeep(Exception):
+    """A body nests deeper than DEPTH_LIMIT; `field` is the top-level field it happened under."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(field)
+        self.field = field
+
+
+def strip_controls(value: Any, depth: int = 0) -> Any:
+    """A copy of a JSON value with control characters removed from every string in it.
+
+    Raises TooDeep past DEPTH_LIMIT levels, long before Python's recursion limit (a 3 KB body can
+    nest 1,000 deep), so no body can turn this walk into a RecursionError.
+    """
     if isinstance(value, str):
         return _CONTROL.sub("", value) if _CONTROL.search(value) else value
+    if depth >= DEPTH_LIMIT and isinstance(value, dict | list):
+        raise TooDeep("(body)")
     if isinstance(value, dict):
-        return {k: strip_controls(v) for k, v in value.items()}
+        return {k: strip_controls(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
-        return [strip_controls(v) for v in value]
+        return [strip_controls(v, depth + 1) for v in value]
     return value
+
+
+def _too_deep(field: str) -> Rejection:
+    return invalid([FieldError(field=field, rule="too_deep",
+                               message=f"nests deeper than {DEPTH_LIMIT} levels", limit=DEPTH_LIMIT)])
 
 
 class Intake:
@@ -96,8 +119,11 @@ class Intake:
         """`sanitise=False` when `may_hold_controls` said the body has no control character."""
         if not isinstance(data, dict):
             return invalid([FieldError(field="(body)", rule="model_type", message="must be a JSON object")])
-        data = strip_controls(data) if sanitise else dict(data)
-        problems = self._forbidden_content(data.get("message"), "message")
+        try:
+            data = {k: strip_controls(v, 1) for k, v in data.items()} if sanitise else dict(data)
+            problems = self._forbidden_content(data.get("message"), "message", 1)
+        except TooDeep as exc:
+            return _too_deep(next((k for k in data if _nests_beyond(data[k])), exc.field))
 
         if idempotency_key is not None:
             given = data.get("idempotency_key")
@@ -129,13 +155,18 @@ class Intake:
             request = SendRequest.model_validate(data)
         except ValidationError as exc:
             return invalid([*field_errors(exc, data), *problems])
+        if request.expires_at is not None and request.expires_at <= now:
+            problems.append(FieldError(field="expires_at", rule="datetime_future",
+                                       message="is already past: the message would expire unsent"))
         if problems:
             return invalid(problems)
         return Admitted(request=request, stamped=stamped)
 
-    def _forbidden_content(self, value: Any, path: str) -> list[FieldError]:
+    def _forbidden_content(self, value: Any, path: str, depth: int) -> list[FieldError]:
         if not self._forbidden:
             return []
+        if depth >= DEPTH_LIMIT and isinstance(value, dict | list):
+            raise TooDeep("message")
         if isinstance(value, str):
             for number, pattern in enumerate(self._forbidden, start=1):
                 if pattern.search(value):
@@ -148,10 +179,23 @@ class Intake:
                     ]
             return []
         if isinstance(value, dict):
-            return [e for k, v in value.items() if k != "type" for e in self._forbidden_content(v, f"{path}.{k}")]
+            return [e for k, v in value.items() if k != "type"
+                    for e in self._forbidden_content(v, f"{path}.{k}", depth + 1)]
         if isinstance(value, list):
-            return [e for i, v in enumerate(value) for e in self._forbidden_content(v, f"{path}[{i}]")]
+            return [e for i, v in enumerate(value) for e in self._forbidden_content(v, f"{path}[{i}]", depth + 1)]
         return []
+
+
+def _nests_beyond(value: Any) -> bool:
+    """Whether a top-level field's value is what broke DEPTH_LIMIT (a loop: it is the deep one)."""
+    stack = [(value, 2)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict | list):
+            if level > DEPTH_LIMIT:
+                return True
+            stack.extend((c, level + 1) for c in (node.values() if isinstance(node, dict) else node))
+    return False
 
 
 def fingerprint(request: SendRequest, exclude: set[str]) -> str:

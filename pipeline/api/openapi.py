@@ -32,10 +32,14 @@ _MEANING = {
     400: "The body is not JSON.",
     401: "Missing or unknown API key.",
     403: "The API key may not send from this phone_number_id.",
-    409: "A request with the same Idempotency-Key is still in progress; retry after `Retry-After`.",
+    409: "A request with the same Idempotency-Key is still in progress (retry after `Retry-After`), or the "
+    "caller-chosen request_id already names a different message (`request_id_in_use`: choose another).",
     413: "The body is larger than the route's limit.",
     422: "Every offending field with the rule it breaks and the limit, in one response.",
-    503: "Kafka did not acknowledge in time: nothing was accepted. Retry after `Retry-After` seconds.",
+    503: "Kafka was unreachable or did not take the message in time: it was not written, and never will "
+    "be. Retry after `Retry-After` seconds.",
+    504: "Kafka received the message but did not confirm it in time: it may or may not be accepted. Retry "
+    "with the same Idempotency-Key after `Retry-After` seconds to learn which.",
 }
 
 
@@ -53,7 +57,7 @@ def single_route(settings: Settings) -> dict[str, Any]:
             "from text; `accepted_at` is set by the API."
         ),
         "responses": {202: {"model": AcceptedMessage, "description": "Accepted."}, **_errors(
-            400, 401, 403, 409, 413, 422, 503)},
+            400, 401, 403, 409, 413, 422, 503, 504)},
         "openapi_extra": {
             "parameters": [_IDEMPOTENCY_HEADER],
             "requestBody": {
@@ -80,7 +84,7 @@ def batch_route(settings: Settings) -> dict[str, Any]:
             **{status: {"description": f"{meaning} Every item refused: per-item results.",
                         "content": {"application/json": {"schema": {"anyOf": [
                             {"$ref": _REF.format(model="ErrorBody")}, {"$ref": _REF.format(model="BatchResult")}]}}}}
-               for status, meaning in _MEANING.items() if status in (403, 409, 422, 503)},
+               for status, meaning in _MEANING.items() if status in (403, 409, 422, 503, 504)},
         },
         "openapi_extra": {
             "parameters": [_IDEMPOTENCY_HEADER],

@@ -2,8 +2,12 @@
 
     publisher = Publisher(settings, tracer_provider)
     await publisher.start()                      # retries until the broker answers
-    durable = await publisher.publish(requests)  # [True, False, …]: False = not acknowledged in time
+    durable = await publisher.publish(requests)  # [Delivery.ACKNOWLEDGED, Delivery.FAILED, …]
     await publisher.stop()
+
+FAILED means not written (so the API may say 503): a record is handed to the producer only while
+its partition's leader is connected, and on the deadline records still waiting in the producer are
+withdrawn (`pipeline.produce_guard`). Only a record already sent to a broker can be PENDING.
 
 Raw aiokafka rather than a FastStream publisher: with the project's middlewares, FastStream published
 less than half as many records per second on this machine (docs/api.md has the figures), and the API
@@ -29,6 +33,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from pipeline.config import Settings
 from pipeline.contracts import SendRequest
 from pipeline.observability import current_traceparent, get_logger
+from pipeline.produce_guard import leaders_reachable, withdraw
 from pipeline.topics import TopicCatalog
 
 log = get_logger(__name__)
@@ -38,8 +43,8 @@ JSON = b"application/json"
 
 class Delivery(StrEnum):
     ACKNOWLEDGED = "acknowledged"  # durable: in Kafka on every in-sync replica
-    FAILED = "failed"  # not written
-    PENDING = "pending"  # not acknowledged in time; may still be written (see `on_late`)
+    FAILED = "failed"  # not written, and never will be: never handed over, refused, or withdrawn
+    PENDING = "pending"  # already sent to a broker, not acknowledged in time: unknown (see `on_late`)
 
 
 LateOutcome = Callable[[int, bool], None]
@@ -88,8 +93,8 @@ class Publisher:
                 enable_idempotence=True,  # implies acks=all and no duplicates on the producer's retries
                 acks="all",
                 linger_ms=self._linger_ms,
-                # A record that cannot reach a leader within the API's patience is failed by aiokafka
-                # itself, so that a request answered 503 is rarely written later.
+                # Bounds one produce request; a batch that timed out on a broker is retried by the
+                # idempotent producer (written once), and its request answered 504, not 503.
                 request_timeout_ms=int(self._timeout * 1000),
                 max_batch_size=256 * 1024,
             )
@@ -158,16 +163,22 @@ class Publisher:
             futures: list[asyncio.Future[RecordMetadata] | None] = [None] * len(records)
             try:
                 async with asyncio.timeout(self._timeout):
-                    if len(records) == 1:
-                        futures[0] = await producer.send(self.topic, **records[0].fields())
+                    by_partition = await self._place(producer, records)
+                    if not await leaders_reachable(producer, self.topic, by_partition):
+                        log.warning("kafka_leader_unreachable", topic=self.topic)
+                    elif len(records) == 1:
+                        [partition] = by_partition
+                        futures[0] = await producer.send(self.topic, partition=partition, **records[0].fields())
                     else:
-                        await self._send_batches(producer, records, futures)
+                        await self._send_batches(producer, records, by_partition, futures)
                     # wait(), not gather(): a timeout must not cancel what may still be delivered.
-                    await asyncio.wait({f for f in futures if f is not None})
+                    if handed := {f for f in futures if f is not None}:
+                        await asyncio.wait(handed)
             except TimeoutError:
-                pass
+                withdraw(producer, (f for f in futures if f is not None and not f.done()))
             except KafkaError as exc:  # e.g. the topic's metadata never arrived
                 log.warning("kafka_send_failed", error=type(exc).__name__, topic=self.topic)
+                withdraw(producer, (f for f in futures if f is not None and not f.done()))
             durable = [
                 Delivery.FAILED if f is None else _settled(f, partial(on_late, i) if on_late else None)
                 for i, f in enumerate(futures)
@@ -180,18 +191,9 @@ class Publisher:
                 span.set_attribute("messaging.kafka.offset", first.result().offset)
             return durable
 
-    async def _send_batches(
-        self,
-        producer: AIOKafkaProducer,
-        records: list[_Record],
-        futures: list[asyncio.Future[RecordMetadata] | None],
-    ) -> None:
-        """Many records as one producer batch per partition: a batch request costs one future and one
-        partitioner call per business number instead of per record (half the CPU of `send()` each).
-
-        Partitions are chosen by aiokafka's own default partitioner, so a record lands where
-        `send(key=...)` would have put it.
-        """
+    async def _place(self, producer: AIOKafkaProducer, records: list[_Record]) -> dict[int, list[int]]:
+        """Record indexes by partition, chosen by aiokafka's own default partitioner (where
+        `send(key=...)` would put them), so the leaders can be checked before anything is handed over."""
         partitions = sorted(await producer.partitions_for(self.topic))
         by_partition: dict[int, list[int]] = {}
         partition_of: dict[bytes, int] = {}
@@ -200,7 +202,18 @@ class Publisher:
             if partition is None:
                 partition = partition_of[record.key] = _PARTITIONER(record.key, partitions, partitions)
             by_partition.setdefault(partition, []).append(index)
+        return by_partition
 
+    async def _send_batches(
+        self,
+        producer: AIOKafkaProducer,
+        records: list[_Record],
+        by_partition: dict[int, list[int]],
+        futures: list[asyncio.Future[RecordMetadata] | None],
+    ) -> None:
+        """Many records as one producer batch per partition: a batch request costs one future and one
+        partitioner call per business number instead of per record (half the CPU of `send()` each).
+        """
         for partition, indexes in by_partition.items():
             batch, members = producer.create_batch(), list[int]()
             for index in indexes:
@@ -210,7 +223,8 @@ class Publisher:
                         batch, members = producer.create_batch(), []
                     if batch.append(timestamp=None, **records[index].fields()) is None:
                         # Larger than a whole batch: the producer sizes a batch for it.
-                        futures[index] = await producer.send(self.topic, **records[index].fields())
+                        futures[index] = await producer.send(self.topic, partition=partition,
+                                                             **records[index].fields())
                         continue
                 members.append(index)
             if members:
@@ -240,10 +254,16 @@ class Publisher:
         future = None
         try:
             async with asyncio.timeout(self._timeout):
-                future = await producer.send(topic, value=value, key=key, headers=[("content-type", JSON)])
+                partitions = sorted(await producer.partitions_for(topic))
+                partition = _PARTITIONER(key, partitions, partitions)
+                if not await leaders_reachable(producer, topic, [partition]):
+                    raise Unavailable("no connection to the partition's leader")
+                future = await producer.send(topic, value=value, key=key, partition=partition,
+                                             headers=[("content-type", JSON)])
                 await asyncio.wait([future])
         except TimeoutError:
-            pass
+            if future is not None:
+                withdraw(producer, [future])
         except KafkaError as exc:
             raise Unavailable(f"Kafka refused the record: {type(exc).__name__}") from None
         if future is None or _settled(future, on_late) is not Delivery.ACKNOWLEDGED:

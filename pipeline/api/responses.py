@@ -51,7 +51,7 @@ class BatchItemAccepted(AcceptedMessage):
 
 class BatchItemRejected(BaseModel):
     index: int
-    status: int = Field(description="the status this item would have had on its own: 403, 409, 422 or 503")
+    status: int = Field(description="the status this item would have had on its own: 403, 409, 422, 503 or 504")
     error: ErrorDetail
 
 

@@ -5,7 +5,7 @@
 
 The CSV needs a `to` column; template body parameters come from columns `param1`, `param2`, … when
 present, otherwise from every other column in file order. Each chunk of rows is posted with its own
-Idempotency-Key, so a chunk retried after a timeout or a 503 is not sent twice.
+Idempotency-Key, so a chunk retried after a timeout, a 503 or a 504 is not sent twice.
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def _tally(response: httpx.Response, rows: list[Row], summary: Summary) -> None:
 
 
 def _post(client: httpx.Client, path: str, body: Any, idempotency_key: str) -> httpx.Response:
-    """POST, retrying what is safe to retry (same Idempotency-Key): connection errors, 409 and 503."""
+    """POST, retrying what is safe to retry (same Idempotency-Key): connection errors, 409, 503 and 504."""
     for attempt in range(1, ATTEMPTS + 1):
         try:
             response = client.post(path, json=body, headers={"Idempotency-Key": idempotency_key})
@@ -193,7 +193,7 @@ def _post(client: httpx.Client, path: str, body: Any, idempotency_key: str) -> h
             continue
         if response.status_code == 401:
             raise SendError("the API refused the key (401): set --api-key or PIPELINE_API_KEY")
-        if response.status_code in (409, 503) and attempt < ATTEMPTS:
+        if response.status_code in (409, 503, 504) and attempt < ATTEMPTS:
             time.sleep(min(float(response.headers.get("retry-after", 2)), 30))
             continue
         return response

@@ -6,9 +6,10 @@
     # one Accepted or Rejection per item, in order
 
 Order of checks per item: sanitation and validation (422), the key's permission for the business
-number (403), the idempotency key (replay, 409, 422), then Kafka (202 only after the broker's
-acknowledgement, else 503). Valid items are published together, so a batch costs one produce round
-trip however many of its items are rejected.
+number (403), the idempotency key (replay, 409, 422) and a caller-chosen request id (replay, 409
+`request_id_in_use`), then Kafka: 202 only after the broker's acknowledgement, 503 when the record
+is certainly not written, 504 when a broker had it but did not confirm in time. Valid items are
+published together, so a batch costs one produce round trip however many of its items are rejected.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.api.auth import ApiKeys
-from pipeline.api.idempotency import Conflict, IdempotencyStore, Owner, Replay, scope_of
+from pipeline.api.idempotency import Decision, IdempotencyStore, Owner, Replay, request_id_scope, scope_of
 from pipeline.api.intake import Admitted, Intake, Rejection, invalid, message_type_label
 from pipeline.api.publisher import Delivery, Publisher, Unavailable
 from pipeline.config import ApiKey, Settings
@@ -70,8 +71,17 @@ class ApiService:
         return Rejection(
             status=503,
             code="unavailable",
-            message="Kafka did not acknowledge the message in time, so it was not accepted; "
-            f"retry after {self._retry_after} s (with the same Idempotency-Key to stay safe)",
+            message="Kafka could not take the message in time (unreachable or too slow): it was not written, "
+            f"and never will be; retry after {self._retry_after} s",
+        )
+
+    def unknown(self) -> Rejection:
+        return Rejection(
+            status=504,
+            code="outcome_unknown",
+            message="Kafka received the message but did not confirm it in time, so it may or may not be "
+            f"accepted; retry after {self._retry_after} s with the same Idempotency-Key to learn which "
+            "(without a key, a retry may send it twice)",
         )
 
     def in_progress(self) -> Rejection:
@@ -106,12 +116,11 @@ class ApiService:
                     message=f"this API key may not send from phone_number_id {phone_number_id}",
                 )
                 continue
-            if request.idempotency_key is not None:
-                scope = scope_of(phone_number_id, request.idempotency_key)
-                if scope in scopes:
-                    outcomes[index] = invalid([_duplicate_key(scopes[scope])])
-                    continue
-                scopes[scope] = index
+            duplicate = next((f for scope, f in _scopes(result) if scope in scopes), None)
+            if duplicate is not None:
+                outcomes[index] = invalid([_duplicate_in_batch(duplicate, scopes[_scope_named(result, duplicate)])])
+                continue
+            scopes.update((scope, index) for scope, _ in _scopes(result))
             admitted[index] = result
 
         owners = await self._claim(admitted, outcomes)
@@ -125,40 +134,57 @@ class ApiService:
             m.API_REQUESTS.labels(outcome=outcome, message_type=message_type).inc(count)
         return final
 
-    async def _claim(self, admitted: dict[int, Admitted], outcomes: list[Outcome | None]) -> dict[int, Owner]:
-        keyed = [i for i, a in admitted.items() if a.request.idempotency_key is not None]
+    async def _claim(
+        self, admitted: dict[int, Admitted], outcomes: list[Outcome | None]
+    ) -> dict[int, list[Owner]]:
+        """Claim each item's idempotency key and caller-chosen request id; the owners publish."""
+        keyed = [i for i, a in admitted.items() if _scopes(a)]
         if not keyed:
             return {}
-
-        async def claim(index: int) -> Replay | Conflict | Owner | Rejection:
-            request = admitted[index].request
-            scope = scope_of(request.phone_number_id or "", request.idempotency_key or "")
-            try:
-                return await self.idempotency.claim(scope, admitted[index].fingerprint, request.request_id)
-            except Unavailable:
-                return self.unavailable()
-
-        owners: dict[int, Owner] = {}
-        for index, decision in zip(keyed, await asyncio.gather(*(claim(i) for i in keyed)), strict=True):
+        decisions = await asyncio.gather(*(self._claim_one(admitted[i]) for i in keyed))
+        owners: dict[int, list[Owner]] = {}
+        for index, decision in zip(keyed, decisions, strict=True):
             phone_number_id = admitted[index].request.phone_number_id or ""
             match decision:
-                case Owner():
+                case list():
                     owners[index] = decision
                 case Replay(request_id=request_id, accepted_at=accepted_at):
                     outcomes[index] = Accepted(request_id, accepted_at, phone_number_id, replayed=True)
-                case Conflict(reason="mismatch"):
-                    outcomes[index] = invalid([_reused_key()])
-                case Conflict():
-                    outcomes[index] = self.in_progress()
                 case Rejection():
                     outcomes[index] = decision
         return owners
+
+    async def _claim_one(self, admitted: Admitted) -> list[Owner] | Replay | Rejection:
+        """Claim the item's scopes in order (key, then request id); the first that is not ours decides.
+
+        A later refusal releases the earlier claims; a replay of the request id (the same message
+        sent again under a new key) also answers the key, so a retry with that key replays too.
+        """
+        held: list[Owner] = []
+        for scope, field in _scopes(admitted):
+            try:
+                decision: Decision = await self.idempotency.claim(scope, admitted.fingerprint,
+                                                                  admitted.request.request_id)
+            except Unavailable:
+                await asyncio.gather(*(self.idempotency.release(o) for o in held))
+                return self.unavailable()
+            if isinstance(decision, Owner):
+                held.append(decision)
+                continue
+            if isinstance(decision, Replay):
+                await asyncio.gather(*(self.idempotency.accept(o, decision.accepted_at) for o in held))
+                return decision
+            await asyncio.gather(*(self.idempotency.release(o) for o in held))
+            if decision.reason == "in_progress":
+                return self.in_progress()
+            return _request_id_in_use() if field == "request_id" else invalid([_reused_key()])
+        return held
 
     async def _publish(
         self,
         indexes: list[int],
         admitted: dict[int, Admitted],
-        owners: dict[int, Owner],
+        owners: dict[int, list[Owner]],
         outcomes: list[Outcome | None],
         accepted_at: str,
     ) -> None:
@@ -168,12 +194,11 @@ class ApiService:
         requests = [admitted[i].request for i in indexes]
 
         def late(position: int, acknowledged: bool) -> None:
-            # Answered 503, yet the record reached Kafka after all (or finally failed): the sender
-            # will send it, so a retry with the same key must get this request's answer.
+            # Answered 504 (unknown); now Kafka has decided. If it was written the sender will send
+            # it, so a retry with the same key must get this request's answer.
             request = requests[position]
-            log.warning("kafka_acknowledged_after_503", request_id=request.request_id, acknowledged=acknowledged)
-            owner = owners.get(indexes[position])
-            if owner is not None:
+            log.warning("kafka_settled_after_504", request_id=request.request_id, acknowledged=acknowledged)
+            for owner in owners.get(indexes[position], []):
                 self._settle(owner, accepted_at if acknowledged else None)
 
         try:
@@ -183,13 +208,15 @@ class ApiService:
         if any(d is not Delivery.ACKNOWLEDGED for d in deliveries):
             log.warning("kafka_not_acknowledged", messages=len(requests),
                         acknowledged=deliveries.count(Delivery.ACKNOWLEDGED))
-        settling = []
+        settling: list[asyncio.Task[None]] = []
         for index, request, delivery in zip(indexes, requests, deliveries, strict=True):
             if delivery is Delivery.ACKNOWLEDGED:
                 outcomes[index] = Accepted(request.request_id, accepted_at, request.phone_number_id or "")
-            if index in owners and delivery is not Delivery.PENDING:  # PENDING settles in `late`
+            elif delivery is Delivery.PENDING:
+                outcomes[index] = self.unknown()  # FAILED stays None: 503, not written
+            if delivery is not Delivery.PENDING:  # PENDING settles in `late`
                 acknowledged = delivery is Delivery.ACKNOWLEDGED
-                settling.append(self._settle(owners[index], accepted_at if acknowledged else None))
+                settling.extend(self._settle(o, accepted_at if acknowledged else None) for o in owners.get(index, []))
         # Answer only once the key's record is in Kafka: a crash after answering cannot then let a
         # retry publish a second message.
         await asyncio.gather(*settling)
@@ -216,7 +243,7 @@ def api_outcome(outcome: Outcome) -> ApiOutcome:
         return ApiOutcome.DUPLICATE if outcome.replayed else ApiOutcome.ACCEPTED
     if outcome.status in (401, 403):
         return ApiOutcome.UNAUTHORIZED
-    if outcome.status == 503:
+    if outcome.status in (503, 504):
         return ApiOutcome.UNAVAILABLE
     if outcome.status == 409:
         return ApiOutcome.DUPLICATE
@@ -235,9 +262,35 @@ def _reused_key() -> FieldError:
     )
 
 
-def _duplicate_key(first: int) -> FieldError:
+def _request_id_in_use() -> Rejection:
+    return Rejection(
+        status=409,
+        code="request_id_in_use",
+        message="this request_id already names a different message within the idempotency window; "
+        "choose another request_id (the same message again would be answered with the original result)",
+        fields=[FieldError(field="request_id", rule="request_id_in_use",
+                           message="already used for a different message within the idempotency window")],
+    )
+
+
+def _scopes(admitted: Admitted) -> list[tuple[str, str]]:
+    """What an item claims, with the field that names it: its idempotency key, its own request id."""
+    request = admitted.request
+    scopes = []
+    if request.idempotency_key is not None:
+        scopes.append((scope_of(request.phone_number_id or "", request.idempotency_key), "idempotency_key"))
+    if "request_id" not in admitted.stamped:  # chosen by the caller, so it may collide
+        scopes.append((request_id_scope(request.request_id), "request_id"))
+    return scopes
+
+
+def _scope_named(admitted: Admitted, field: str) -> str:
+    return next(scope for scope, f in _scopes(admitted) if f == field)
+
+
+def _duplicate_in_batch(field: str, first: int) -> FieldError:
     return FieldError(
-        field="idempotency_key",
+        field=field,
         rule="duplicate_in_batch",
-        message=f"the same idempotency key is used by item {first} of this batch",
+        message=f"the same {field.replace('_', ' ')} is used by item {first} of this batch",
     )

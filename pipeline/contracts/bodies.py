@@ -7,7 +7,7 @@ stays a thin merge. Limits come from Meta's documentation (docs/contracts.md lis
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, model_validator
 
@@ -15,7 +15,26 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstrai
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict: `"yes"` is not a bool, `true` is not a latitude, `"1"` is not an index. A coerced value
+    # is a message the business did not write.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+EXTRA_DEPTH_LIMIT = 8
+"""How deeply a template parameter's free-form value (`currency`, `date_time`, …) may nest."""
+
+
+def _nesting(value: Any, limit: int) -> int:
+    """How deeply `value` nests, counting up to `limit + 1` (a loop, not recursion: the value is untrusted)."""
+    deepest, level, stack = 0, 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, level)
+            if deepest > limit:
+                return deepest
+            stack.extend((child, level + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 # --- text ---------------------------------------------------------------------------------------
@@ -130,6 +149,9 @@ class TemplateParameter(Body):
         extra = self.model_extra or {}
         if getattr(self, self.type, None) is None and self.type not in extra:
             raise ValueError(f"a parameter of type '{self.type}' needs a '{self.type}' field")
+        for name, value in extra.items():
+            if _nesting(value, EXTRA_DEPTH_LIMIT) > EXTRA_DEPTH_LIMIT:
+                raise ValueError(f"'{name}' nests deeper than {EXTRA_DEPTH_LIMIT} levels")
         return self
 
 

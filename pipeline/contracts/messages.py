@@ -14,16 +14,16 @@ import os
 import re
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any, Self
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
-    model_validator,
 )
 
 from pipeline.contracts.bodies import MessageBody
@@ -48,7 +48,9 @@ def new_request_id() -> str:
 
 
 _FORMATTING = re.compile(r"[\s().\-]")
-_E164 = re.compile(r"^\+[1-9]\d{7,14}$")
+# [0-9], not \d: \d also matches Arabic-Indic, Devanagari and every other script's digits, which
+# Meta does not read as a phone number (such a number was once accepted and "sent").
+_E164 = re.compile(r"^\+[1-9][0-9]{7,14}$")
 
 
 def _normalise_phone(value: Any) -> Any:
@@ -71,7 +73,8 @@ PhoneNumber = Annotated[str, BeforeValidator(_normalise_phone), AfterValidator(_
 """E.164 with a leading `+`; Meta's wire format drops the `+` (the client does that)."""
 
 RequestId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
-PhoneNumberId = Annotated[str, StringConstraints(pattern=r"^\d{5,20}$")]
+# ASCII digits only, as for phone numbers (the regex engine's \d is Unicode-aware).
+PhoneNumberId = Annotated[str, StringConstraints(pattern=r"^[0-9]{5,20}$")]
 Wamid = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
 
@@ -107,18 +110,11 @@ class SendRequest(Record):
     to: PhoneNumber
     message: MessageBody
     reply_to: Wamid | None = Field(default=None, description="wamid of the message this one answers")
-    expires_at: datetime | None = Field(default=None, description="not sent after this instant")
+    # AwareDatetime rather than a model validator: a naive time is then reported under its own field.
+    expires_at: AwareDatetime | None = Field(default=None, description="not sent after this instant (needs a zone)")
     idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = None
     metadata: Annotated[dict[str, str], AfterValidator(_bounded_metadata)] = Field(default_factory=dict)
-    accepted_at: datetime | None = Field(default=None, description="set by whoever accepted it first")
-
-    @model_validator(mode="after")
-    def _aware_times(self) -> Self:
-        for name in ("expires_at", "accepted_at"):
-            value = getattr(self, name)
-            if value is not None and value.tzinfo is None:
-                raise ValueError(f"{name} must carry a timezone (RFC 3339, e.g. 2026-11-24T10:00:00Z)")
-        return self
+    accepted_at: AwareDatetime | None = Field(default=None, description="set by whoever accepted it first")
 
     @property
     def message_type(self) -> str:

@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -34,10 +35,12 @@ from pipeline.ingest.signature import signature_matches
 from pipeline.ingest.tracing import parent_context, traceparent_of
 from pipeline.observability import get_logger, ops_routes
 from pipeline.observability.metrics import WEBHOOKS
+from pipeline.produce_guard import leaders_reachable, withdraw
 
 log = get_logger(__name__)
 
 PATH = "/webhooks/whatsapp"
+_PARTITIONER = DefaultPartitioner()  # a random partition for keyless records, as `send()` would pick
 SIGNATURE_HEADER = "x-hub-signature-256"
 _CONNECT_BACKOFF = (0.5, 1.0, 2.0, 5.0)
 
@@ -126,13 +129,22 @@ class RawWebhookWriter:
             return False
         probe = self._down
         self._probing = self._probing or probe
+        future = None
         try:
             async with asyncio.timeout(self.timeout):
-                future = await producer.send(self.topic, body, headers=headers)
-                # Shielded: a timeout must not cancel the record; if it lands later, Meta's retry
-                # becomes a duplicate that the state processor drops.
+                # A 503 should mean "not written": hand the body over only while its partition's
+                # leader is connected, and take it back on the deadline if it was not sent yet.
+                partitions = sorted(await producer.partitions_for(self.topic))
+                partition = _PARTITIONER(None, partitions, partitions)
+                if not await leaders_reachable(producer, self.topic, [partition]):
+                    raise KafkaConnectionError("no connection to the partition's leader")
+                future = await producer.send(self.topic, body, headers=headers, partition=partition)
+                # Shielded: a timeout must not cancel a record already sent; if it lands later,
+                # Meta's retry becomes a duplicate that the state processor drops.
                 await asyncio.shield(future)
         except (TimeoutError, KafkaError) as exc:
+            if future is not None and not future.done():
+                withdraw(producer, [future])
             if not self._down:
                 log.error("webhook_not_stored", error=str(exc) or type(exc).__name__)
             self._down = True

@@ -16,7 +16,7 @@ import pytest
 from pipeline.config import Settings, load_settings
 from pipeline.local.kafka import LocalKafka, free_port
 from pipeline.topics import TopicCatalog, create_topics
-from tests.api.conftest import read_topic, running_api, text_request
+from tests.api.conftest import RunningApi, read_topic, running_api, text_request
 
 pytestmark = pytest.mark.slow
 
@@ -96,3 +96,44 @@ async def test_kafka_down_means_503_and_never_202_then_accepting_again(
     assert set(accepted) <= on_topic
     bodies = [orjson.loads(r.value)["message"]["text"]["body"] for r in records]
     assert bodies.count("keyed") == 1
+
+
+async def test_no_record_answered_503_ever_reaches_the_topic(own_broker: LocalKafka, outage_settings: Settings) -> None:
+    """Issue 13, finding 6: 60 of 60 requests answered 503 during an outage were published anyway."""
+    topics = TopicCatalog(outage_settings.kafka)
+    timeout = outage_settings.api.publish_timeout_seconds
+    answers: dict[str, int] = {}
+
+    async def post(api: RunningApi, body: str) -> None:
+        started = time.monotonic()
+        response = await api.client.post("/v1/messages", json=text_request(body), headers=api.auth)
+        assert time.monotonic() - started < timeout + 3, "the answer must come within API_PUBLISH_TIMEOUT_SECONDS"
+        answers[body] = response.status_code
+
+    async with running_api(outage_settings) as api:
+        assert (await api.client.post("/v1/messages", json=text_request("warm"), headers=api.auth)).status_code == 202
+        # Requests racing the broker's death, then requests during the outage.
+        racing = [asyncio.create_task(post(api, f"racing-{i}")) for i in range(20)]
+        stopping = asyncio.create_task(asyncio.to_thread(own_broker.stop))
+        racing += [asyncio.create_task(post(api, f"stopping-{i}")) for i in range(20)]
+        await stopping
+        await asyncio.gather(*racing)
+        await asyncio.gather(*(post(api, f"during-{i}") for i in range(40)))
+        assert all(answers[f"during-{i}"] == 503 for i in range(40)), answers
+
+        await asyncio.to_thread(own_broker.start)
+        await asyncio.to_thread(own_broker.wait_ready, 90)
+        async with asyncio.timeout(90):
+            while (await api.client.post("/v1/messages", json=text_request("after"),
+                                         headers={**api.auth, "Idempotency-Key": "after"})).status_code != 202:
+                await asyncio.sleep(0.5)
+        await asyncio.sleep(max(5.0, 2 * timeout))  # anything the producer still held would land by now
+
+    accepted = [body for body, status in answers.items() if status == 202]
+    records = await read_topic(outage_settings, topics.send_requests, at_least=len(accepted) + 2, timeout=30)
+    on_topic = [orjson.loads(r.value)["message"]["text"]["body"] for r in records]
+    answered_503 = sorted(body for body, status in answers.items() if status == 503)
+    assert answered_503
+    assert not set(answered_503) & set(on_topic), "a request answered 503 was written"
+    assert {body for body, status in answers.items() if status == 202} <= set(on_topic)
+    assert set(answers.values()) <= {202, 503, 504}

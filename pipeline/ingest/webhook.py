@@ -38,7 +38,7 @@ from pipeline.contracts import (
     field_errors,
 )
 from pipeline.ingest.account_events import ACCOUNT_FIELDS, account_events
-from pipeline.ingest.bounds import ITEM_BYTES, TooDeep, check_depth, oversize
+from pipeline.ingest.bounds import ITEM_BYTES, SMALL_BODY_BYTES, TooDeep, check_depth, oversize
 from pipeline.ingest.inbound import inbound_message
 from pipeline.whatsapp.errors import classify
 
@@ -81,6 +81,14 @@ class Normalised:
     problems: list[Problem] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
     system_errors: list[dict[str, Any]] = field(default_factory=list)
+    measure: bool = True  # whether items are measured against ITEM_BYTES (a small body cannot exceed them)
+
+    def too_big(self, item: Any, limit: int, where: str) -> bool:
+        """True (and a `too_large` problem) when `item` is over `limit` bytes as JSON."""
+        problem = oversize(item, limit) if self.measure else None
+        if problem is not None:
+            self.problems.append(Problem(DeadLetterReason.TOO_LARGE, f"{where}: {problem}"))
+        return problem is not None
 
 
 # --- Meta's shapes (only what we read; everything else is allowed and ignored) ---------------------
@@ -148,7 +156,7 @@ def normalise(body: bytes, received_at: datetime) -> Normalised:
     except orjson.JSONDecodeError as exc:
         raise MalformedWebhook(DeadLetterReason.INVALID_JSON, f"(body): not JSON — {exc}") from None
     try:
-        check_depth(data)
+        check_depth(data, body)
     except TooDeep as exc:
         raise MalformedWebhook(DeadLetterReason.TOO_DEEP, str(exc)) from None
     try:
@@ -156,15 +164,14 @@ def normalise(body: bytes, received_at: datetime) -> Normalised:
     except ValidationError as exc:
         raise MalformedWebhook(DeadLetterReason.MALFORMED_WEBHOOK, describe(field_errors(exc, data))) from None
 
-    result = Normalised()
+    result = Normalised(measure=len(body) > SMALL_BODY_BYTES)
     for e, entry in enumerate(envelope.entry):
         for c, change in enumerate(entry.changes):
             where = f"entry[{e}].changes[{c}].value"
             if change.field == MESSAGES_FIELD:
                 _read_messages(change.value, where, received_at, result)
             elif (kind := ACCOUNT_FIELDS.get(change.field)) is not None:
-                if (too_big := oversize(change.value, ITEM_BYTES["account"])) is not None:
-                    result.problems.append(Problem(DeadLetterReason.TOO_LARGE, f"{where}: {too_big}"))
+                if result.too_big(change.value, ITEM_BYTES["account"], where):
                     continue
                 try:
                     result.account_events.extend(
@@ -194,8 +201,7 @@ def _read_messages(value: dict[str, Any], where: str, received_at: datetime, out
 
     for i, raw in enumerate(_items(value, "statuses", where, out)):
         at = f"{where}.statuses[{i}]"
-        if (too_big := oversize(raw, ITEM_BYTES["statuses"])) is not None:
-            out.problems.append(Problem(DeadLetterReason.TOO_LARGE, f"{at}: {too_big}"))
+        if out.too_big(raw, ITEM_BYTES["statuses"], at):
             continue
         try:
             out.statuses.append(_status_event(_Status.model_validate(raw), contacts, phone_number_id, received_at))
@@ -204,8 +210,7 @@ def _read_messages(value: dict[str, Any], where: str, received_at: datetime, out
 
     for i, raw in enumerate(_items(value, "messages", where, out)):
         at = f"{where}.messages[{i}]"
-        if (too_big := oversize(raw, ITEM_BYTES["messages"])) is not None:
-            out.problems.append(Problem(DeadLetterReason.TOO_LARGE, f"{at}: {too_big}"))
+        if out.too_big(raw, ITEM_BYTES["messages"], at):
             continue
         try:
             out.messages.append(inbound_message(raw, contacts, phone_number_id, received_at))

@@ -64,6 +64,7 @@ async def test_every_pywa_fixture_ends_as_a_record_a_dead_letter_or_a_counted_sk
     starts = {t: await end_offsets(ingest.settings, t) for t in (
         topics.status_updates, topics.inbound_messages, topics.account_events, topics.dead_letters)}
     skips_before = {k: await _skips(ingest, k) for k in want if k.startswith("skip:")}
+    restricted = await ingest.metric("delivery_account_events_total", kind="account", event="ACCOUNT_RESTRICTION")
 
     for name, body in cases:
         response = await ingest.post(orjson.dumps(body))
@@ -102,6 +103,8 @@ async def test_every_pywa_fixture_ends_as_a_record_a_dead_letter_or_a_counted_sk
         ("account", "ACCOUNT_RESTRICTION"), ("template_status", "REJECTED"), ("template_quality", "YELLOW"),
         ("user_preference", "RESUME"),
     }
+    assert await ingest.metric(
+        "delivery_account_events_total", kind="account", event="ACCOUNT_RESTRICTION") == restricted + 1
     flow = next(m for m in inbound if m.raw.get("interactive", {}).get("type") == "nfm_reply" and m.reply_id)
     assert flow.reply_id == "AQAAAAACS5FpgQ_cAAAAAD0QI3s."
     assert flow.text is None  # not Meta's canned "Sent"

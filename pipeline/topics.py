@@ -19,6 +19,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from pipeline.config import KafkaSettings
 
 DAY_MS = 24 * 3600 * 1000
+BROKER_DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024  # Kafka's message.max.bytes (1 MiB, rounded down)
 
 
 class TopicName(StrEnum):
@@ -31,6 +32,7 @@ class TopicName(StrEnum):
     STATUS_STATE = "status.state"
     INBOUND_MESSAGES = "inbound.messages"
     API_IDEMPOTENCY = "api.idempotency"
+    ACCOUNT_EVENTS = "account.events"
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,19 @@ CATALOG: tuple[TopicSpec, ...] = (
         carries="producer API idempotency records (JSON: claimed, accepted, released)",
         retention_ms=7 * DAY_MS,
     ),
+    TopicSpec(
+        TopicName.ACCOUNT_EVENTS,
+        key="waba_id (business account)",
+        carries="AccountEvent (JSON): account, template, quality and marketing opt-out events",
+        retention_ms=30 * DAY_MS,
+    ),
 )
+
+
+def max_message_bytes(topic: TopicName) -> int:
+    """The largest record `topic` takes: what a producer must check before it sends."""
+    spec = next(s for s in CATALOG if s.name is topic)
+    return spec.max_message_bytes or BROKER_DEFAULT_MAX_MESSAGE_BYTES
 
 
 class TopicCatalog:
@@ -148,6 +162,10 @@ class TopicCatalog:
     @property
     def api_idempotency(self) -> str:
         return self.name(TopicName.API_IDEMPOTENCY)
+
+    @property
+    def account_events(self) -> str:
+        return self.name(TopicName.ACCOUNT_EVENTS)
 
 
 def new_topics(kafka: KafkaSettings) -> list[NewTopic]:

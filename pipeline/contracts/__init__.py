@@ -3,6 +3,7 @@
     from pipeline.contracts import SendRequest, MessageOutcome
 """
 
+from pipeline.contracts.account import AccountEvent
 from pipeline.contracts.bodies import (
     AudioMessage,
     DocumentMessage,
@@ -30,6 +31,7 @@ from pipeline.contracts.messages import (
     utcnow,
 )
 from pipeline.contracts.vocabulary import (
+    AccountEventKind,
     ApiOutcome,
     AttemptOutcome,
     CircuitReason,
@@ -40,9 +42,12 @@ from pipeline.contracts.vocabulary import (
     MessageOutcome,
     Stage,
     WebhookOutcome,
+    WebhookSkipReason,
 )
 
 __all__ = [
+    "AccountEvent",
+    "AccountEventKind",
     "ApiOutcome",
     "AttemptOutcome",
     "AudioMessage",
@@ -73,6 +78,7 @@ __all__ = [
     "TextMessage",
     "VideoMessage",
     "WebhookOutcome",
+    "WebhookSkipReason",
     "describe",
     "field_errors",
     "new_request_id",

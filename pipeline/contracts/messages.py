@@ -76,6 +76,8 @@ RequestId = Annotated[str, StringConstraints(min_length=1, max_length=64, patter
 # ASCII digits only, as for phone numbers (the regex engine's \d is Unicode-aware).
 PhoneNumberId = Annotated[str, StringConstraints(pattern=r"^[0-9]{5,20}$")]
 Wamid = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+UserRef = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+"""A WhatsApp user as Meta names them: a wa_id (digits), a BSUID (`US.13491208655302741918`), a group id."""
 
 
 def utcnow() -> datetime:
@@ -205,9 +207,20 @@ class StatusEvent(Record):
     wamid: Wamid
     status: DeliveryStatus
     timestamp: datetime
-    recipient_id: str | None = None
-    phone_number_id: str | None = None
-    request_id: str | None = Field(default=None, description="from biz_opaque_callback_data")
+    recipient_id: UserRef | None = Field(default=None, description="wa_id (or group id) the message went to")
+    recipient_user_id: UserRef | None = Field(
+        default=None, description="the recipient's business-scoped user id (BSUID), when Meta names one"
+    )
+    recipient_parent_user_id: UserRef | None = Field(default=None, description="parent BSUID (linked portfolios)")
+    recipient_type: Annotated[str, StringConstraints(max_length=32)] | None = Field(
+        default=None, description="`group` for a group message; absent for one user"
+    )
+    recipient_participant_id: UserRef | None = Field(default=None, description="group messages: the member")
+    recipient_participant_user_id: UserRef | None = Field(default=None, description="group messages: member's BSUID")
+    phone_number_id: Annotated[str, StringConstraints(max_length=64)] | None = None
+    request_id: Annotated[str, StringConstraints(max_length=512)] | None = Field(
+        default=None, description="from biz_opaque_callback_data"
+    )
     traceparent: str | None = Field(default=None, description="the original send's trace, from callback data")
     accepted_at: datetime | None = Field(default=None, description="when the API accepted the send, from callback data")
     conversation: Conversation | None = None
@@ -220,19 +233,41 @@ class InboundMessage(Record):
     """A message a user sent to a business number: the value on `inbound.messages`."""
 
     wamid: Wamid
-    from_: Annotated[str, Field(alias="from")]
-    phone_number_id: str | None = None
+    from_: Annotated[
+        UserRef | None, Field(alias="from", description="the user's wa_id; absent for BSUID-only users")
+    ] = None
+    user_id: UserRef | None = Field(default=None, description="the user's business-scoped user id (BSUID)")
+    parent_user_id: UserRef | None = Field(default=None, description="the user's parent BSUID (linked portfolios)")
+    username: Annotated[str, StringConstraints(max_length=128)] | None = None
+    phone_number_id: Annotated[str, StringConstraints(max_length=64)] | None = None
     timestamp: datetime
-    type: str
+    type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     profile_name: str | None = None
-    context_wamid: str | None = Field(default=None, description="the business message this replies to")
+    context_wamid: str | None = Field(
+        default=None, description="the message this replies to, reacts to, edits or revokes"
+    )
     text: str | None = None
-    reply_id: str | None = Field(default=None, description="button/list reply id or quick-reply payload")
+    reply_id: str | None = Field(
+        default=None,
+        description="button/list reply id, quick-reply payload, flow token of a flow reply, call-permission answer",
+    )
     reply_title: str | None = None
+    new_wa_id: UserRef | None = Field(default=None, description="system messages: the user's new number")
     raw: dict[str, Any] = Field(default_factory=dict, description="Meta's message object, unchanged")
     received_at: datetime = Field(default_factory=utcnow)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _names_the_user(self) -> Self:
+        if self.from_ is None and self.user_id is None:
+            raise ValueError("from: a message needs the user's wa_id (`from`) or BSUID (`user_id`)")
+        return self
+
+    @property
+    def user_key(self) -> str:
+        """The Kafka key on `inbound.messages`: the wa_id, or the BSUID when Meta sent no number."""
+        return self.from_ or self.user_id or ""
 
 
 # --- correlation through Meta -------------------------------------------------------------------

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from pipeline.contracts.account import AccountEvent
 from pipeline.contracts.messages import DeadLetter, InboundMessage, SendRequest, SendResult, StatusEvent
 
 CONTRACTS: dict[str, type[BaseModel]] = {
@@ -19,6 +20,7 @@ CONTRACTS: dict[str, type[BaseModel]] = {
     "status-event": StatusEvent,
     "inbound-message": InboundMessage,
     "dead-letter": DeadLetter,
+    "account-event": AccountEvent,
 }
 
 

@@ -98,7 +98,35 @@ class DeadLetterReason(StrEnum):
     SCHEMA_INVALID = "schema_invalid"
     PAYLOAD_REJECTED = "payload_rejected"  # Meta said our payload is wrong (100, 131008, …)
     MALFORMED_WEBHOOK = "malformed_webhook"
+    TOO_DEEP = "too_deep"  # nested past the parse bound: refused before any recursive walk
+    TOO_LARGE = "too_large"  # a field or record over its bound: it would not fit its topic
     UNEXPECTED_ERROR = "unexpected_error"
+
+
+class AccountEventKind(StrEnum):
+    """Which of Meta's account-level webhook fields an `AccountEvent` came from (a metric label)."""
+
+    ACCOUNT = "account"  # account_update: restrictions, violations, bans, partner changes
+    ACCOUNT_ALERT = "account_alert"  # account_alerts
+    ACCOUNT_REVIEW = "account_review"  # account_review_update
+    BUSINESS_CAPABILITY = "business_capability"  # business_capability_update: messaging limits
+    PHONE_NUMBER_NAME = "phone_number_name"  # phone_number_name_update: display name decisions
+    PHONE_NUMBER_QUALITY = "phone_number_quality"  # phone_number_quality_update: quality and tier
+    SECURITY = "security"  # security: PIN and two-step changes
+    TEMPLATE_STATUS = "template_status"  # message_template_status_update: approved, paused, disabled, …
+    TEMPLATE_QUALITY = "template_quality"  # message_template_quality_update: GREEN, YELLOW, RED
+    TEMPLATE_CATEGORY = "template_category"  # template_category_update
+    TEMPLATE_COMPONENTS = "template_components"  # message_template_components_update
+    USER_PREFERENCE = "user_preference"  # user_preferences: a user stopped or resumed marketing
+
+
+class WebhookSkipReason(StrEnum):
+    """Why a part of a webhook has no record of its own (it stays on `webhooks.raw`). A metric label."""
+
+    ECHO = "echo"  # smb_message_echoes: the business's own sends from the WhatsApp Business app
+    APP_SYNC = "app_sync"  # smb_app_state_sync, history: the Business app's contacts and chat history
+    CALLS = "calls"  # calls: the pipeline places and tracks no calls
+    UNKNOWN_FIELD = "unknown_field"  # a `field` Meta added that this version does not know
 
 
 class CircuitState(StrEnum):

@@ -23,6 +23,7 @@ from opentelemetry.trace import SpanKind, Tracer
 from pydantic import TypeAdapter, ValidationError
 
 from pipeline.contracts import DeadLetterReason, DeliveryStatus, ErrorClass, Stage, StatusEvent, describe, field_errors
+from pipeline.ingest.bounds import phone_number_label
 from pipeline.ingest.consumer import Outbox
 from pipeline.ingest.records import dead_letter, header, messaging_attributes, outgoing_headers
 from pipeline.ingest.restore import SOURCE_OFFSET, STATUS, PartitionState, Restorer
@@ -176,7 +177,7 @@ class Deduper:
                 partition=tp.partition,
                 headers=outgoing_headers(traceparent, update.request_id, **extra),
             )
-            _status_events(status.value, update.phone_number_id or "unknown").inc(exemplar=exemplar)
+            _status_events(status.value, phone_number_label(update.phone_number_id)).inc(exemplar=exemplar)
             if status is DeliveryStatus.FAILED:
                 _count_failure(update, exemplar)
 

@@ -1,14 +1,18 @@
-"""Meta's webhook body → our records: one `StatusEvent` per status, one `InboundMessage` per user message.
+"""Meta's webhook body → our records: statuses, inbound messages, account events, and counted skips.
 
     result = normalise(body, received_at=now)
     result.statuses       # [StatusEvent(wamid=…, status=DELIVERED, request_id="req_…", …)]
     result.messages       # [InboundMessage(from_="16505551234", type="interactive", reply_id="track", …)]
-    result.problems       # ["entry[0].changes[0].value.statuses[1].id: missing — Field required"]
+    result.account_events # [AccountEvent(kind=TEMPLATE_STATUS, event="PAUSED", …)]
+    result.skipped        # [Skip("smb_message_echoes", WebhookSkipReason.ECHO)]
+    result.problems       # [Problem(SCHEMA_INVALID, "entry[0].changes[0].value.statuses[1].id: missing — …")]
 
-A body that is not a WhatsApp webhook at all raises `MalformedWebhook`. One bad status or message
-does not sink its neighbours: it becomes a `problem` (the caller dead-letters the body) and the rest
-go through. Unknown fields are ignored here (the raw body stays on `webhooks.raw`); unknown `field`
-kinds (template status updates, account updates, …) are listed in `skipped`.
+Every `field` Meta posts has a home (docs/ingest.md has the table): `messages` becomes statuses and
+inbound messages, the account-level fields become account events, and the rest is a counted skip
+with a documented reason; the raw body stays on `webhooks.raw` either way. A body that is not a
+WhatsApp webhook at all, or nests past the parse bound, raises `MalformedWebhook`. One bad item does
+not sink its neighbours: it becomes a `problem` (the caller dead-letters the body) and the rest go
+through. Oversize items are refused here, before they become records too large for their topic.
 """
 
 from __future__ import annotations
@@ -22,18 +26,30 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.contracts import (
+    AccountEvent,
     CallbackData,
     DeadLetterReason,
     DeliveryStatus,
     ErrorInfo,
     InboundMessage,
     StatusEvent,
+    WebhookSkipReason,
     describe,
     field_errors,
 )
+from pipeline.ingest.account_events import ACCOUNT_FIELDS, account_events
+from pipeline.ingest.bounds import ITEM_BYTES, SMALL_BODY_BYTES, TooDeep, check_depth, oversize
+from pipeline.ingest.inbound import inbound_message
 from pipeline.whatsapp.errors import classify
 
-MESSAGES_FIELD = "messages"  # the only `field` kind that carries statuses and user messages
+MESSAGES_FIELD = "messages"  # the `field` kind that carries statuses and user messages
+SKIPPED_FIELDS: dict[str, WebhookSkipReason] = {
+    "smb_message_echoes": WebhookSkipReason.ECHO,
+    "smb_app_state_sync": WebhookSkipReason.APP_SYNC,
+    "history": WebhookSkipReason.APP_SYNC,
+    "calls": WebhookSkipReason.CALLS,
+}
+MAX_PHONE_NUMBER_ID = 64  # StatusEvent's and InboundMessage's bound; Meta's ids are about 15 digits
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
@@ -45,13 +61,34 @@ class MalformedWebhook(ValueError):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class Problem:
+    reason: DeadLetterReason
+    detail: str
+
+
+@dataclass(frozen=True)
+class Skip:
+    field: str
+    reason: WebhookSkipReason
+
+
 @dataclass
 class Normalised:
     statuses: list[StatusEvent] = field(default_factory=list)
     messages: list[InboundMessage] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
+    account_events: list[AccountEvent] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
     system_errors: list[dict[str, Any]] = field(default_factory=list)
+    measure: bool = True  # whether items are measured against ITEM_BYTES (a small body cannot exceed them)
+
+    def too_big(self, item: Any, limit: int, where: str) -> bool:
+        """True (and a `too_large` problem) when `item` is over `limit` bytes as JSON."""
+        problem = oversize(item, limit) if self.measure else None
+        if problem is not None:
+            self.problems.append(Problem(DeadLetterReason.TOO_LARGE, f"{where}: {problem}"))
+        return problem is not None
 
 
 # --- Meta's shapes (only what we read; everything else is allowed and ignored) ---------------------
@@ -65,12 +102,12 @@ NonEmpty = Annotated[str, Field(min_length=1)]
 
 
 class _Change(_Meta):
-    field: str
+    field: Annotated[str, Field(max_length=64)]
     value: dict[str, Any] = Field(default_factory=dict)
 
 
 class _Entry(_Meta):
-    id: str | None = None
+    id: Annotated[str, Field(max_length=64)] | None = None
     changes: list[_Change] = Field(default_factory=list)
 
 
@@ -99,18 +136,15 @@ class _Status(_Meta):
     status: DeliveryStatus
     timestamp: datetime  # Meta sends epoch seconds as a string; pydantic reads those as UTC
     recipient_id: str | None = None
+    recipient_user_id: str | None = None
+    recipient_parent_user_id: str | None = None
+    recipient_type: str | None = None
+    recipient_participant_id: str | None = None
+    recipient_participant_user_id: str | None = None
     biz_opaque_callback_data: str | None = None
     conversation: _Conversation | None = None
     pricing: dict[str, Any] | None = None
     errors: list[_StatusError] = Field(default_factory=list)
-
-
-class _Message(_Meta):
-    id: NonEmpty
-    from_: Annotated[NonEmpty, Field(alias="from")]
-    timestamp: datetime
-    type: NonEmpty
-    context: dict[str, Any] | None = None
 
 
 # --- normalisation --------------------------------------------------------------------------------
@@ -118,43 +152,70 @@ class _Message(_Meta):
 
 def normalise(body: bytes, received_at: datetime) -> Normalised:
     try:
-        data = orjson.loads(body)
+        data = orjson.loads(body)  # orjson's own parser stops at 1,024 levels (JSONDecodeError)
     except orjson.JSONDecodeError as exc:
         raise MalformedWebhook(DeadLetterReason.INVALID_JSON, f"(body): not JSON — {exc}") from None
+    try:
+        check_depth(data, body)
+    except TooDeep as exc:
+        raise MalformedWebhook(DeadLetterReason.TOO_DEEP, str(exc)) from None
     try:
         envelope = _Envelope.model_validate(data)
     except ValidationError as exc:
         raise MalformedWebhook(DeadLetterReason.MALFORMED_WEBHOOK, describe(field_errors(exc, data))) from None
 
-    result = Normalised()
+    result = Normalised(measure=len(body) > SMALL_BODY_BYTES)
     for e, entry in enumerate(envelope.entry):
         for c, change in enumerate(entry.changes):
-            where = f"entry[{e}].changes[{c}]"
-            if change.field != MESSAGES_FIELD:
-                result.skipped.append(change.field)
-                continue
-            _read_value(change.value, f"{where}.value", received_at, result)
+            where = f"entry[{e}].changes[{c}].value"
+            if change.field == MESSAGES_FIELD:
+                _read_messages(change.value, where, received_at, result)
+            elif (kind := ACCOUNT_FIELDS.get(change.field)) is not None:
+                if result.too_big(change.value, ITEM_BYTES["account"], where):
+                    continue
+                try:
+                    result.account_events.extend(
+                        account_events(kind, change.field, change.value, entry.id, received_at)
+                    )
+                except ValidationError as exc:
+                    result.problems.append(_problem(where, exc, change.value))
+            else:
+                result.skipped.append(
+                    Skip(change.field, SKIPPED_FIELDS.get(change.field, WebhookSkipReason.UNKNOWN_FIELD))
+                )
     return result
 
 
-def _read_value(value: dict[str, Any], where: str, received_at: datetime, out: Normalised) -> None:
+def _read_messages(value: dict[str, Any], where: str, received_at: datetime, out: Normalised) -> None:
     metadata = value.get("metadata")
     phone_number_id = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
     phone_number_id = str(phone_number_id) if phone_number_id is not None else None
+    if phone_number_id is not None and len(phone_number_id) > MAX_PHONE_NUMBER_ID:
+        # It would be on every record of this value (and a label): refuse the value, not each item.
+        out.problems.append(Problem(
+            DeadLetterReason.TOO_LARGE,
+            f"{where}.metadata.phone_number_id: {len(phone_number_id):,} characters; at most {MAX_PHONE_NUMBER_ID}",
+        ))
+        return
+    contacts = [c for c in _items(value, "contacts", where, out) if isinstance(c, dict)]
 
     for i, raw in enumerate(_items(value, "statuses", where, out)):
+        at = f"{where}.statuses[{i}]"
+        if out.too_big(raw, ITEM_BYTES["statuses"], at):
+            continue
         try:
-            out.statuses.append(_status_event(_Status.model_validate(raw), phone_number_id, received_at))
+            out.statuses.append(_status_event(_Status.model_validate(raw), contacts, phone_number_id, received_at))
         except ValidationError as exc:
-            out.problems.append(_problem(f"{where}.statuses[{i}]", exc, raw))
+            out.problems.append(_problem(at, exc, raw))
 
-    contacts = [c for c in _items(value, "contacts", where, out) if isinstance(c, dict)]
     for i, raw in enumerate(_items(value, "messages", where, out)):
+        at = f"{where}.messages[{i}]"
+        if out.too_big(raw, ITEM_BYTES["messages"], at):
+            continue
         try:
-            message = _Message.model_validate(raw)
-            out.messages.append(_inbound_message(message, raw, contacts, phone_number_id, received_at))
+            out.messages.append(inbound_message(raw, contacts, phone_number_id, received_at))
         except ValidationError as exc:
-            out.problems.append(_problem(f"{where}.messages[{i}]", exc, raw))
+            out.problems.append(_problem(at, exc, raw))
 
     out.system_errors.extend(e for e in _items(value, "errors", where, out) if isinstance(e, dict))
 
@@ -164,16 +225,19 @@ def _items(value: dict[str, Any], key: str, where: str, out: Normalised) -> list
     if items is None:
         return []
     if not isinstance(items, list):
-        out.problems.append(f"{where}.{key}: list_type — must be a list")
+        out.problems.append(Problem(DeadLetterReason.SCHEMA_INVALID, f"{where}.{key}: list_type — must be a list"))
         return []
     return items
 
 
-def _problem(where: str, exc: ValidationError, raw: Any) -> str:
-    return "; ".join(f"{where}.{e.field}: {e.rule} — {e.message}" for e in field_errors(exc, raw))
+def _problem(where: str, exc: ValidationError, raw: Any) -> Problem:
+    detail = "; ".join(f"{where}.{e.field}: {e.rule} — {e.message}" for e in field_errors(exc, raw))
+    return Problem(DeadLetterReason.SCHEMA_INVALID, detail)
 
 
-def _status_event(status: _Status, phone_number_id: str | None, received_at: datetime) -> StatusEvent:
+def _status_event(
+    status: _Status, contacts: list[dict[str, Any]], phone_number_id: str | None, received_at: datetime
+) -> StatusEvent:
     callback = CallbackData.decode(status.biz_opaque_callback_data)
     traceparent = callback.traceparent if callback is not None else None
     conversation = None
@@ -185,12 +249,19 @@ def _status_event(status: _Status, phone_number_id: str | None, received_at: dat
             "origin_type": origin.get("type"),
             **(status.conversation.model_extra or {}),
         }
+    # Meta names the recipient's BSUID on the status itself or (sent, delivered, read) in contacts[].
+    contact = next((c for c in contacts if status.recipient_id and c.get("wa_id") == status.recipient_id), {})
     return StatusEvent.model_validate(
         {
             "wamid": status.id,
             "status": status.status,
             "timestamp": status.timestamp,
             "recipient_id": status.recipient_id,
+            "recipient_user_id": status.recipient_user_id or _str(contact.get("user_id")),
+            "recipient_parent_user_id": status.recipient_parent_user_id or _str(contact.get("parent_user_id")),
+            "recipient_type": status.recipient_type,
+            "recipient_participant_id": status.recipient_participant_id,
+            "recipient_participant_user_id": status.recipient_participant_user_id,
             "phone_number_id": phone_number_id,
             "request_id": callback.request_id if callback is not None else None,
             # Only a W3C traceparent can become a span link; other tools put other things there.
@@ -213,65 +284,6 @@ def _error_info(error: _StatusError) -> ErrorInfo:
         message=error.message,
         details=str(details) if details is not None else None,
     )
-
-
-def _inbound_message(
-    message: _Message,
-    raw: dict[str, Any],
-    contacts: list[dict[str, Any]],
-    phone_number_id: str | None,
-    received_at: datetime,
-) -> InboundMessage:
-    text, reply_id, reply_title, context_wamid = _content(message.type, raw)
-    context = message.context or {}
-    return InboundMessage(
-        wamid=message.id,
-        from_=message.from_,
-        phone_number_id=phone_number_id,
-        timestamp=message.timestamp,
-        type=message.type,
-        profile_name=_profile_name(contacts, message.from_),
-        context_wamid=context_wamid or _str(context.get("id")),
-        text=text,
-        reply_id=reply_id,
-        reply_title=reply_title,
-        raw=raw,
-        received_at=received_at,
-    )
-
-
-_MEDIA = ("image", "video", "document", "audio", "sticker")
-
-
-def _content(kind: str, raw: dict[str, Any]) -> tuple[str | None, str | None, str | None, str | None]:
-    """(text, reply id, reply title, wamid it refers to) for the kinds people build flows on."""
-    body = raw.get(kind)
-    body = body if isinstance(body, dict) else {}
-    if kind == "text":
-        return _str(body.get("body")), None, None, None
-    if kind == "button":  # a template's quick-reply button
-        return _str(body.get("text")), _str(body.get("payload")), _str(body.get("text")), None
-    if kind == "interactive":
-        reply = body.get(str(body.get("type")))
-        if isinstance(reply, dict):  # button_reply, list_reply, nfm_reply
-            title = _str(reply.get("title"))
-            return title or _str(reply.get("body")), _str(reply.get("id")), title, None
-        return None, None, None, None
-    if kind == "reaction":
-        return _str(body.get("emoji")), None, None, _str(body.get("message_id"))
-    if kind in _MEDIA:
-        return _str(body.get("caption")), None, None, None
-    if kind == "system":
-        return _str(body.get("body")), None, None, None
-    return None, None, None, None  # location, contacts, order, unsupported, …: all in `raw`
-
-
-def _profile_name(contacts: list[dict[str, Any]], wa_id: str) -> str | None:
-    for contact in contacts:
-        if contact.get("wa_id") == wa_id:
-            profile = contact.get("profile")
-            return _str(profile.get("name")) if isinstance(profile, dict) else None
-    return None
 
 
 def _str(value: Any) -> str | None:

@@ -126,6 +126,16 @@ TRANSITION = Histogram(
     ["transition"], buckets=_TRANSITION_BUCKETS,
 )
 INBOUND_MESSAGES = Counter("delivery_inbound_messages", "Inbound user messages received, by type.", ["type"])
+ACCOUNT_EVENTS = Counter(
+    "delivery_account_events",
+    "Account, template, quality and opt-out events written to account.events, by kind and Meta's event.",
+    ["kind", "event"],
+)
+WEBHOOK_SKIPPED = Counter(
+    "delivery_webhook_skipped",
+    "Parts of webhooks that have no record of their own (they stay on webhooks.raw), by field and reason.",
+    ["field", "reason"],
+)
 
 
 # Which stage exposes which catalog metric (all are registered in every process, but a stage's
@@ -141,7 +151,7 @@ CATALOG_BY_STAGE: Mapping[Stage, tuple[MetricWrapperBase, ...]] = {
     ),
     Stage.INGEST: (
         WEBHOOKS, STATUS_EVENTS, STATUS_DUPLICATES, STATUS_OUT_OF_ORDER, FAILURES, TRANSITION, INBOUND_MESSAGES,
-        *_EVERY_STAGE, *_EVERY_CONSUMER,
+        ACCOUNT_EVENTS, WEBHOOK_SKIPPED, *_EVERY_STAGE, *_EVERY_CONSUMER,
     ),
     Stage.SANDBOX: (),  # Meta's stand-in: it serves /metrics but owns no delivery_* metric
 }

@@ -48,6 +48,8 @@ def create_app(settings: SandboxSettings, *, rng: random.Random | None = None) -
         web.get("/metrics", _metrics), web.get("/healthz", _healthz), web.get("/readyz", _healthz), *control.routes()
     ])
     app.add_routes(graph.routes())
+    # Last: any other path or method gets Graph's JSON error (code 2500), never aiohttp's text 404.
+    app.router.add_route("*", "/{tail:.*}", graph.not_found)
     return app
 
 

@@ -5,7 +5,7 @@
     DELETE /_sandbox/outage[?phone_number_id=]
     POST   /_sandbox/reset
     GET    /_sandbox/stats | /_sandbox/sends | /_sandbox/webhooks | /_sandbox/media | /_sandbox/scenarios
-    POST   /_sandbox/inbound           {"from", "text" | "button_reply" | "list_reply", ...}
+    POST   /_sandbox/inbound           {"from", "text" | "button_reply" | "list_reply", "hide_number"?, ...}
     POST   /_sandbox/webhook-verify    {"verify_token"}   (Meta's GET hub.challenge handshake)
 
 Bad input answers 400 {"error": "<field>: <rule>"}. docs/sandbox.md lists every endpoint.
@@ -177,6 +177,11 @@ async def inbound(request: web.Request) -> web.Response:
     sender = _str(body, "from")
     if not sender.isdigit():
         raise _bad("from: must be the user's wa_id (digits)")
+    hide_number = body.get("hide_number", False)
+    if not isinstance(hide_number, bool):
+        raise _bad("hide_number: must be true or false")
+    user_id = state.bsuid_of(sender)
+    shown = None if hide_number else sender  # a user with a username: Meta sends only their BSUID
     reply_to = _optional_str(body, "context_message_id")
     context = {"from": settings.display_phone_number, "id": reply_to} if reply_to else None
     wamid = ids.inbound_wamid(sender)
@@ -187,23 +192,28 @@ async def inbound(request: web.Request) -> web.Response:
     if text is not None:
         if not isinstance(text, str):
             raise _bad("text: must be a string")
-        message = payloads.inbound_message(wamid, sender, now, text=text, context=context)
+        message = payloads.inbound_message(wamid, shown, now, user_id=user_id, text=text, context=context)
     else:
+        if context is None:  # a reply answers a message: Meta's always carry its context
+            raise _bad("context_message_id: required for button and list replies (the wamid they answer)")
         reply = button if button is not None else listed
         if not isinstance(reply, dict):
             raise _bad("button_reply / list_reply: must be an object with id and title")
         reply_id, title = _str(reply, "id"), _str(reply, "title")
         if button is not None:
-            message = payloads.inbound_message(wamid, sender, now, button_reply=(reply_id, title), context=context)
+            message = payloads.inbound_message(
+                wamid, shown, now, user_id=user_id, button_reply=(reply_id, title), context=context
+            )
         else:
             description = _optional_str(reply, "description")
             message = payloads.inbound_message(
-                wamid, sender, now, list_reply=(reply_id, title, description), context=context
+                wamid, shown, now, user_id=user_id, list_reply=(reply_id, title, description), context=context
             )
     name = _optional_str(body, "name") or "Sandbox User"
-    value = payloads.inbound_value(payloads.metadata(settings.display_phone_number, number), sender, name, message)
+    meta = payloads.metadata(settings.display_phone_number, number)
+    value = payloads.inbound_value(meta, shown, user_id, name, message)
     state.webhooks.post_value(number, value)
-    return _json({"id": wamid, "queued": True})
+    return _json({"id": wamid, "user_id": user_id, "queued": True})
 
 
 async def verify_webhook(request: web.Request) -> web.Response:

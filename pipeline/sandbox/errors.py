@@ -33,7 +33,13 @@ CATALOG: dict[int, tuple[str, int]] = {
     131056: ("(Business Account, Consumer Account) pair rate limit hit", 400),
     132001: ("Template name does not exist in the translation", 400),
     132015: ("Template is paused", 400),
+    131062: ("Business-scoped User ID recipients are not supported for this message", 400),
+    2500: ("Unknown path components", 400),
 }
+NOT_EMULATED = 1_390_501
+"""The sandbox's own code (Meta has none like it): a kind Meta documents that the sandbox does not emulate.
+HTTP 501, so no client mistakes it for its own bad payload (100, 131008, 131009 are terminal)."""
+CATALOG[NOT_EMULATED] = ("Not emulated by the sandbox", 501)
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,7 @@ class GraphError(Exception):
     def body(self) -> dict[str, Any]:
         error: dict[str, Any] = {
             "message": f"(#{self.code}) {self.title}",
-            "type": "OAuthException",
+            "type": "SandboxNotEmulated" if self.code == NOT_EMULATED else "OAuthException",
             "code": self.code,
         }
         if self.subcode is not None:

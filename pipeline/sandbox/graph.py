@@ -3,8 +3,10 @@
     POST   /{version}/{phone_number_id}/messages   JSON send body -> {"messaging_product", "contacts", "messages"}
                                                    (or {"status": "read", "message_id"} -> {"success": true})
     POST   /{version}/{phone_number_id}/media      multipart file, type, messaging_product -> {"id"}
-    GET    /{version}/{object_id}                  a business number's details (or an uploaded media item)
+    GET    /{version}/{object_id}[?fields=a,b]     a business number's details (or an uploaded media item)
     DELETE /{version}/{media_id}                   forget an upload
+    GET|POST /{version}/{phone_number_id}/whatsapp_business_profile   the business profile
+    GET    /whatsapp_business/attachments/?mid=…   an upload's bytes (the media URL; bearer token required)
 
 Every answer (errors included) waits the configured latency; an outage answers 503, hangs, or drops
 the connection instead.
@@ -20,18 +22,23 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from pipeline.sandbox.errors import GraphError
+from pipeline.sandbox.errors import NOT_EMULATED, GraphError
 from pipeline.sandbox.metrics import outcome_of
-from pipeline.sandbox.scenarios import Answer, scenario_for
+from pipeline.sandbox.scenarios import OK, Answer, scenario_for
 from pipeline.sandbox.state import SandboxState
-from pipeline.sandbox.validation import check_mark_read, check_send_body
+from pipeline.sandbox.validation import NotEmulated, check_mark_read, check_send_body
 
 log = logging.getLogger(__name__)
 STATE: web.AppKey[SandboxState] = web.AppKey("sandbox_state", SandboxState)
+MEDIA_PATH = "/whatsapp_business/attachments/"  # the path of Meta's media URLs (lookaside.fbsbx.com)
+MEDIA_URL_TTL = 300.0  # Meta's media URLs expire after 5 minutes
 
 
 def routes() -> list[web.RouteDef]:
     return [
+        web.get(MEDIA_PATH, download_media),
+        web.get("/{version}/{phone_number_id}/whatsapp_business_profile", get_profile),
+        web.post("/{version}/{phone_number_id}/whatsapp_business_profile", update_profile),
         web.post("/{version}/{phone_number_id}/messages", send_message),
         web.post("/{version}/{phone_number_id}/media", upload_media),
         web.get("/{version}/{object_id}", get_object),
@@ -101,9 +108,12 @@ async def send_message(request: web.Request) -> web.StreamResponse:
             state.count("messages", "marked_read")
             await asyncio.sleep(state.latency())
             return _json({"success": True})
-        message = check_send_body(body)
-        scenario = scenario_for(message.wa_id)
+        message = state.resolve_recipient(check_send_body(body))
+        # Test recipients are picked by a number's last digits; a BSUID the sandbox never saw is ordinary.
+        scenario = scenario_for(message.wa_id) if message.wa_id.isdigit() else OK
         wamid = state.accept(number, message, scenario, asyncio.get_running_loop().time())
+    except NotEmulated as missing:
+        return await _answer(state, "messages", GraphError(NOT_EMULATED, str(missing)), state.latency())
     except GraphError as error:
         return await _answer(state, "messages", error, state.latency())
     state.count("messages", "accepted" if scenario.answer is not Answer.HANG else "accepted_held")
@@ -111,11 +121,13 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     if delay > 0:
         state.metrics.delay.observe(delay)
         await asyncio.sleep(delay)
-    return _json({
-        "messaging_product": "whatsapp",
-        "contacts": [{"input": message.to, "wa_id": message.wa_id}],
-        "messages": [{"id": wamid}],
-    })
+    # A BSUID send is answered with the BSUID (no wa_id); a template send says it was accepted.
+    contact = {"input": message.to, "user_id": message.user_id} if message.by_bsuid else {
+        "input": message.to, "wa_id": message.wa_id}
+    sent: dict[str, str] = {"id": wamid}
+    if message.type == "template":
+        sent["message_status"] = "accepted"
+    return _json({"messaging_product": "whatsapp", "contacts": [contact], "messages": [sent]})
 
 
 async def upload_media(request: web.Request) -> web.StreamResponse:
@@ -156,9 +168,10 @@ async def get_object(request: web.Request) -> web.StreamResponse:
     state.count("object", "accepted")
     await asyncio.sleep(state.latency())
     if item is not None:
+        expires = int(time.time() + MEDIA_URL_TTL)
         return _json({
             "messaging_product": "whatsapp",
-            "url": f"{request.url.origin()}/_sandbox/media/{item.id}",
+            "url": f"{request.url.origin()}{MEDIA_PATH}?mid={item.id}&expires={expires}",
             "mime_type": item.mime_type,
             "sha256": item.sha256,
             "file_size": item.size,
@@ -166,7 +179,7 @@ async def get_object(request: web.Request) -> web.StreamResponse:
         })
     s = state.settings
     rate = state.rate_for(object_id)
-    return _json({
+    number = {
         "verified_name": "Sandbox Business",
         "code_verification_status": "VERIFIED",
         "display_phone_number": f"+{s.display_phone_number}",
@@ -174,7 +187,68 @@ async def get_object(request: web.Request) -> web.StreamResponse:
         "platform_type": "CLOUD_API",
         "throughput": {"level": "HIGH" if rate >= 1000 else "STANDARD"},
         "id": object_id,
-    })
+    }
+    fields = request.query.get("fields")
+    if fields:  # Graph answers what `fields` names (and always the id); unknown names are left out
+        wanted = {name.strip() for name in fields.split(",")} | {"id"}
+        number = {name: value for name, value in number.items() if name in wanted}
+    return _json(number)
+
+
+async def download_media(request: web.Request) -> web.StreamResponse:
+    """The media URL: the upload's bytes, to a request carrying the access token, as Meta's URLs serve them."""
+    state = request.app[STATE]
+    authorization = request.headers.get("Authorization")
+    if not state.token_ok(authorization, None):
+        error = GraphError(190, "Invalid OAuth access token - the media URL needs the bearer token")
+        return await _answer(state, "media_download", error, 0)
+    item = state.media.get(request.query.get("mid", ""))
+    expires = request.query.get("expires", "")
+    if item is None or not expires.isdigit() or int(expires) < time.time():
+        error = GraphError(100, "mid: unknown or expired media URL; get a new one from GET /{media_id}", 404)
+        return await _answer(state, "media_download", error, 0)
+    state.count("media_download", "accepted")
+    return web.Response(body=state.media.content(item), content_type=item.mime_type)
+
+
+async def get_profile(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    number = request.match_info["phone_number_id"]
+    refused = await _guard(state, request, "profile", number)
+    if refused is not None:
+        return refused
+    state.count("profile", "accepted")
+    profile = {"messaging_product": "whatsapp", **state.profile}
+    fields = request.query.get("fields")
+    if fields:
+        wanted = {name.strip() for name in fields.split(",")} | {"messaging_product"}
+        profile = {name: value for name, value in profile.items() if name in wanted}
+    return _json({"data": [profile]})
+
+
+async def update_profile(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    number = request.match_info["phone_number_id"]
+    refused = await _guard(state, request, "profile", number)
+    if refused is not None:
+        return refused
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict) or body.get("messaging_product") != "whatsapp":
+        return await _answer(state, "profile", GraphError(100, "The parameter messaging_product is required."), 0)
+    state.profile.update({k: v for k, v in body.items() if k in state.profile})
+    state.count("profile", "accepted")
+    return _json({"success": True})
+
+
+async def not_found(request: web.Request) -> web.Response:
+    """Graph's answer to a path it does not know, in Graph's error shape (never aiohttp's text 404)."""
+    path = request.path
+    error = GraphError(2500, f"Unknown path components: {path}", 400)
+    request.app[STATE].count("unknown_path", "rejected", 2500)
+    return _json(error.body(), error.status)
 
 
 async def delete_object(request: web.Request) -> web.StreamResponse:

@@ -4,6 +4,7 @@
     item = store.upload(b"...", "image/jpeg", now, ttl=30 * 86400)
     store.check(item.id, "image.id", now)    # raises GraphError 131009 (unknown) or 131053 (expired)
     store.uploads_of(hashlib.sha256(b"...").hexdigest())   # 1: did the client re-use its upload?
+    store.content(item)                      # b"...": what the media URL serves (with the token)
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class MediaStore:
     def __init__(self) -> None:
         self._items: dict[str, MediaItem] = {}
         self._uploads: Counter[str] = Counter()
+        self._content: dict[str, bytes] = {}  # by sha256: the same file uploaded twice is kept once
 
     def upload(self, content: bytes, mime_type: str, phone_number_id: str, now: float, ttl: float) -> MediaItem:
         if mime_type not in SUPPORTED:
@@ -69,7 +71,11 @@ class MediaStore:
         item = MediaItem(ids.media_id(), digest, mime_type, len(content), phone_number_id, now, now + ttl)
         self._items[item.id] = item
         self._uploads[digest] += 1
+        self._content.setdefault(digest, content)
         return item
+
+    def content(self, item: MediaItem) -> bytes:
+        return self._content.get(item.sha256, b"")
 
     def get(self, media_id: str) -> MediaItem | None:
         return self._items.get(media_id)
@@ -90,7 +96,10 @@ class MediaStore:
         return True
 
     def delete(self, media_id: str) -> bool:
-        return self._items.pop(media_id, None) is not None
+        item = self._items.pop(media_id, None)
+        if item is not None and not any(other.sha256 == item.sha256 for other in self._items.values()):
+            self._content.pop(item.sha256, None)
+        return item is not None
 
     def uploads_of(self, sha256: str) -> int:
         return self._uploads[sha256]
@@ -105,3 +114,4 @@ class MediaStore:
     def clear(self) -> None:
         self._items.clear()
         self._uploads.clear()
+        self._content.clear()

@@ -34,7 +34,23 @@ def metadata(display_phone_number: str, phone_number_id: str) -> dict[str, str]:
 
 
 def status_value(meta: dict[str, str], statuses: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"messaging_product": "whatsapp", "metadata": meta, "statuses": statuses}
+    """Statuses with `contacts[]`: one per recipient of a sent, delivered or read status.
+
+    Since business-scoped user ids, Meta names the recipient (wa_id and BSUID) in `contacts[]` on
+    every status but a failed one (docs/sandbox.md, "Webhooks", cites Meta's page).
+    """
+    contacts: dict[str, dict[str, str]] = {}
+    for item in statuses:
+        if item["status"] != "failed" and "recipient_user_id" in item:
+            contact = {"user_id": item["recipient_user_id"]}
+            if item.get("recipient_id", "").isdigit():
+                contact["wa_id"] = item["recipient_id"]
+            contacts.setdefault(item["recipient_user_id"], contact)
+    value: dict[str, Any] = {"messaging_product": "whatsapp", "metadata": meta}
+    if contacts:
+        value["contacts"] = list(contacts.values())
+    value["statuses"] = statuses
+    return value
 
 
 def pricing(template_name: str | None) -> dict[str, Any]:
@@ -59,11 +75,14 @@ def status(
     recipient_id: str,
     request_id: str | None,
     *,
+    recipient_user_id: str | None = None,
     price: dict[str, Any] | None = None,
     conversation: dict[str, Any] | None = None,
     errors: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     item: dict[str, Any] = {"id": wamid, "status": kind, "timestamp": str(timestamp), "recipient_id": recipient_id}
+    if recipient_user_id is not None:
+        item["recipient_user_id"] = recipient_user_id
     if request_id is not None:
         item["biz_opaque_callback_data"] = request_id
     if price is not None:
@@ -80,28 +99,35 @@ def conversation(conversation_id: str, expires_at: int, category: str) -> dict[s
 
 
 def inbound_value(
-    meta: dict[str, str], wa_id: str, profile_name: str, message: dict[str, Any]
+    meta: dict[str, str], wa_id: str | None, user_id: str, profile_name: str, message: dict[str, Any]
 ) -> dict[str, Any]:
-    return {
-        "messaging_product": "whatsapp",
-        "metadata": meta,
-        "contacts": [{"profile": {"name": profile_name}, "wa_id": wa_id}],
-        "messages": [message],
-    }
+    """A user's message; `wa_id` None for a user who shows a username instead of their number."""
+    contact: dict[str, Any] = {"profile": {"name": profile_name}}
+    if wa_id is not None:
+        contact["wa_id"] = wa_id
+    contact["user_id"] = user_id
+    return {"messaging_product": "whatsapp", "metadata": meta, "contacts": [contact], "messages": [message]}
 
 
 def inbound_message(
     wamid: str,
-    wa_id: str,
+    wa_id: str | None,
     timestamp: int,
     *,
+    user_id: str | None = None,
     text: str | None = None,
     button_reply: tuple[str, str] | None = None,
     list_reply: tuple[str, str, str | None] | None = None,
     context: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """One of text, an interactive button reply (id, title) or a list reply (id, title, description)."""
-    message: dict[str, Any] = {"from": wa_id, "id": wamid, "timestamp": str(timestamp)}
+    """One of text, an interactive button reply (id, title) or a list reply (id, title, description).
+
+    `from` is the wa_id (absent when the user hides their number), `from_user_id` their BSUID.
+    """
+    message: dict[str, Any] = {"from": wa_id} if wa_id is not None else {}
+    if user_id is not None:
+        message["from_user_id"] = user_id
+    message.update({"id": wamid, "timestamp": str(timestamp)})
     if text is not None:
         message["type"] = "text"
         message["text"] = {"body": text}

@@ -15,7 +15,7 @@ import math
 import random
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 from pydantic import SecretStr, ValidationError
@@ -34,6 +34,11 @@ from pipeline.sandbox.webhooks import WebhookDispatcher
 OUTAGE_MODES = ("error", "timeout", "disconnect")
 ALL_NUMBERS = "*"
 _FIXED = frozenset({"host", "port", "webhook_concurrency"})  # only read at start-up
+_PROFILE: dict[str, Any] = {
+    "about": "A sandbox business", "address": "1 Sandbox Way", "description": "Meta's side, emulated",
+    "email": "sandbox@example.com", "profile_picture_url": "", "websites": ["https://example.com"],
+    "vertical": "OTHER",
+}
 
 
 class SendRecord(NamedTuple):
@@ -73,6 +78,8 @@ class SandboxState:
         self.sends: deque[SendRecord] = deque(maxlen=settings.send_log_limit)
         self.received: dict[str, Counter[str]] = {}  # endpoint -> outcome -> count
         self.outages: dict[str, str] = {}
+        self.users: dict[str, str] = {}  # BSUID -> wa_id, for every user the sandbox has named by BSUID
+        self.profile: dict[str, Any] = dict(_PROFILE)
         self._seq = 0
         self._request_metrics: dict[tuple[str, str], Any] = {}
 
@@ -115,6 +122,8 @@ class SandboxState:
         self.numbers.clear()
         self.received.clear()
         self.outages.clear()
+        self.users.clear()
+        self.profile = dict(_PROFILE)
         self.metrics.outage.set(0)
         self.webhooks.clear()
 
@@ -198,6 +207,20 @@ class SandboxState:
         if code is not None:
             self.metrics.error_codes.labels(str(code)).inc()
 
+    # --- users ------------------------------------------------------------------------------------------
+
+    def bsuid_of(self, wa_id: str) -> str:
+        """The user's business-scoped id for this business (stable), remembered for BSUID sends."""
+        user_id = ids.bsuid(self.settings.waba_id, wa_id)
+        self.users[user_id] = wa_id
+        return user_id
+
+    def resolve_recipient(self, message: Message) -> Message:
+        """A BSUID send to a user the sandbox named before is a send to their number; others keep the BSUID."""
+        if not message.by_bsuid or message.user_id is None:
+            return message
+        return replace(message, wa_id=self.users.get(message.user_id, message.user_id))
+
     # --- the decision on a valid send -------------------------------------------------------------------
 
     def accept(self, phone_number_id: str, message: Message, scenario: Scenario, now: float) -> str:
@@ -213,6 +236,9 @@ class SandboxState:
             raise GraphError(131021, "to: the recipient is this business number itself")
         if message.template_name is not None:
             _check_template_scenario(message.template_name)
+            if message.by_bsuid and message.template_name.startswith("authentication"):
+                # Meta: one-tap, zero-tap and copy-code authentication templates need a phone number.
+                raise GraphError(131062, "recipient: authentication templates cannot be sent to a BSUID")
         wall = time.time()
         for media_id in message.media_ids:
             self.media.check(media_id, f"{message.type}.id", wall)
@@ -243,7 +269,10 @@ class SandboxState:
             self._seq, phone_number_id, message.to, message.request_id, wamid, message.type, scenario.name, wall
         ))
         if s.webhook_url is not None:
-            accepted = Accepted(phone_number_id, message.wa_id, wamid, message.request_id, message.template_name, wall)
+            user_id = message.user_id or self.bsuid_of(message.wa_id)
+            accepted = Accepted(
+                phone_number_id, message.wa_id, user_id, wamid, message.request_id, message.template_name, wall
+            )
             for delay, item in plan_statuses(accepted, scenario, s, self.rng):
                 self.webhooks.push(delay, phone_number_id, item)
         return wamid

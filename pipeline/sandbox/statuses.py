@@ -32,7 +32,8 @@ class Accepted:
     """A message the sandbox answered 200 to."""
 
     phone_number_id: str
-    wa_id: str
+    wa_id: str  # the recipient's number; their BSUID for a BSUID send to a user the sandbox never saw
+    user_id: str  # the recipient's BSUID
     wamid: str
     request_id: str | None
     template_name: str | None
@@ -53,7 +54,8 @@ def plan_statuses(
     def make(kind: str, after_ms: float, **extra: Any) -> tuple[float, dict[str, Any]]:
         after = after_ms / 1000
         return after, payloads.status(
-            message.wamid, kind, int(t0 + after), message.wa_id, message.request_id, **extra
+            message.wamid, kind, int(t0 + after), message.wa_id, message.request_id,
+            recipient_user_id=message.user_id, **extra
         )
 
     exempt = scenario.templates_exempt and message.template_name is not None

@@ -120,17 +120,17 @@ class SandboxControl:
 
     async def inbound_text(
         self, from_: str, text: str, phone_number_id: str, *, name: str | None = None,
-        context_message_id: str | None = None,
+        context_message_id: str | None = None, hide_number: bool = False,
     ) -> str:
-        """Post a user's text message to the webhook; returns its wamid."""
+        """Post a user's text message to the webhook; returns its wamid. `hide_number`: BSUID only."""
         body = {"from": from_, "text": text, "phone_number_id": phone_number_id, "name": name,
-                "context_message_id": context_message_id}
+                "context_message_id": context_message_id, "hide_number": hide_number}
         wamid: str = (await self._call("POST", "inbound", body))["id"]
         return wamid
 
     async def inbound_button_reply(
-        self, from_: str, button_id: str, title: str, phone_number_id: str, *, name: str | None = None,
-        context_message_id: str | None = None,
+        self, from_: str, button_id: str, title: str, phone_number_id: str, *, context_message_id: str,
+        name: str | None = None,
     ) -> str:
         body = {"from": from_, "button_reply": {"id": button_id, "title": title}, "phone_number_id": phone_number_id,
                 "name": name, "context_message_id": context_message_id}

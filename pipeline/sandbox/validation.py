@@ -3,7 +3,12 @@
     message = check_send_body(orjson.loads(raw))   # raises GraphError naming the field and the rule
 
 Codes: the envelope (`messaging_product`, `to`, `type`, `recipient_type`) answers 100; a missing
-field inside the typed payload 131008; a present field that breaks a rule 131009.
+field inside the typed payload 131008; a present field that breaks a rule 131009. A kind Meta
+documents but the sandbox does not emulate (a product list, a flow, …) raises `NotEmulated`, answered
+with HTTP 501 and a sandbox-only code, so a test can tell "not emulated" from "wrong payload".
+
+The recipient is `to` (a phone number) or, since business-scoped user ids, `recipient` (a BSUID);
+when both are given `to` wins, as at Meta.
 """
 
 from __future__ import annotations
@@ -15,9 +20,14 @@ from typing import Any
 from pipeline.sandbox.errors import GraphError
 
 MESSAGE_TYPES = ("text", "template", "interactive", "image", "video", "document", "audio", "sticker",
-                 "location", "reaction")
+                 "location", "reaction", "contacts")
+INTERACTIVE_TYPES = ("button", "list", "cta_url", "location_request_message")
+# Documented by Meta, accepted by Meta, not emulated here (they need a catalog, a flow or calling).
+NOT_EMULATED_INTERACTIVE = ("product", "product_list", "catalog_message", "flow", "carousel", "voice_call",
+                            "call_permission_request", "address_message")
 MEDIA_TYPES = ("image", "video", "document", "audio", "sticker")
 _TO = re.compile(r"^\+?\d{7,15}$")
+_BSUID = re.compile(r"^[A-Z]{2}\.(ENT\.)?[0-9A-Za-z]{1,64}$")  # `US.13491208655302741918`, `US.ENT.1181…`
 _TEMPLATE_NAME = re.compile(r"^[a-z0-9_]{1,512}$")
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(_[A-Za-z]{2,4})?$")
 
@@ -26,13 +36,24 @@ _LANGUAGE = re.compile(r"^[a-z]{2,3}(_[A-Za-z]{2,4})?$")
 class Message:
     """What the sandbox needs to know about an accepted body."""
 
-    to: str  # as sent (echoed in contacts[].input)
-    wa_id: str  # digits only
+    to: str  # as sent (echoed in contacts[].input): a phone number or a BSUID
+    wa_id: str  # digits only; empty for a message addressed by BSUID alone
     type: str
     request_id: str | None  # biz_opaque_callback_data
     media_ids: tuple[str, ...] = ()
     media_links: tuple[str, ...] = ()
     template_name: str | None = None
+    user_id: str | None = None  # the recipient's BSUID, when the body named one in `recipient`
+
+
+    @property
+    def by_bsuid(self) -> bool:
+        """Addressed by business-scoped user id (`recipient`) rather than phone number (`to`)."""
+        return self.user_id is not None
+
+
+class NotEmulated(Exception):
+    """A kind Meta accepts that the sandbox does not emulate; the message names it."""
 
 
 def check_send_body(body: Any) -> Message:
@@ -44,11 +65,7 @@ def check_send_body(body: Any) -> Message:
         raise GraphError(100, "Param messaging_product must be 'whatsapp'")
     if body.get("recipient_type", "individual") != "individual":
         raise GraphError(100, "Param recipient_type must be 'individual'")
-    to = body.get("to")
-    if to is None:
-        raise GraphError(100, "The parameter to is required.")
-    if not isinstance(to, str) or not _TO.match(to):
-        raise GraphError(100, "Param to must be a phone number: 7 to 15 digits, an optional leading '+'")
+    to, user_id = _recipient(body)
     kind = body.get("type", "text")  # Meta defaults a missing type to text
     if kind not in MESSAGE_TYPES:
         raise GraphError(100, f"Param type must be one of {{{', '.join(MESSAGE_TYPES)}}}; got {kind!r}")
@@ -58,18 +75,34 @@ def check_send_body(body: Any) -> Message:
     context = body.get("context")
     if context is not None:
         _text(_field(_object(context, "context"), "message_id", "context"), "context.message_id", 512)
-    payload = _object(_field(body, kind, ""), kind)
+    payload = _field(body, kind, "")
+    payload = payload if kind == "contacts" else _object(payload, kind)  # contacts is a list
     found = _Found()
     _CHECKS[kind](payload, kind, found)
     return Message(
         to=to,
-        wa_id=to.lstrip("+"),
+        wa_id=to.lstrip("+") if user_id is None else "",
+        user_id=user_id,
         type=kind,
         request_id=request_id,
         media_ids=tuple(found.media_ids),
         media_links=tuple(found.media_links),
         template_name=payload["name"] if kind == "template" else None,
     )
+
+
+def _recipient(body: dict[str, Any]) -> tuple[str, str | None]:
+    """(to as sent, BSUID or None): `to` when present, else `recipient`."""
+    to, recipient = body.get("to"), body.get("recipient")
+    if to is None and recipient is None:
+        raise GraphError(100, "The parameter to is required (or recipient, a business-scoped user id).")
+    if to is not None:
+        if not isinstance(to, str) or not _TO.match(to):
+            raise GraphError(100, "Param to must be a phone number: 7 to 15 digits, an optional leading '+'")
+        return to, None
+    if not isinstance(recipient, str) or not _BSUID.match(recipient):
+        raise GraphError(100, "Param recipient must be a business-scoped user id such as US.13491208655302741918")
+    return recipient, recipient
 
 
 def check_mark_read(body: dict[str, Any]) -> None:
@@ -135,6 +168,11 @@ def _number(value: Any, path: str, low: float, high: float) -> None:
         raise GraphError(131009, f"{path} must be a number from {low:g} to {high:g}")
 
 
+def _lower(value: Any) -> Any:
+    # Graph reads enum values whatever their case: PyWa sends "BODY" and "QUICK_REPLY" and Meta sends them.
+    return value.lower() if isinstance(value, str) else value
+
+
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
@@ -183,16 +221,16 @@ def _check_template(payload: dict[str, Any], path: str, _: _Found) -> None:
         return
     for i, component in enumerate(_list(components, f"{path}.components", 0, 20)):
         where = f"{path}.components[{i}]"
-        ctype = _field(_object(component, where), "type", where)
+        ctype = _lower(_field(_object(component, where), "type", where))
         if ctype not in ("header", "body", "button", "footer"):
             raise GraphError(131009, f"{where}.type must be header, body, button or footer")
         if ctype == "button":
-            if component.get("sub_type") not in ("quick_reply", "url", "copy_code", "flow", "catalog"):
+            if _lower(component.get("sub_type")) not in ("quick_reply", "url", "copy_code", "flow", "catalog"):
                 raise GraphError(131009, f"{where}.sub_type must be quick_reply, url, copy_code, flow or catalog")
             _field(component, "index", where)
         for j, parameter in enumerate(_list(component.get("parameters", []), f"{where}.parameters", 0, 100)):
             at = f"{where}.parameters[{j}]"
-            ptype = _field(_object(parameter, at), "type", at)
+            ptype = _lower(_field(_object(parameter, at), "type", at))
             if ptype not in ("text", "currency", "date_time", "image", "video", "document", "payload",
                              "coupon_code", "action", "location"):
                 raise GraphError(131009, f"{at}.type is not a template parameter type")
@@ -202,10 +240,13 @@ def _check_template(payload: dict[str, Any], path: str, _: _Found) -> None:
 
 def _check_interactive(payload: dict[str, Any], path: str, found: _Found) -> None:
     kind = _field(payload, "type", path)
-    if kind not in ("button", "list"):
-        raise GraphError(131009, f"{path}.type must be button or list (the sandbox emulates only these)")
+    if kind in NOT_EMULATED_INTERACTIVE:
+        raise NotEmulated(f"{path}.type {kind!r}: Meta accepts it; the sandbox does not emulate it")
+    if kind not in INTERACTIVE_TYPES:
+        known = ", ".join(INTERACTIVE_TYPES + NOT_EMULATED_INTERACTIVE)
+        raise GraphError(131009, f"{path}.type must be one of {known}")
     body = _object(_field(payload, "body", path), f"{path}.body")
-    _text(_field(body, "text", f"{path}.body"), f"{path}.body.text", 1024 if kind == "button" else 4096)
+    _text(_field(body, "text", f"{path}.body"), f"{path}.body.text", 4096 if kind == "list" else 1024)
     if payload.get("footer") is not None:
         footer = _object(payload["footer"], f"{path}.footer")
         _text(_field(footer, "text", f"{path}.footer"), f"{path}.footer.text", 60)
@@ -214,18 +255,22 @@ def _check_interactive(payload: dict[str, Any], path: str, found: _Found) -> Non
     action = _object(_field(payload, "action", path), f"{path}.action")
     if kind == "button":
         _check_buttons(action, f"{path}.action")
-    else:
+    elif kind == "list":
         _check_list(action, f"{path}.action")
+    elif kind == "cta_url":
+        _check_cta_url(action, f"{path}.action")
+    elif _field(action, "name", f"{path}.action") != "send_location":
+        raise GraphError(131009, f"{path}.action.name must be send_location")
 
 
 def _check_header(header: dict[str, Any], path: str, kind: str, found: _Found) -> None:
     htype = _field(header, "type", path)
     if htype == "text":
         _text(_field(header, "text", path), f"{path}.text", 60)
-    elif htype in ("image", "video", "document") and kind == "button":
+    elif htype in ("image", "video", "document") and kind in ("button", "cta_url"):
         _check_media(_object(_field(header, htype, path), f"{path}.{htype}"), f"{path}.{htype}", found)
     else:
-        allowed = "text, image, video or document" if kind == "button" else "text"
+        allowed = "text, image, video or document" if kind in ("button", "cta_url") else "text"
         raise GraphError(131009, f"{path}.type must be {allowed} for {kind} messages")
 
 
@@ -271,6 +316,25 @@ def _check_list(action: dict[str, Any], path: str) -> None:
         raise GraphError(131009, f"{path}.sections must hold at most 10 rows in total (got {len(row_ids)})")
 
 
+def _check_cta_url(action: dict[str, Any], path: str) -> None:
+    if _field(action, "name", path) != "cta_url":
+        raise GraphError(131009, f"{path}.name must be cta_url")
+    parameters = _object(_field(action, "parameters", path), f"{path}.parameters")
+    _text(_field(parameters, "display_text", f"{path}.parameters"), f"{path}.parameters.display_text", 20)
+    url = _text(_field(parameters, "url", f"{path}.parameters"), f"{path}.parameters.url", 2000)
+    if not url.startswith(("https://", "http://")):
+        raise GraphError(131009, f"{path}.parameters.url must be an http(s) URL")
+
+
+def _check_contacts(payload: Any, path: str, _: _Found) -> None:
+    for i, contact in enumerate(_list(payload, path, 1, 257)):
+        where = f"{path}[{i}]"
+        name = _object(_field(_object(contact, where), "name", where), f"{where}.name")
+        _text(_field(name, "formatted_name", f"{where}.name"), f"{where}.name.formatted_name", 1000)
+        for j, phone in enumerate(_list(contact.get("phones", []), f"{where}.phones", 0, 20)):
+            _optional_text(_object(phone, f"{where}.phones[{j}]"), "phone", f"{where}.phones[{j}]", 64)
+
+
 def _check_location(payload: dict[str, Any], path: str, _: _Found) -> None:
     _number(_field(payload, "latitude", path), f"{path}.latitude", -90, 90)
     _number(_field(payload, "longitude", path), f"{path}.longitude", -180, 180)
@@ -292,5 +356,6 @@ _CHECKS = {
     "interactive": _check_interactive,
     "location": _check_location,
     "reaction": _check_reaction,
+    "contacts": _check_contacts,
     **{kind: _check_media for kind in MEDIA_TYPES},
 }

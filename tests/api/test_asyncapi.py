@@ -28,6 +28,15 @@ def test_document_describes_send_requests_with_key_headers_and_schema() -> None:
     assert "prod.api.idempotency" in document["channels"]
 
 
+def test_document_describes_account_events_keyed_by_business_account() -> None:
+    document = yaml.safe_load(asyncapi.yaml_text(KafkaSettings(topic_prefix="prod.")))
+    message = document["components"]["messages"]["prod.account.events:Message"]
+    assert message["payload"] == {"$ref": "#/components/schemas/AccountEvent"}
+    assert "waba_id" in message["bindings"]["kafka"]["key"]["description"]
+    schema = document["components"]["schemas"]["AccountEvent"]
+    assert {"kind", "field"} <= set(schema["required"])
+
+
 def test_check_fails_on_a_stale_file(tmp_path: Path) -> None:
     stale = tmp_path / "asyncapi.yaml"
     stale.write_text("asyncapi: 3.0.0\n")

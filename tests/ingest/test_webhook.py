@@ -8,8 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.contracts import CallbackData, DeadLetterReason, DeliveryStatus, ErrorClass
-from pipeline.ingest.webhook import MalformedWebhook, normalise
+from pipeline.contracts import CallbackData, DeadLetterReason, DeliveryStatus, ErrorClass, WebhookSkipReason
+from pipeline.ingest.webhook import MalformedWebhook, Problem, Skip, normalise
 from tests.ingest.conftest import NUMBER, USER, status, value, webhook
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -108,8 +108,12 @@ def test_unknown_fields_are_ignored_and_unknown_field_kinds_skipped() -> None:
     })
     result = normalise(body, NOW)
     assert [e.wamid for e in result.statuses] == ["wamid.A"]
-    assert result.skipped == ["message_template_status_update"]
+    assert [(e.kind.value, e.event) for e in result.account_events] == [("template_status", "APPROVED")]
+    assert not result.skipped
     assert not result.problems
+
+    unknown = webhook(value(), field="brand_new_field")
+    assert normalise(unknown, NOW).skipped == [Skip("brand_new_field", WebhookSkipReason.UNKNOWN_FIELD)]
 
 
 def test_pricing_and_conversation_keep_fields_we_do_not_model() -> None:
@@ -134,16 +138,19 @@ def test_one_bad_status_is_a_problem_naming_the_field_and_its_neighbours_go_thro
     result = normalise(body, NOW)
     assert [e.wamid for e in result.statuses] == ["wamid.A"]
     assert len(result.problems) == 3
-    assert result.problems[0].startswith("entry[0].changes[0].value.statuses[1].id: missing")
-    assert result.problems[1].startswith("entry[0].changes[0].value.statuses[2].status: enum")
-    assert result.problems[2].startswith("entry[0].changes[0].value.statuses[3].timestamp:")
+    assert {p.reason for p in result.problems} == {DeadLetterReason.SCHEMA_INVALID}
+    assert result.problems[0].detail.startswith("entry[0].changes[0].value.statuses[1].id: missing")
+    assert result.problems[1].detail.startswith("entry[0].changes[0].value.statuses[2].status: enum")
+    assert result.problems[2].detail.startswith("entry[0].changes[0].value.statuses[3].timestamp:")
 
 
 def test_statuses_that_are_not_a_list_is_a_problem() -> None:
     broken = value()
     broken["statuses"] = {"id": "x"}
     result = normalise(webhook(broken), NOW)
-    assert result.problems == ["entry[0].changes[0].value.statuses: list_type — must be a list"]
+    assert result.problems == [
+        Problem(DeadLetterReason.SCHEMA_INVALID, "entry[0].changes[0].value.statuses: list_type — must be a list")
+    ]
 
 
 def test_system_errors_are_collected() -> None:
@@ -203,4 +210,6 @@ def test_an_inbound_message_without_sender_is_a_problem() -> None:
     bad = {"id": "wamid.in.x", "timestamp": "1764000100", "type": "text", "text": {"body": "hi"}}
     result = normalise(webhook(value(messages=[bad, _message("text", text={"body": "ok"})])), NOW)
     assert [m.text for m in result.messages] == ["ok"]
-    assert result.problems == ["entry[0].changes[0].value.messages[0].from: missing — Field required"]
+    assert [p.detail for p in result.problems] == [
+        "entry[0].changes[0].value.messages[0].from: missing — Field required"
+    ]

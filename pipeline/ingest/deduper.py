@@ -1,8 +1,8 @@
 """`status.updates` → `status.events` (deduplicated, forward-only) and `status.state` (compacted).
 
-    deduper = Deduper(Outbox(producer), topics, tracer, group, restorer, committed=consumer.committed,
+    deduper = Deduper(Outbox(producer), topics, tracer, group, restorer, committed=batches.committed,
                       retention_ms=8 * 86_400_000)
-    loop = BatchLoop(consumer, deduper, topics.status_updates, max_records=500)
+    batches = BatchHandler(deduper)          # its `committed` asks the subscriber's consumer (see `consumer`)
 
 The owner of a `status.updates` partition owns the state of every wamid in it: restored from Kafka on
 its first record after an assignment (see `restore`), kept in memory, written back to `status.state`
@@ -24,11 +24,12 @@ from pydantic import TypeAdapter, ValidationError
 
 from pipeline.contracts import DeadLetterReason, DeliveryStatus, ErrorClass, Stage, StatusEvent, describe, field_errors
 from pipeline.ingest.consumer import Outbox
-from pipeline.ingest.records import dead_letter, header, messaging_attributes, outgoing_headers
+from pipeline.ingest.records import dead_letter, header, outgoing_headers
 from pipeline.ingest.restore import SOURCE_OFFSET, STATUS, PartitionState, Restorer
 from pipeline.ingest.state import Decision, MessageState, Outcome
-from pipeline.ingest.tracing import exemplar_of, link_to, parent_context, traceparent_of
 from pipeline.observability import get_logger
+from pipeline.observability.context import context_from_traceparent, exemplar_of, link_to, traceparent_header
+from pipeline.observability.kafka import messaging_attributes
 from pipeline.observability.metrics import (
     DEAD_LETTERS,
     FAILURES,
@@ -123,7 +124,7 @@ class Deduper:
         state = part.get(update.wamid) or MessageState()
         accepted_at = update.accepted_at.timestamp() if update.accepted_at is not None else None
         decision = state.apply(update.status, int(update.timestamp.timestamp()), record.offset, now_ms, accepted_at)
-        attributes = messaging_attributes(record, self.group) | {
+        attributes = messaging_attributes(record.topic, record.partition, record.offset, self.group) | {
             "delivery.status": update.status.value,
             "delivery.outcome": decision.outcome.value,
             "delivery.wamid": update.wamid,
@@ -133,7 +134,7 @@ class Deduper:
         link = link_to(update.traceparent)
         with self.tracer.start_as_current_span(
             f"process {record.topic}",
-            context=parent_context(header(record, "traceparent")),  # the webhook that carried it
+            context=context_from_traceparent(header(record, "traceparent")),  # the webhook that carried it
             kind=SpanKind.CONSUMER,
             links=[link] if link is not None else None,  # the send, minutes or days earlier
             attributes=attributes,
@@ -143,7 +144,7 @@ class Deduper:
                 return
             part.put(update.wamid, state)
             changed.add(update.wamid)
-            await self._emit(tp, part, record, update, decision, traceparent_of(span), exemplar_of(span))
+            await self._emit(tp, part, record, update, decision, traceparent_header(span), exemplar_of(span))
 
     async def _emit(
         self,

@@ -1,7 +1,7 @@
 """`webhooks.raw` → `status.updates` (key wamid), `inbound.messages` (key user wa_id), `dead-letters`.
 
     normaliser = Normaliser(Outbox(producer), TopicCatalog(settings.kafka), tracer, group)
-    loop = BatchLoop(consumer, normaliser, topics.webhooks_raw, max_records=500)
+    subscribe(broker, BatchHandler(normaliser), topics.webhooks_raw, group, settings)   # see `consumer`
 
 Stateless: a replayed webhook (a crash before the commit, or Meta redelivering) only produces the
 same status updates again, which the state processor drops as duplicates. Inbound messages are
@@ -26,10 +26,11 @@ from pipeline.contracts import (
     WebhookOutcome,
 )
 from pipeline.ingest.consumer import Outbox
-from pipeline.ingest.records import dead_letter, header, messaging_attributes, outgoing_headers
-from pipeline.ingest.tracing import link_to, parent_context, traceparent_of
+from pipeline.ingest.records import dead_letter, header, outgoing_headers
 from pipeline.ingest.webhook import MalformedWebhook, Normalised, normalise
 from pipeline.observability import get_logger
+from pipeline.observability.context import context_from_traceparent, link_to, traceparent_header
+from pipeline.observability.kafka import messaging_attributes
 from pipeline.observability.metrics import DEAD_LETTERS, INBOUND_MESSAGES, WEBHOOKS
 from pipeline.topics import TopicCatalog
 
@@ -71,11 +72,11 @@ class Normaliser:
     async def _one(self, record: Any) -> None:
         with self.tracer.start_as_current_span(
             f"process {record.topic}",
-            context=parent_context(header(record, "traceparent")),  # the webhook POST's server span
+            context=context_from_traceparent(header(record, "traceparent")),  # the webhook POST's server span
             kind=SpanKind.CONSUMER,
-            attributes=messaging_attributes(record, self.group),
+            attributes=messaging_attributes(record.topic, record.partition, record.offset, self.group),
         ) as span:
-            traceparent = traceparent_of(span)
+            traceparent = traceparent_header(span)
             try:
                 result = normalise(record.value or b"", _received_at(record))
             except MalformedWebhook as exc:

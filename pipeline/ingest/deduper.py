@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import TopicPartition
-from opentelemetry.trace import SpanKind, Tracer
+from opentelemetry.trace import Span, SpanKind, Tracer
 from pydantic import TypeAdapter, ValidationError
 
 from pipeline.contracts import DeadLetterReason, DeliveryStatus, ErrorClass, Stage, StatusEvent, describe, field_errors
@@ -124,21 +124,13 @@ class Deduper:
         state = part.get(update.wamid) or MessageState()
         accepted_at = update.accepted_at.timestamp() if update.accepted_at is not None else None
         decision = state.apply(update.status, int(update.timestamp.timestamp()), record.offset, now_ms, accepted_at)
-        attributes = messaging_attributes(record.topic, record.partition, record.offset, self.group) | {
-            "delivery.status": update.status.value,
-            "delivery.outcome": decision.outcome.value,
-            "delivery.wamid": update.wamid,
-        }
-        if update.request_id:
-            attributes["delivery.request_id"] = update.request_id
-        link = link_to(update.traceparent)
         with self.tracer.start_as_current_span(
             f"process {record.topic}",
             context=context_from_traceparent(header(record, "traceparent")),  # the webhook that carried it
             kind=SpanKind.CONSUMER,
-            links=[link] if link is not None else None,  # the send, minutes or days earlier
-            attributes=attributes,
         ) as span:
+            if span.is_recording():  # an unrecorded span (no exporter) would drop all this
+                _describe(span, record, self.group, update, decision)
             if decision.outcome is Outcome.DUPLICATE:
                 STATUS_DUPLICATES.inc()
                 return
@@ -200,6 +192,20 @@ class Deduper:
         )
         DEAD_LETTERS.labels(stage=Stage.INGEST, reason=DeadLetterReason.SCHEMA_INVALID).inc()
         log.warning("status_update_dead_lettered", error=error[:500], offset=record.offset)
+
+
+def _describe(span: Span, record: Any, group: str, update: StatusEvent, decision: Decision) -> None:
+    attributes = messaging_attributes(record.topic, record.partition, record.offset, group) | {
+        "delivery.status": update.status.value,
+        "delivery.outcome": decision.outcome.value,
+        "delivery.wamid": update.wamid,
+    }
+    if update.request_id:
+        attributes["delivery.request_id"] = update.request_id
+    span.set_attributes(attributes)
+    link = link_to(update.traceparent)
+    if link is not None:
+        span.add_link(link.context)  # the send, minutes or days earlier
 
 
 def _implied(update: StatusEvent, status: DeliveryStatus) -> StatusEvent:

@@ -82,7 +82,7 @@ class Normaliser:
             except MalformedWebhook as exc:
                 await self._dead_letter(record, exc.reason, str(exc), traceparent)
                 return
-            for event in result.statuses[:_MAX_LINKS]:
+            for event in result.statuses[:_MAX_LINKS] if span.is_recording() else ():
                 link = link_to(event.traceparent)
                 if link is not None:
                     span.add_link(link.context, {"wamid": event.wamid})

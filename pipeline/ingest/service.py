@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import socket
 from types import TracebackType
+from typing import Any
 
 import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -22,12 +23,13 @@ from aiokafka.errors import KafkaError
 from faststream.kafka import KafkaBroker
 
 from pipeline.config import Settings
-from pipeline.contracts import Stage
+from pipeline.contracts import DeadLetter, InboundMessage, Stage, StatusEvent
 from pipeline.ingest.consumer import BatchHandler, Outbox, new_broker, new_producer, subscribe
 from pipeline.ingest.deduper import Deduper
 from pipeline.ingest.normaliser import Normaliser
 from pipeline.ingest.receiver import RawWebhookWriter, WebhookApp, app_secret_of
 from pipeline.ingest.restore import Restorer, new_restore_consumer
+from pipeline.ingest.state import StateRecord
 from pipeline.lifecycle import release_signals, stop_on_signals
 from pipeline.observability import (
     OpsServer,
@@ -215,12 +217,9 @@ def build_consumers(
     group, ingest = settings.ingest.group_id, settings.ingest
     topics = TopicCatalog(settings.kafka)
     tracer = telemetry.tracer("pipeline.ingest")
-    broker = new_broker(settings, telemetry, observed=observed)
     normaliser = BatchHandler(
         Normaliser(Outbox(producer), topics, tracer, f"{group}-normaliser"), ingest.commit_interval_seconds
     )
-    subscribe(broker, normaliser, topics.webhooks_raw, f"{group}-normaliser", settings,
-              description="Signed webhook bodies → status.updates, inbound.messages, dead-letters")
 
     async def committed(tp: TopicPartition) -> int | None:
         return await deduper.committed(tp)
@@ -234,9 +233,28 @@ def build_consumers(
         ),
         ingest.commit_interval_seconds,
     )
+    broker = new_broker(settings, telemetry, observed=observed)
+    declare(broker, settings, normaliser, deduper)
+    return broker, [normaliser, deduper]
+
+
+def declare(broker: KafkaBroker, settings: Settings, normaliser: BatchHandler, deduper: BatchHandler) -> None:
+    """What the ingest's broker consumes (its two subscribers) and writes (declared for the AsyncAPI
+    document; the Outbox writes the records, see `consumer`)."""
+    topics, group = TopicCatalog(settings.kafka), settings.ingest.group_id
+    subscribe(broker, normaliser, topics.webhooks_raw, f"{group}-normaliser", settings,
+              description="Signed webhook bodies → status.updates, inbound.messages, dead-letters")
     subscribe(broker, deduper, topics.status_updates, f"{group}-dedupe", settings,
               description="Status updates → deduplicated status.events and the status.state changelog")
-    return broker, [normaliser, deduper]
+    outputs: tuple[tuple[str, type[Any], str], ...] = (
+        (topics.status_updates, StatusEvent, "one per status of a webhook, duplicates included (normaliser)"),
+        (topics.inbound_messages, InboundMessage, "one per user message of a webhook (normaliser)"),
+        (topics.dead_letters, DeadLetter, "records the ingest could not use, with the reason (both)"),
+        (topics.status_events, StatusEvent, "deduplicated, forward-only status events (deduper)"),
+        (topics.status_state, StateRecord, "each message's dedupe state, compacted; tombstones expire it (deduper)"),
+    )
+    for topic, schema, description in outputs:
+        broker.publisher(topic, schema=schema, title=topic, description=description)
 
 
 async def check_copartitioned(producer: AIOKafkaProducer, topics: TopicCatalog) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 import orjson
+from pydantic import BaseModel
 
 from pipeline.contracts import DeliveryStatus
 
@@ -170,6 +171,22 @@ class MessageState:
             },
             updated_ms=int(data.get("updated_ms", 0)),
         )
+
+
+class StateEntry(BaseModel):
+    timestamp: int
+    source_offset: int
+    implied: bool = False
+    implied_offset: int | None = None
+
+
+class StateRecord(BaseModel):
+    """The `status.state` value `to_json` writes (described for the AsyncAPI document; parsed by hand)."""
+
+    v: int = FORMAT_VERSION
+    status: DeliveryStatus | None
+    statuses: dict[DeliveryStatus, StateEntry]
+    updated_ms: int
 
 
 def _entry(seen: Seen) -> dict[str, int | bool]:

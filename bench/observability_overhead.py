@@ -19,8 +19,9 @@ is compared with `off`'s, and so is the median of the per-round ratios to the `o
 ("paired"), which cancels slow drift on a shared machine.
 
   off     no middlewares on the broker and FastStream's logger off; the ingest's own spans go to a
-          no-op tracer; logs at WARNING as in every mode (no line per record in any of them). The catalog metrics (delivery_status_events_total, …) are the stage's output
-          and are counted in every mode.
+          no-op tracer; logs at WARNING as in every mode (no line per record in any of them). The
+          catalog metrics (delivery_status_events_total, …) are the stage's output and are counted
+          in every mode.
   on      what `pipeline ingest` runs without a trace exporter: `setup()` (JSON logs, tracer provider)
           and `broker_middlewares()` — trace context through the headers, the `faststream_*`
           metrics — with spans carrying ids but not recorded.

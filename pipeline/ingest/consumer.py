@@ -1,6 +1,6 @@
 """At-least-once batches on FastStream, shared by the ingest's consumers: process, await outputs, commit.
 
-    broker = new_broker(settings, telemetry)                 # the project's observability middleware
+    broker = new_broker(settings.kafka, telemetry.tracer_provider, "ingest")   # pipeline.observability
     batches = BatchHandler(processor, commit_interval=0.5)
     subscribe(broker, batches, topic="status.updates", group="delivery-ingest-dedupe", settings=settings)
     await broker.start(); commits = asyncio.create_task(batches.commit_while_idle())
@@ -30,16 +30,14 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
-from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
-from pipeline.config import KafkaSettings, Settings
-from pipeline.observability import Telemetry, broker_middlewares, get_logger
+from pipeline.config import Settings
+from pipeline.observability import get_logger
 from pipeline.topics import partition_for
 
 log = get_logger(__name__)
 
 _RETRY_DELAY = 1.0  # after a failed batch: Kafka is likely struggling, do not spin
-_SASL = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
 
 
 class Processor(Protocol):
@@ -52,35 +50,6 @@ class Processor(Protocol):
 
     async def flush(self) -> None:
         """Wait until every output queued since the last flush is acknowledged (raise if one failed)."""
-
-
-def new_broker(
-    settings: Settings, telemetry: Telemetry, app_name: str = "ingest", *, observed: bool = True
-) -> KafkaBroker:
-    """A broker for consumer stages with the project's middlewares; it publishes nothing itself (see Outbox).
-
-    `observed=False` (bench/observability_overhead.py only): no middlewares and FastStream's logger off.
-    """
-    unobserved: dict[str, Any] = {} if observed else {"logger": None}
-    return KafkaBroker(
-        settings.kafka.bootstrap_servers,
-        client_id=settings.kafka.client_id,
-        security=_security(settings.kafka),
-        middlewares=broker_middlewares(telemetry.tracer_provider, app_name) if observed else (),
-        **unobserved,
-        allow_auto_create_topics=False,  # the catalog creates them, with their configs
-        # A stop waits this long for the batch in hand (a batch is at most a few seconds of work).
-        graceful_timeout=10.0,
-        description="the pipeline's Kafka cluster",
-    )
-
-
-def _security(kafka: KafkaSettings) -> BaseSecurity | None:
-    ssl = kafka.security_protocol in ("SSL", "SASL_SSL")
-    if kafka.sasl_mechanism:
-        password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""
-        return _SASL[kafka.sasl_mechanism](kafka.sasl_username or "", password, use_ssl=ssl)
-    return BaseSecurity(use_ssl=True) if ssl else None
 
 
 def subscribe(

@@ -24,7 +24,7 @@ from faststream.kafka import KafkaBroker
 
 from pipeline.config import Settings
 from pipeline.contracts import DeadLetter, InboundMessage, Stage, StatusEvent
-from pipeline.ingest.consumer import BatchHandler, Outbox, new_broker, new_producer, subscribe
+from pipeline.ingest.consumer import BatchHandler, Outbox, new_producer, subscribe
 from pipeline.ingest.deduper import Deduper
 from pipeline.ingest.normaliser import Normaliser
 from pipeline.ingest.receiver import RawWebhookWriter, WebhookApp, app_secret_of
@@ -35,6 +35,7 @@ from pipeline.observability import (
     OpsServer,
     Telemetry,
     get_logger,
+    new_broker,
     setup,
     subscriber_consumers,
     track_lag,
@@ -233,7 +234,8 @@ def build_consumers(
         ),
         ingest.commit_interval_seconds,
     )
-    broker = new_broker(settings, telemetry, observed=observed)
+    # A stop waits this long for the batch in hand (a batch is at most a few seconds of work).
+    broker = new_broker(settings.kafka, telemetry.tracer_provider, "ingest", observed=observed, graceful_timeout=10.0)
     declare(broker, settings, normaliser, deduper)
     return broker, [normaliser, deduper]
 

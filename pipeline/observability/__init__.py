@@ -21,7 +21,7 @@ from pipeline.config import Settings
 from pipeline.contracts.vocabulary import Stage
 from pipeline.observability.context import attached, current_trace_id, current_traceparent
 from pipeline.observability.http import OpsServer, ops_routes, uvicorn_config
-from pipeline.observability.kafka import broker_middlewares
+from pipeline.observability.kafka import broker_middlewares, new_broker
 from pipeline.observability.lag import subscriber_consumers, track_lag
 from pipeline.observability.logs import configure_logging, get_logger
 from pipeline.observability.redaction import mask_phone, redact, register_secrets
@@ -82,6 +82,7 @@ __all__ = [
     "get_logger",
     "instrument_http_client",
     "mask_phone",
+    "new_broker",
     "ops_routes",
     "redact",
     "setup",

@@ -1,6 +1,7 @@
 """Observability for every FastStream Kafka broker: traces and metrics as middleware.
 
-    broker = KafkaBroker(..., middlewares=broker_middlewares(telemetry.tracer_provider, "sender"))
+    broker = new_broker(settings.kafka, telemetry.tracer_provider, "ingest", graceful_timeout=10.0)
+    broker = KafkaBroker(..., middlewares=broker_middlewares(telemetry.tracer_provider, "sender"))   # the same, by hand
 
 Metrics: FastStream's `faststream_*` family in the shared registry (`kafka_metrics`). Traces: a stage
 that exports spans gets FastStream's telemetry middleware — `create {topic}` and `send {topic}`
@@ -15,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Self
 
 from faststream import BaseMiddleware
+from faststream.kafka import KafkaBroker
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.opentelemetry.provider import (
     BatchKafkaTelemetrySettingsProvider,
@@ -23,6 +25,7 @@ from faststream.kafka.opentelemetry.provider import (
 from faststream.message import SourceType
 from faststream.opentelemetry.middleware import TelemetryMiddleware
 from faststream.response import PublishType
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -30,6 +33,7 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CollectorRegistry
 
+from pipeline.config import KafkaSettings
 from pipeline.observability.context import format_traceparent, parse_traceparent
 from pipeline.observability.kafka_metrics import KafkaMetrics, kafka_metrics
 from pipeline.observability.metrics import registry
@@ -225,6 +229,38 @@ def _unrecorded_child(parent: trace.SpanContext | None) -> trace.Span:
         trace_id, flags, state = _ids.generate_trace_id(), trace.TraceFlags(trace.TraceFlags.DEFAULT), None
     span_context = trace.SpanContext(trace_id, _ids.generate_span_id(), False, flags, state)
     return trace.NonRecordingSpan(span_context)
+
+
+def new_broker(
+    kafka: KafkaSettings, tracer_provider: TracerProvider, app_name: str, *, observed: bool = True, **options: Any
+) -> KafkaBroker:
+    """A FastStream broker for a consumer stage: connection and security from the settings, the
+    middlewares of `broker_middlewares`; `options` go to `KafkaBroker` (graceful_timeout, …).
+
+    `observed=False` (benchmarks only): no middlewares and FastStream's logger off.
+    """
+    options.setdefault("allow_auto_create_topics", False)  # the catalog creates them, with their configs
+    options.setdefault("description", "the pipeline's Kafka cluster")
+    if not observed:
+        options["logger"] = None
+    return KafkaBroker(
+        kafka.bootstrap_servers,
+        client_id=kafka.client_id,
+        security=_security(kafka),
+        middlewares=broker_middlewares(tracer_provider, app_name) if observed else (),
+        **options,
+    )
+
+
+_SASL = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
+
+
+def _security(kafka: KafkaSettings) -> BaseSecurity | None:
+    ssl = kafka.security_protocol in ("SSL", "SASL_SSL")
+    if kafka.sasl_mechanism:
+        password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""
+        return _SASL[kafka.sasl_mechanism](kafka.sasl_username or "", password, use_ssl=ssl)
+    return BaseSecurity(use_ssl=True) if ssl else None
 
 
 def broker_middlewares(tracer_provider: TracerProvider, app_name: str) -> Sequence[Any]:

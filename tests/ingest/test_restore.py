@@ -19,11 +19,11 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from pipeline.config import Settings
 from pipeline.contracts import DeliveryStatus, Stage, StatusEvent
-from pipeline.ingest.consumer import BatchHandler, Outbox, new_broker, subscribe
+from pipeline.ingest.consumer import BatchHandler, Outbox, subscribe
 from pipeline.ingest.deduper import Deduper
 from pipeline.ingest.restore import PartitionState, Restorer, new_restore_consumer
 from pipeline.ingest.state import MessageState
-from pipeline.observability import setup
+from pipeline.observability import new_broker, setup
 from pipeline.topics import TopicCatalog, create_topics
 from tests.ingest.conftest import end_offsets, eventually, ingest_settings, read_topic
 
@@ -90,7 +90,7 @@ class Replica:
         deduper = Deduper(outbox, topics, TracerProvider().get_tracer("test"), group, restorer,
                           committed=committed, retention_ms=8 * 86_400_000)
         self.batches = BatchHandler(deduper)
-        self.broker = new_broker(settings, setup(Stage.INGEST, settings))
+        self.broker = new_broker(settings.kafka, setup(Stage.INGEST, settings).tracer_provider, "ingest")
         subscribe(self.broker, self.batches, topics.status_updates, group, settings, max_records=max_records)
         self._commits: asyncio.Task[None] | None = None
 

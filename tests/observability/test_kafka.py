@@ -195,3 +195,19 @@ async def test_without_an_exporter_the_trace_context_still_crosses_kafka_into_lo
     assert (version, header_trace, parent_span) == ("00", trace_id, producer["span_id"])
     assert not int(flags, 16) & 1, "not sampled: downstream parent-based samplers record nothing either"
     assert consumed["outside any trace"]["trace_id"] not in (None, trace_id)  # a trace of its own
+
+
+def test_a_stage_broker_takes_the_kafka_security_settings() -> None:
+    from faststream.security import BaseSecurity, SASLScram512
+
+    from pipeline.config import KafkaSettings
+    from pipeline.observability.kafka import _security
+
+    sasl = _security(KafkaSettings(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+                                   sasl_username="svc", sasl_password="s3cret"))
+    assert isinstance(sasl, SASLScram512)
+    assert (sasl.username, sasl.password, sasl.use_ssl) == ("svc", "s3cret", True)
+    tls = _security(KafkaSettings(security_protocol="SSL"))
+    assert type(tls) is BaseSecurity
+    assert tls.use_ssl
+    assert _security(KafkaSettings()) is None

@@ -192,11 +192,19 @@ class BatchHandler:
         await self.processor.revoked(partitions)
         await self.processor.assigned(partitions)
         for tp in partitions:
-            committed = await consumer.committed(tp)
-            if committed is None:
-                await consumer.seek_to_beginning(tp)
-            else:
-                consumer.seek(tp, committed)
+            # Until the seek is done FastStream must not fetch on past the failed batch: a later
+            # batch's commit would skip it. So Kafka errors here are waited out, not raised.
+            while not self._closing and tp in consumer.assignment():
+                try:
+                    committed = await consumer.committed(tp)
+                    if committed is None:
+                        await consumer.seek_to_beginning(tp)
+                    else:
+                        consumer.seek(tp, committed)
+                    break
+                except KafkaError as error:
+                    log.warning("replay_seek_failed", error=str(error))
+                    await asyncio.sleep(_RETRY_DELAY)
         await asyncio.sleep(_RETRY_DELAY)
 
     async def _commit(self, consumer: AIOKafkaConsumer, partitions: set[TopicPartition] | None = None) -> None:

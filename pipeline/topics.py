@@ -3,6 +3,7 @@
     topics = TopicCatalog(settings.kafka)
     topics.send_requests            # "send.requests" (with the configured prefix)
     await create_topics(settings.kafka)   # idempotent
+    partition_for(b"wamid.HBg…", 12)  # where Kafka's default partitioner puts that key
 
 docs/topics.md describes each topic for people; this module is what the code uses.
 """
@@ -10,11 +11,14 @@ docs/topics.md describes each topic for people; this module is what the code use
 from __future__ import annotations
 
 import contextlib
+import functools
+import random
 from dataclasses import dataclass
 from enum import StrEnum
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import murmur2
 
 from pipeline.config import KafkaSettings
 
@@ -202,3 +206,21 @@ async def create_topics(kafka: KafkaSettings) -> list[str]:
         return [t.name for t in missing]
     finally:
         await admin.close()
+
+
+def partition_for(key: bytes | None, partitions: int) -> int:
+    """The partition Kafka's default partitioner (Java's murmur2) gives `key`; keyless records spread at random.
+
+    Every producer that picks partitions itself (batch builders, co-partitioned outputs) uses this one,
+    so a key lands where the Java client and aiokafka's own partitioner would put it.
+    """
+    if key is None:
+        return random.randrange(partitions)
+    return _positive_murmur2(key) % partitions
+
+
+# aiokafka's murmur2 is pure Python (several µs per key); keys repeat (numbers, a message's statuses).
+@functools.lru_cache(maxsize=65_536)
+def _positive_murmur2(key: bytes) -> int:
+    hashed: int = murmur2(key)
+    return hashed & 0x7FFFFFFF

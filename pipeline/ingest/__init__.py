@@ -8,7 +8,8 @@
 
 Modules: `receiver` (HTTP, signature, durable write), `webhook` (Meta's body → records),
 `normaliser` and `deduper` (the consumers), `state` (the forward-only rule), `restore` (state after
-a restart or rebalance), `consumer` (the at-least-once batch loop), `service` (wiring).
+a restart or rebalance), `consumer` (the at-least-once FastStream batch handler), `service` (wiring),
+`asyncapi` (the document of the topics, from the broker `service` declares).
 docs/ingest.md explains the design.
 """
 

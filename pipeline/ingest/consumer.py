@@ -1,16 +1,21 @@
-"""At-least-once batch loop shared by the ingest's consumers: fetch, process, await outputs, commit.
+"""At-least-once batches on FastStream, shared by the ingest's consumers: process, await outputs, commit.
 
-    loop = BatchLoop(consumer, processor, topic="status.updates", max_records=500, commit_interval=0.5)
-    await loop.run(stop)          # until `stop` is set; the last batch is finished and committed
+    broker = new_broker(settings.kafka, telemetry.tracer_provider, "ingest")   # pipeline.observability
+    batches = BatchHandler(processor, commit_interval=0.5)
+    subscribe(broker, batches, topic="status.updates", group="delivery-ingest-dedupe", settings=settings)
+    await broker.start(); commits = asyncio.create_task(batches.commit_while_idle())
+    ...
+    await batches.close(); await broker.stop()               # the last acknowledged offsets committed
 
-A batch's input offsets become committable only after every record it produced is acknowledged
-(acks=all), so a crash replays work rather than losing it; each processor makes the replay harmless.
-Commits go out at most every `commit_interval` seconds (and always before partitions are given up):
-under a steady trickle of webhooks, a commit round trip per small batch was most of the work.
-
-A raw aiokafka consumer rather than a FastStream subscriber: the state processor must restore a
-partition's state before its first record and drop it at revocation, strictly between batches, and
-FastStream's subscriber API neither exposes that ordering nor commits explicit offsets per batch.
+Each subscriber is a FastStream batch subscriber with `AckPolicy.MANUAL`: FastStream fetches, runs the
+broker's middlewares (trace context, `faststream_*` metrics) and calls `BatchHandler.handle`, which
+owns the acknowledgement. A batch's input offsets become committable only after every record it
+produced is acknowledged (acks=all), so a crash replays work rather than losing it; each processor
+makes the replay harmless. Offsets are committed explicitly per partition (`msg.ack()` would commit
+whatever the consumer fetched), at most every `commit_interval` seconds and always before partitions
+are given up: under a steady trickle of webhooks, a commit round trip per small batch was most of
+the work. The handler's lock is held while a batch runs and while the rebalance listener commits and
+hands partitions over, so partitions change owner only between batches.
 """
 
 from __future__ import annotations
@@ -22,15 +27,17 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
-from aiokafka.partitioner import DefaultPartitioner
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
 
 from pipeline.config import Settings
 from pipeline.observability import get_logger
+from pipeline.topics import partition_for
 
 log = get_logger(__name__)
 
 _RETRY_DELAY = 1.0  # after a failed batch: Kafka is likely struggling, do not spin
-_PARTITIONER = DefaultPartitioner()
 
 
 class Processor(Protocol):
@@ -45,20 +52,46 @@ class Processor(Protocol):
         """Wait until every output queued since the last flush is acknowledged (raise if one failed)."""
 
 
-def new_consumer(settings: Settings, group_id: str) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(
-        **settings.kafka.client_kwargs(),
-        group_id=group_id,
-        enable_auto_commit=False,
+def subscribe(
+    broker: KafkaBroker,
+    handler: BatchHandler,
+    topic: str,
+    group: str,
+    settings: Settings,
+    *,
+    description: str = "",
+    max_records: int | None = None,
+) -> Any:
+    """Declare `handler`'s batch subscriber on `broker` (it consumes once the broker starts)."""
+    ingest = settings.ingest
+    subscriber = broker.subscriber(
+        topic,
+        group_id=group,
+        batch=True,
+        max_records=max_records or ingest.batch_max_records,
+        batch_timeout_ms=200,
+        ack_policy=AckPolicy.MANUAL,
+        listener=_Rebalance(handler),
         auto_offset_reset="earliest",
         # Let the broker gather up to 64 KiB for at most 50 ms: bigger batches under a steady stream
         # (per-batch costs dominate small ones), at most 50 ms more latency when traffic is thin.
         fetch_min_bytes=64 * 1024,
         fetch_max_wait_ms=50,
-        session_timeout_ms=settings.ingest.session_timeout_ms,
-        heartbeat_interval_ms=max(1000, settings.ingest.session_timeout_ms // 5),
+        session_timeout_ms=ingest.session_timeout_ms,
+        heartbeat_interval_ms=max(1000, ingest.session_timeout_ms // 5),
         max_partition_fetch_bytes=4 * 1024 * 1024,
+        decoder=_undecoded,
+        title=f"{topic}:{group}",
+        description=description,
     )
+    subscriber(handler.handle)
+    handler.subscriber = subscriber
+    return subscriber
+
+
+async def _undecoded(msg: Any) -> None:
+    """The processors read `raw_message` themselves; FastStream's decoder would parse every JSON body."""
+    return None
 
 
 def new_producer(settings: Settings, linger_ms: int) -> AIOKafkaProducer:
@@ -73,103 +106,130 @@ def new_producer(settings: Settings, linger_ms: int) -> AIOKafkaProducer:
     )
 
 
-class BatchLoop:
-    def __init__(
-        self,
-        consumer: AIOKafkaConsumer,
-        processor: Processor,
-        topic: str,
-        max_records: int,
-        commit_interval: float = 0.5,
-    ) -> None:
-        self.consumer = consumer
+class BatchHandler:
+    """The acknowledgement discipline of one batch subscriber; `handle` is its FastStream handler."""
+
+    def __init__(self, processor: Processor, commit_interval: float = 0.5) -> None:
         self.processor = processor
-        self.topic = topic
-        self.max_records = max_records
         self.commit_interval = commit_interval
+        self.subscriber: Any = None  # set by `subscribe`
+        self.crashed = asyncio.Event()  # set when a BaseException (a simulated kill) went through
         self._done: dict[TopicPartition, int] = {}  # next offsets whose batches are acknowledged
         self._committed_at = time.monotonic()
-        # Held while a batch is processed and committed; a rebalance waits for it, so partitions
-        # change hands only between batches.
+        self._closing = False
         self._lock = asyncio.Lock()
 
-    async def start(self) -> None:
-        self.consumer.subscribe([self.topic], listener=_Rebalance(self))
-        await self.consumer.start()
+    @property
+    def consumer(self) -> AIOKafkaConsumer | None:
+        """The subscriber's aiokafka consumer while the broker runs."""
+        return getattr(self.subscriber, "consumer", None)
 
     def ready(self) -> bool:
-        return bool(self.consumer.assignment())
+        consumer = self.consumer
+        return consumer is not None and bool(consumer.assignment())
 
-    async def run(self, stop: asyncio.Event) -> None:
-        try:
-            while not stop.is_set():
-                batches = await self.consumer.getmany(timeout_ms=200, max_records=self.max_records)
-                if batches:
-                    await self.handle(batches)
-                elif self._done:
-                    async with self._lock:
-                        await self._commit()  # idle: no reason to sit on acknowledged offsets
-        finally:
-            async with self._lock:
-                await self._commit()
-            await self.consumer.stop()  # leaves the group
+    async def committed(self, tp: TopicPartition) -> int | None:
+        """The group's committed offset of `tp` (the processors restore state up to it)."""
+        consumer = self.consumer
+        if consumer is None:
+            raise RuntimeError("the subscriber is not running")
+        offset: int | None = await consumer.committed(tp)
+        return offset
 
-    async def handle(self, batches: dict[TopicPartition, list[Any]]) -> None:
+    async def handle(self, msg: KafkaMessage) -> None:
+        """FastStream's handler: `msg.raw_message` is the batch, as aiokafka records, in fetch order."""
+        records: tuple[Any, ...] = msg.raw_message
+        consumer: AIOKafkaConsumer = msg.consumer
         async with self._lock:
-            assigned = self.consumer.assignment()
+            if self._closing or self.crashed.is_set():
+                return  # not processed, not committed: the next owner replays it
+            assigned = consumer.assignment()
             offsets: dict[TopicPartition, int] = {}
+            batches = _by_partition(records)
             try:
-                for tp, records in batches.items():
-                    if tp not in assigned or not records:  # fetched before a rebalance took it away
+                for tp, batch in batches.items():
+                    if tp not in assigned:  # fetched before a rebalance took it away
                         continue
-                    await self.processor.process(tp, records)
-                    offsets[tp] = records[-1].offset + 1
+                    await self.processor.process(tp, batch)
+                    offsets[tp] = batch[-1].offset + 1
                 await self.processor.flush()
             except Exception as exc:
-                await self._replay(set(batches) & assigned, exc)
+                await self._replay(consumer, set(batches) & assigned, exc)
                 return
+            except BaseException:
+                self._done.clear()  # like a kill: what was not committed stays uncommitted
+                self.crashed.set()
+                raise
             self._done.update(offsets)
             if time.monotonic() - self._committed_at >= self.commit_interval:
-                await self._commit()
+                await self._commit(consumer)
 
-    async def _replay(self, partitions: set[TopicPartition], exc: Exception) -> None:
+    async def commit_while_idle(self) -> None:
+        """Run beside the broker: acknowledged offsets do not wait for the next batch to be committed."""
+        while not self._closing:
+            await asyncio.sleep(self.commit_interval)
+            consumer = self.consumer
+            if self._done and consumer is not None and not self._lock.locked():
+                async with self._lock:
+                    if not self._closing:
+                        await self._commit(consumer)
+
+    async def close(self) -> None:
+        """Commit what is acknowledged and take no more batches; then stop the broker."""
+        async with self._lock:
+            self._closing = True
+            consumer = self.consumer
+            if consumer is not None and not self.crashed.is_set():
+                await self._commit(consumer)
+
+    async def _replay(self, consumer: AIOKafkaConsumer, partitions: set[TopicPartition], exc: Exception) -> None:
         """An output was not acknowledged (or a bug hit): forget these partitions and fetch them again.
 
         Forgetting matters: the processor's in-memory view may be ahead of what reached Kafka, so it
         is rebuilt from Kafka as on a new assignment, then the batch is processed again.
         """
-        log.error("batch_failed", topic=self.topic, error=str(exc), exc_info=exc)
+        log.error("batch_failed", error=str(exc), exc_info=exc)
         await self.processor.revoked(partitions)
         await self.processor.assigned(partitions)
         for tp in partitions:
-            committed = await self.consumer.committed(tp)
-            if committed is None:
-                await self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek(tp, committed)
+            # Until the seek is done FastStream must not fetch on past the failed batch: a later
+            # batch's commit would skip it. So Kafka errors here are waited out, not raised.
+            while not self._closing and tp in consumer.assignment():
+                try:
+                    committed = await consumer.committed(tp)
+                    if committed is None:
+                        await consumer.seek_to_beginning(tp)
+                    else:
+                        consumer.seek(tp, committed)
+                    break
+                except KafkaError as error:
+                    log.warning("replay_seek_failed", error=str(error))
+                    await asyncio.sleep(_RETRY_DELAY)
         await asyncio.sleep(_RETRY_DELAY)
 
-    async def _commit(self, partitions: set[TopicPartition] | None = None) -> None:
+    async def _commit(self, consumer: AIOKafkaConsumer, partitions: set[TopicPartition] | None = None) -> None:
         """Commit the acknowledged offsets (of `partitions`, or all) still assigned here."""
         self._committed_at = time.monotonic()
-        assigned = self.consumer.assignment()
+        assigned = consumer.assignment()
         targets = [tp for tp in self._done if partitions is None or tp in partitions]
         taken = {tp: self._done.pop(tp) for tp in targets}
         offsets = {tp: offset for tp, offset in taken.items() if tp in assigned}
         if not offsets:
             return
         try:
-            await self.consumer.commit(offsets)
+            await consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
             # The group moved on: the new owner replays from the last commit, and the processors
             # make that replay produce nothing twice.
-            log.warning("commit_failed_after_rebalance", topic=self.topic, error=str(exc))
+            log.warning("commit_failed_after_rebalance", error=str(exc))
         except KafkaError as exc:
-            log.warning("commit_failed", topic=self.topic, error=str(exc))
+            log.warning("commit_failed", error=str(exc))
 
     async def on_revoked(self, partitions: set[TopicPartition]) -> None:
         async with self._lock:
-            await self._commit(partitions)
+            consumer = self.consumer
+            if consumer is not None and not self.crashed.is_set():
+                await self._commit(consumer, partitions)
             await self.processor.revoked(partitions)
 
     async def on_assigned(self, partitions: set[TopicPartition]) -> None:
@@ -177,15 +237,28 @@ class BatchLoop:
             await self.processor.assigned(partitions)
 
 
+def _by_partition(records: Iterable[Any]) -> dict[TopicPartition, list[Any]]:
+    """FastStream hands a batch over flattened; the processors take one partition at a time, in order."""
+    batches: dict[TopicPartition, list[Any]] = {}
+    for record in records:
+        tp = TopicPartition(record.topic, record.partition)
+        batch = batches.get(tp)
+        if batch is None:
+            batches[tp] = [record]
+        else:
+            batch.append(record)
+    return batches
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, loop: BatchLoop) -> None:
-        self._loop = loop
+    def __init__(self, handler: BatchHandler) -> None:
+        self._handler = handler
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        await self._loop.on_revoked(set(revoked))
+        await self._handler.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        await self._loop.on_assigned(set(assigned))
+        await self._handler.on_assigned(set(assigned))
 
 
 class Outbox:
@@ -195,15 +268,16 @@ class Outbox:
         await outbox.flush()      # raises the first failure, after waiting for all of them
 
     Records are gathered per (topic, partition) into aiokafka batch builders and shipped as whole
-    batches: measured at about a third of the CPU of one `producer.send` per record. Records without
-    a partition get the producer's default (Java-compatible murmur2) partition of their key.
+    batches: measured at about a third of the CPU of one `producer.send` per record (and of one
+    FastStream publish per record, which is why the handlers do not publish through the broker).
+    Records without a partition get the Java-compatible murmur2 partition of their key.
     """
 
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self.producer = producer
         self._builders: dict[tuple[str, int], Any] = {}
         self._pending: list[asyncio.Future[Any]] = []
-        self._partitions: dict[str, list[int]] = {}
+        self._partitions: dict[str, int] = {}
 
     async def send(
         self,
@@ -241,8 +315,7 @@ class Outbox:
         self._pending.append(await self.producer.send_batch(builder, slot[0], partition=slot[1]))
 
     async def _partition_of(self, topic: str, key: bytes | None) -> int:
-        partitions = self._partitions.get(topic)
-        if partitions is None:
-            partitions = self._partitions[topic] = sorted(await self.producer.partitions_for(topic))
-        partition: int = _PARTITIONER(key, partitions, partitions)
-        return partition
+        count = self._partitions.get(topic)
+        if count is None:
+            count = self._partitions[topic] = len(await self.producer.partitions_for(topic))
+        return partition_for(key, count)

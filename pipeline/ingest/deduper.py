@@ -1,8 +1,8 @@
 """`status.updates` → `status.events` (deduplicated, forward-only) and `status.state` (compacted).
 
-    deduper = Deduper(Outbox(producer), topics, tracer, group, restorer, committed=consumer.committed,
+    deduper = Deduper(Outbox(producer), topics, tracer, group, restorer, committed=batches.committed,
                       retention_ms=8 * 86_400_000)
-    loop = BatchLoop(consumer, deduper, topics.status_updates, max_records=500)
+    batches = BatchHandler(deduper)          # its `committed` asks the subscriber's consumer (see `consumer`)
 
 The owner of a `status.updates` partition owns the state of every wamid in it: restored from Kafka on
 its first record after an assignment (see `restore`), kept in memory, written back to `status.state`
@@ -19,17 +19,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import TopicPartition
-from opentelemetry.trace import SpanKind, Tracer
+from opentelemetry.trace import Span, SpanKind, Tracer
 from pydantic import TypeAdapter, ValidationError
 
 from pipeline.contracts import DeadLetterReason, DeliveryStatus, ErrorClass, Stage, StatusEvent, describe, field_errors
 from pipeline.ingest.bounds import phone_number_label
 from pipeline.ingest.consumer import Outbox
-from pipeline.ingest.records import dead_letter, header, messaging_attributes, outgoing_headers
+from pipeline.ingest.records import dead_letter, header, outgoing_headers
 from pipeline.ingest.restore import SOURCE_OFFSET, STATUS, PartitionState, Restorer
 from pipeline.ingest.state import Decision, MessageState, Outcome
-from pipeline.ingest.tracing import exemplar_of, link_to, parent_context, traceparent_of
 from pipeline.observability import get_logger
+from pipeline.observability.context import context_from_traceparent, exemplar_of, link_to, traceparent_header
+from pipeline.observability.kafka import messaging_attributes
 from pipeline.observability.metrics import (
     DEAD_LETTERS,
     FAILURES,
@@ -124,27 +125,19 @@ class Deduper:
         state = part.get(update.wamid) or MessageState()
         accepted_at = update.accepted_at.timestamp() if update.accepted_at is not None else None
         decision = state.apply(update.status, int(update.timestamp.timestamp()), record.offset, now_ms, accepted_at)
-        attributes = messaging_attributes(record, self.group) | {
-            "delivery.status": update.status.value,
-            "delivery.outcome": decision.outcome.value,
-            "delivery.wamid": update.wamid,
-        }
-        if update.request_id:
-            attributes["delivery.request_id"] = update.request_id
-        link = link_to(update.traceparent)
         with self.tracer.start_as_current_span(
             f"process {record.topic}",
-            context=parent_context(header(record, "traceparent")),  # the webhook that carried it
+            context=context_from_traceparent(header(record, "traceparent")),  # the webhook that carried it
             kind=SpanKind.CONSUMER,
-            links=[link] if link is not None else None,  # the send, minutes or days earlier
-            attributes=attributes,
         ) as span:
+            if span.is_recording():  # an unrecorded span (no exporter) would drop all this
+                _describe(span, record, self.group, update, decision)
             if decision.outcome is Outcome.DUPLICATE:
                 STATUS_DUPLICATES.inc()
                 return
             part.put(update.wamid, state)
             changed.add(update.wamid)
-            await self._emit(tp, part, record, update, decision, traceparent_of(span), exemplar_of(span))
+            await self._emit(tp, part, record, update, decision, traceparent_header(span), exemplar_of(span))
 
     async def _emit(
         self,
@@ -200,6 +193,20 @@ class Deduper:
         )
         DEAD_LETTERS.labels(stage=Stage.INGEST, reason=DeadLetterReason.SCHEMA_INVALID).inc()
         log.warning("status_update_dead_lettered", error=error[:500], offset=record.offset)
+
+
+def _describe(span: Span, record: Any, group: str, update: StatusEvent, decision: Decision) -> None:
+    attributes = messaging_attributes(record.topic, record.partition, record.offset, group) | {
+        "delivery.status": update.status.value,
+        "delivery.outcome": decision.outcome.value,
+        "delivery.wamid": update.wamid,
+    }
+    if update.request_id:
+        attributes["delivery.request_id"] = update.request_id
+    span.set_attributes(attributes)
+    link = link_to(update.traceparent)
+    if link is not None:
+        span.add_link(link.context)  # the send, minutes or days earlier
 
 
 def _implied(update: StatusEvent, status: DeliveryStatus) -> StatusEvent:

@@ -2,7 +2,7 @@
 (key waba_id), `dead-letters`.
 
     normaliser = Normaliser(Outbox(producer), TopicCatalog(settings.kafka), tracer, group)
-    loop = BatchLoop(consumer, normaliser, topics.webhooks_raw, max_records=500)
+    subscribe(broker, BatchHandler(normaliser), topics.webhooks_raw, group, settings)   # see `consumer`
 
 Stateless: a replayed webhook (a crash before the commit, or Meta redelivering) only produces the
 same status updates again, which the state processor drops as duplicates. Inbound messages are
@@ -32,10 +32,11 @@ from pipeline.contracts import (
 )
 from pipeline.ingest.account_events import ACCOUNT_FIELDS
 from pipeline.ingest.consumer import Outbox
-from pipeline.ingest.records import dead_letter, header, messaging_attributes, outgoing_headers
-from pipeline.ingest.tracing import link_to, parent_context, traceparent_of
+from pipeline.ingest.records import dead_letter, header, outgoing_headers
 from pipeline.ingest.webhook import MESSAGES_FIELD, SKIPPED_FIELDS, MalformedWebhook, Normalised, Problem, normalise
 from pipeline.observability import get_logger
+from pipeline.observability.context import context_from_traceparent, link_to, traceparent_header
+from pipeline.observability.kafka import messaging_attributes
 from pipeline.observability.metrics import (
     ACCOUNT_EVENTS,
     DEAD_LETTERS,
@@ -99,17 +100,17 @@ class Normaliser:
     async def _one(self, record: Any) -> None:
         with self.tracer.start_as_current_span(
             f"process {record.topic}",
-            context=parent_context(header(record, "traceparent")),  # the webhook POST's server span
+            context=context_from_traceparent(header(record, "traceparent")),  # the webhook POST's server span
             kind=SpanKind.CONSUMER,
-            attributes=messaging_attributes(record, self.group),
+            attributes=messaging_attributes(record.topic, record.partition, record.offset, self.group),
         ) as span:
-            traceparent = traceparent_of(span)
+            traceparent = traceparent_header(span)
             try:
                 result = normalise(record.value or b"", _received_at(record))
             except MalformedWebhook as exc:
                 await self._dead_letter(record, exc.reason, str(exc), traceparent)
                 return
-            for event in result.statuses[:_MAX_LINKS]:
+            for event in result.statuses[:_MAX_LINKS] if span.is_recording() else ():
                 link = link_to(event.traceparent)
                 if link is not None:
                     span.add_link(link.context, {"wamid": event.wamid})

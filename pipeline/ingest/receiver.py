@@ -32,8 +32,8 @@ from starlette.routing import Route
 from pipeline.config import Settings, SettingsError
 from pipeline.contracts import WebhookOutcome
 from pipeline.ingest.signature import signature_matches
-from pipeline.ingest.tracing import parent_context, traceparent_of
 from pipeline.observability import get_logger, ops_routes
+from pipeline.observability.context import context_from_traceparent, traceparent_header
 from pipeline.observability.metrics import WEBHOOKS
 from pipeline.produce_guard import leaders_reachable, withdraw
 
@@ -191,12 +191,12 @@ class WebhookApp:
         length, signature, traceparent = _headers(scope)
         with self._tracer.start_as_current_span(
             f"POST {PATH}",
-            context=parent_context(traceparent),
+            context=context_from_traceparent(traceparent),
             kind=SpanKind.SERVER,
             attributes={"http.request.method": "POST", "http.route": PATH, "url.path": PATH},
         ) as span:
             try:
-                status = await self._answer(length, signature, receive, traceparent_of(span))
+                status = await self._answer(length, signature, receive, traceparent_header(span))
             except ClientGone:
                 span.set_attribute("http.request.aborted", True)
                 return

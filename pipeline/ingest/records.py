@@ -37,17 +37,6 @@ def outgoing_headers(traceparent: bytes | None, request_id: str | None = None, *
     return headers
 
 
-def messaging_attributes(record: Any, group: str) -> dict[str, str | int]:
-    return {
-        "messaging.system": "kafka",
-        "messaging.operation.type": "process",
-        "messaging.destination.name": record.topic,
-        "messaging.destination.partition.id": str(record.partition),
-        "messaging.kafka.offset": record.offset,
-        "messaging.consumer.group.name": group,
-    }
-
-
 def dead_letter(record: Any, reason: DeadLetterReason, error: str, request_id: str | None = None) -> DeadLetter:
     """Everything needed to replay `record` to its topic once the problem is fixed."""
     return build_dead_letter(

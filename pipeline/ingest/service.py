@@ -15,20 +15,32 @@ import asyncio
 import contextlib
 import socket
 from types import TracebackType
+from typing import Any
 
 import uvicorn
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
+from faststream.kafka import KafkaBroker
 
 from pipeline.config import Settings
-from pipeline.contracts import Stage
-from pipeline.ingest.consumer import BatchLoop, Outbox, new_consumer, new_producer
+from pipeline.contracts import DeadLetter, InboundMessage, Stage, StatusEvent
+from pipeline.ingest.consumer import BatchHandler, Outbox, new_producer, subscribe
 from pipeline.ingest.deduper import Deduper
 from pipeline.ingest.normaliser import Normaliser
 from pipeline.ingest.receiver import RawWebhookWriter, WebhookApp, app_secret_of
 from pipeline.ingest.restore import Restorer, new_restore_consumer
+from pipeline.ingest.state import StateRecord
 from pipeline.lifecycle import release_signals, stop_on_signals
-from pipeline.observability import OpsServer, Telemetry, get_logger, setup, track_lag, uvicorn_config
+from pipeline.observability import (
+    OpsServer,
+    Telemetry,
+    get_logger,
+    new_broker,
+    setup,
+    subscriber_consumers,
+    track_lag,
+    uvicorn_config,
+)
 from pipeline.topics import TopicCatalog, create_topics
 
 log = get_logger(__name__)
@@ -55,7 +67,7 @@ class Ingest:
         self.port: int | None = None
         self.ops_port: int | None = None
         self.writer: RawWebhookWriter | None = None
-        self.loops: list[BatchLoop] = []
+        self.batches: list[BatchHandler] = []  # normaliser, deduper (once the consumers run)
         self._server: uvicorn.Server | None = None
         self._ops: OpsServer | None = None
         self._stop = asyncio.Event()
@@ -127,55 +139,52 @@ class Ingest:
 
     async def _run_consumers(self) -> None:
         settings = self.settings
-        group = settings.ingest.group_id
         producer = new_producer(settings, settings.ingest.linger_ms)
         restore_consumer = new_restore_consumer(settings)
         try:
             if not await self._until_connected(producer, restore_consumer):
                 return  # stopped before Kafka ever answered
             await check_copartitioned(producer, self.topics)
-            normaliser = BatchLoop(
-                new_consumer(settings, f"{group}-normaliser"),
-                Normaliser(Outbox(producer), self.topics, self.tracer, f"{group}-normaliser"),
-                self.topics.webhooks_raw,
-                settings.ingest.batch_max_records,
-                settings.ingest.commit_interval_seconds,
-            )
-            dedupe_consumer = new_consumer(settings, f"{group}-dedupe")
-            deduper = BatchLoop(
-                dedupe_consumer,
-                Deduper(
-                    Outbox(producer),
-                    self.topics,
-                    self.tracer,
-                    f"{group}-dedupe",
-                    Restorer(restore_consumer, self.topics, tail_window=4 * settings.ingest.batch_max_records),
-                    committed=dedupe_consumer.committed,
-                    retention_ms=int(settings.ingest.state_retention_days * DAY_MS),
-                ),
-                self.topics.status_updates,
-                settings.ingest.batch_max_records,
-                settings.ingest.commit_interval_seconds,
-            )
-            self.loops = [normaliser, deduper]
-            for loop in self.loops:
-                await loop.start()
-            self._consumers_running = True
-            log.info("ingest_consumers_started", group=group)
-            lags = [
-                asyncio.create_task(track_lag(loop.consumer, name))
-                for loop, name in ((normaliser, f"{group}-normaliser"), (deduper, f"{group}-dedupe"))
-            ]
+            broker, self.batches = build_consumers(settings, self.telemetry, producer, restore_consumer)
+            if not await self._until_started(broker):
+                return
+            background: list[asyncio.Task[None]] = []
             try:
-                await asyncio.gather(*(loop.run(self._stop) for loop in self.loops))
+                self._consumers_running = True
+                log.info("ingest_consumers_started", group=settings.ingest.group_id)
+                background += [asyncio.create_task(batches.commit_while_idle()) for batches in self.batches]
+                background += [
+                    asyncio.create_task(track_lag(subscriber_consumers(b.subscriber), b.subscriber.group_id))
+                    for b in self.batches
+                ]
+                await self._stop.wait()
             finally:
                 self._consumers_running = False
-                for task in lags:
+                for batches in self.batches:
+                    await batches.close()
+                for task in background:
                     task.cancel()
-                await asyncio.gather(*lags, return_exceptions=True)
+                await asyncio.gather(*background, return_exceptions=True)
+                await broker.stop()  # leaves the groups
         finally:
             await producer.stop()
             await restore_consumer.stop()
+
+    async def _until_started(self, broker: KafkaBroker) -> bool:
+        """Start the broker's subscribers, retrying while Kafka does not answer; False if stopped first."""
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                await broker.start()
+                return True
+            except (KafkaError, OSError) as exc:
+                await broker.stop()
+                delay = _RETRY_SECONDS[min(attempt, len(_RETRY_SECONDS) - 1)]
+                log.warning("kafka_unreachable", retry_in_s=delay, error=str(exc))
+                attempt += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+        return False
 
     async def _until_connected(self, producer: AIOKafkaProducer, restore_consumer: AIOKafkaConsumer) -> bool:
         """Create missing topics and connect, retrying until Kafka answers; False if stopped first."""
@@ -196,6 +205,58 @@ class Ingest:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
         return False
+
+
+def build_consumers(
+    settings: Settings, telemetry: Telemetry, producer: AIOKafkaProducer, restore_consumer: AIOKafkaConsumer,
+    *, observed: bool = True,
+) -> tuple[KafkaBroker, list[BatchHandler]]:
+    """The broker with the normaliser's and the deduper's batch subscribers (not started).
+
+    `observed=False` only for bench/observability_overhead.py: the broker without its middlewares.
+    """
+    group, ingest = settings.ingest.group_id, settings.ingest
+    topics = TopicCatalog(settings.kafka)
+    tracer = telemetry.tracer("pipeline.ingest")
+    normaliser = BatchHandler(
+        Normaliser(Outbox(producer), topics, tracer, f"{group}-normaliser"), ingest.commit_interval_seconds
+    )
+
+    async def committed(tp: TopicPartition) -> int | None:
+        return await deduper.committed(tp)
+
+    deduper = BatchHandler(
+        Deduper(
+            Outbox(producer), topics, tracer, f"{group}-dedupe",
+            Restorer(restore_consumer, topics, tail_window=4 * ingest.batch_max_records),
+            committed=committed,
+            retention_ms=int(ingest.state_retention_days * DAY_MS),
+        ),
+        ingest.commit_interval_seconds,
+    )
+    # A stop waits this long for the batch in hand (a batch is at most a few seconds of work).
+    broker = new_broker(settings.kafka, telemetry.tracer_provider, "ingest", observed=observed, graceful_timeout=10.0)
+    declare(broker, settings, normaliser, deduper)
+    return broker, [normaliser, deduper]
+
+
+def declare(broker: KafkaBroker, settings: Settings, normaliser: BatchHandler, deduper: BatchHandler) -> None:
+    """What the ingest's broker consumes (its two subscribers) and writes (declared for the AsyncAPI
+    document; the Outbox writes the records, see `consumer`)."""
+    topics, group = TopicCatalog(settings.kafka), settings.ingest.group_id
+    subscribe(broker, normaliser, topics.webhooks_raw, f"{group}-normaliser", settings,
+              description="Signed webhook bodies → status.updates, inbound.messages, dead-letters")
+    subscribe(broker, deduper, topics.status_updates, f"{group}-dedupe", settings,
+              description="Status updates → deduplicated status.events and the status.state changelog")
+    outputs: tuple[tuple[str, type[Any], str], ...] = (
+        (topics.status_updates, StatusEvent, "one per status of a webhook, duplicates included (normaliser)"),
+        (topics.inbound_messages, InboundMessage, "one per user message of a webhook (normaliser)"),
+        (topics.dead_letters, DeadLetter, "records the ingest could not use, with the reason (both)"),
+        (topics.status_events, StatusEvent, "deduplicated, forward-only status events (deduper)"),
+        (topics.status_state, StateRecord, "each message's dedupe state, compacted; tombstones expire it (deduper)"),
+    )
+    for topic, schema, description in outputs:
+        broker.publisher(topic, schema=schema, title=topic, description=description)
 
 
 async def check_copartitioned(producer: AIOKafkaProducer, topics: TopicCatalog) -> None:

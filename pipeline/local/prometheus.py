@@ -186,9 +186,6 @@ class PrometheusServer:
     def rules(self) -> list[dict[str, Any]]:
         return list(self._api("/api/v1/rules")["groups"])
 
-    def targets_health(self) -> list[dict[str, Any]]:
-        return list(self._api("/api/v1/targets", {"state": "active"})["activeTargets"])
-
     def stop(self, timeout: float = 15.0) -> None:
         if self.process is None or self.process.poll() is not None:
             return

@@ -3,7 +3,6 @@
     telemetry = setup(Stage.SENDER, settings)
     log = get_logger(__name__)
     broker = KafkaBroker(..., middlewares=broker_middlewares(telemetry.tracer_provider, "sender"))
-    instrument_app(app, telemetry)                 # stages with an HTTP server: server spans
     asyncio.create_task(track_lag(consumer, group)) # stages with a consumer: lag gauge
 
 Business code never configures loggers, tracers or registries itself. docs/observability.md lists
@@ -20,9 +19,9 @@ from opentelemetry.sdk.trace.export import SpanExporter
 
 from pipeline.config import Settings
 from pipeline.contracts.vocabulary import Stage
-from pipeline.observability.context import attached, capture, current_trace_id, current_traceparent
-from pipeline.observability.http import OpsServer, instrument_app, ops_routes, serve_ops, uvicorn_config
-from pipeline.observability.kafka import broker_middlewares
+from pipeline.observability.context import attached, current_trace_id, current_traceparent
+from pipeline.observability.http import OpsServer, ops_routes, uvicorn_config
+from pipeline.observability.kafka import broker_middlewares, new_broker
 from pipeline.observability.lag import subscriber_consumers, track_lag
 from pipeline.observability.logs import configure_logging, get_logger
 from pipeline.observability.redaction import mask_phone, redact, register_secrets
@@ -78,16 +77,14 @@ __all__ = [
     "Telemetry",
     "attached",
     "broker_middlewares",
-    "capture",
     "current_trace_id",
     "current_traceparent",
     "get_logger",
-    "instrument_app",
     "instrument_http_client",
     "mask_phone",
+    "new_broker",
     "ops_routes",
     "redact",
-    "serve_ops",
     "setup",
     "subscriber_consumers",
     "track_lag",

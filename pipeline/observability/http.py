@@ -1,11 +1,8 @@
-"""HTTP side of observability: `/metrics`, `/healthz`, `/readyz`, server spans, uvicorn's logs.
+"""HTTP side of observability: `/metrics`, `/healthz`, `/readyz`, uvicorn's logs.
 
     app = FastAPI(routes=ops_routes(ready=lambda: consumer.assignment() != set()))
-    instrument_app(app, telemetry)                          # server spans (ops routes excluded)
     server = uvicorn.Server(uvicorn_config(app, host, port)) # uvicorn's logs go through the JSON formatter
-
-    await serve_ops(host, port, ready)                      # consumer stages without an HTTP server
-    async with OpsServer(host, 0, ready) as ops: ops.port   # the same, when the caller needs the port
+    async with OpsServer(host, 0, ready) as ops: ops.port   # consumer stages without an HTTP server
 """
 
 from __future__ import annotations
@@ -16,7 +13,7 @@ import inspect
 import socket
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import uvicorn
 from prometheus_client.exposition import choose_encoder
@@ -25,15 +22,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pipeline.observability.logs import OPS_PATHS
 from pipeline.observability.metrics import registry
 
-if TYPE_CHECKING:
-    from pipeline.observability import Telemetry
-
 ReadyCheck = Callable[[], bool | Awaitable[bool]]
-# Patterns searched in the request URL; anchored on the path so /v1/metrics-report is still traced.
-EXCLUDED_URLS = ",".join(rf"{path}(\?|$)" for path in sorted(OPS_PATHS))
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -56,26 +47,6 @@ def ops_routes(ready: ReadyCheck) -> list[Route]:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
     ]
-
-
-def instrument_app(app: Starlette, telemetry: Telemetry) -> None:
-    """Server spans for every request except the ops routes, with the stage's tracer provider.
-
-    The span is current while the endpoint runs, so a Kafka publish inside becomes its child.
-    FastAPI apps get route templates as span names (`POST /v1/messages`).
-    """
-    from fastapi import FastAPI
-
-    # "http send/receive" spans per ASGI message add cost and nothing an operator reads.
-    common: dict[str, Any] = {"tracer_provider": telemetry.tracer_provider, "exclude_spans": ["receive", "send"]}
-    if isinstance(app, FastAPI):
-        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-
-        FastAPIInstrumentor.instrument_app(app, excluded_urls=EXCLUDED_URLS, **common)
-    else:
-        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
-
-        app.add_middleware(OpenTelemetryMiddleware, excluded_urls=EXCLUDED_URLS, **common)
 
 
 def uvicorn_config(app: Any, host: str, port: int, **options: Any) -> uvicorn.Config:
@@ -125,8 +96,3 @@ class OpsServer:
 
 def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-async def serve_ops(host: str, port: int, ready: ReadyCheck) -> None:
-    """Serve the ops routes until cancelled (for stages that have no HTTP server of their own)."""
-    await OpsServer(host, port, ready).serve()

@@ -1,6 +1,7 @@
 """Observability for every FastStream Kafka broker: traces and metrics as middleware.
 
-    broker = KafkaBroker(..., middlewares=broker_middlewares(telemetry.tracer_provider, "sender"))
+    broker = new_broker(settings.kafka, telemetry.tracer_provider, "ingest", graceful_timeout=10.0)
+    broker = KafkaBroker(..., middlewares=broker_middlewares(telemetry.tracer_provider, "sender"))   # the same, by hand
 
 Metrics: FastStream's `faststream_*` family in the shared registry (`kafka_metrics`). Traces: a stage
 that exports spans gets FastStream's telemetry middleware — `create {topic}` and `send {topic}`
@@ -11,11 +12,11 @@ exports none only carries the trace context: ids in headers, logs and exemplars,
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Self
 
 from faststream import BaseMiddleware
+from faststream.kafka import KafkaBroker
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.opentelemetry.provider import (
     BatchKafkaTelemetrySettingsProvider,
@@ -24,6 +25,7 @@ from faststream.kafka.opentelemetry.provider import (
 from faststream.message import SourceType
 from faststream.opentelemetry.middleware import TelemetryMiddleware
 from faststream.response import PublishType
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -31,6 +33,8 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CollectorRegistry
 
+from pipeline.config import KafkaSettings
+from pipeline.observability.context import format_traceparent, parse_traceparent
 from pipeline.observability.kafka_metrics import KafkaMetrics, kafka_metrics
 from pipeline.observability.metrics import registry
 from pipeline.observability.redaction import mask_phone
@@ -53,14 +57,30 @@ def _mask_personal_key(attrs: dict[str, Any], topic: str) -> None:
     attrs[_KEY] = mask_phone(text) if topic.endswith(_PERSONAL_KEY_TOPICS) else text
 
 
-def _stable_consume_attrs(attrs: dict[str, Any], record: Any, msg: Any) -> None:
-    # FastStream reports the older attribute names; add today's, which the docs and dashboards use.
-    attrs["messaging.destination.name"] = record.topic
-    attrs["messaging.destination.partition.id"] = str(record.partition)
-    # aiokafka keeps the group only as a private attribute of the consumer; nothing public has it.
-    group = getattr(getattr(msg, "consumer", None), "_group_id", None)
-    if isinstance(group, str) and group:
+def messaging_attributes(
+    topic: str, partition: int | None = None, offset: int | None = None, group: str | None = None,
+    operation: str = "process",
+) -> dict[str, str | int]:
+    """Today's messaging attribute names for a Kafka span (the ones docs and dashboards use)."""
+    attrs: dict[str, str | int] = {
+        "messaging.system": "kafka",
+        "messaging.operation.type": operation,
+        "messaging.destination.name": topic,
+    }
+    if partition is not None:
+        attrs["messaging.destination.partition.id"] = str(partition)
+    if offset is not None:
+        attrs["messaging.kafka.offset"] = offset
+    if group:
         attrs["messaging.consumer.group.name"] = group
+    return attrs
+
+
+def _stable_consume_attrs(attrs: dict[str, Any], record: Any, msg: Any) -> None:
+    # FastStream reports the older attribute names; add today's. aiokafka keeps the group only as a
+    # private attribute of the consumer; nothing public has it.
+    group = getattr(getattr(msg, "consumer", None), "_group_id", None)
+    attrs.update(messaging_attributes(record.topic, record.partition, group=group if isinstance(group, str) else None))
     _mask_personal_key(attrs, record.topic)
 
 
@@ -182,32 +202,23 @@ class _ContextScope(_MetricsScope):
         if parent.trace_state:
             _W3C.inject(cmd.headers, context=trace.set_span_in_context(trace.NonRecordingSpan(parent)))
         else:
-            cmd.headers["traceparent"] = f"00-{parent.trace_id:032x}-{parent.span_id:016x}-{parent.trace_flags:02x}"
+            cmd.headers["traceparent"] = format_traceparent(parent)
         if cmd.publish_type is PublishType.REPLY:
             return await call_next(cmd)
         with self._metrics.publishing(self._app_name, cmd):
             return await call_next(cmd)
 
 
-# The version-00 form without tracestate, which is what every SDK sends; anything else goes through
-# the propagator. Matching it here costs a fifth of `TraceContextTextMapPropagator.extract`, which
-# builds a Context and a remote span per message only for us to replace them with the child.
-_TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-([0-9a-f]{2})")
-
-
 def _consumer_span(headers: Mapping[str, Any]) -> trace.Span:
+    """An unrecorded child of the record's `traceparent` (the fast parse, a fifth of the propagator's
+    cost, for the version-00 form every SDK sends; the propagator for anything with a tracestate)."""
     header = headers.get("traceparent")
     if header is None:
         return _unrecorded_child(None)
-    match = _TRACEPARENT_00.fullmatch(header) if type(header) is str and "tracestate" not in headers else None
-    if match is None or match[1] == _INVALID_TRACE_ID:
-        return _unrecorded_child(trace.get_current_span(_W3C.extract(headers)).get_span_context())
-    span_context = trace.SpanContext(
-        int(match[1], 16), _ids.generate_span_id(), False, trace.TraceFlags(int(match[2], 16)))
-    return trace.NonRecordingSpan(span_context)
-
-
-_INVALID_TRACE_ID = "0" * 32
+    parent = parse_traceparent(header) if "tracestate" not in headers else None
+    if parent is None:
+        parent = trace.get_current_span(_W3C.extract(headers)).get_span_context()
+    return _unrecorded_child(parent)
 
 
 def _unrecorded_child(parent: trace.SpanContext | None) -> trace.Span:
@@ -218,6 +229,38 @@ def _unrecorded_child(parent: trace.SpanContext | None) -> trace.Span:
         trace_id, flags, state = _ids.generate_trace_id(), trace.TraceFlags(trace.TraceFlags.DEFAULT), None
     span_context = trace.SpanContext(trace_id, _ids.generate_span_id(), False, flags, state)
     return trace.NonRecordingSpan(span_context)
+
+
+def new_broker(
+    kafka: KafkaSettings, tracer_provider: TracerProvider, app_name: str, *, observed: bool = True, **options: Any
+) -> KafkaBroker:
+    """A FastStream broker for a consumer stage: connection and security from the settings, the
+    middlewares of `broker_middlewares`; `options` go to `KafkaBroker` (graceful_timeout, …).
+
+    `observed=False` (benchmarks only): no middlewares and FastStream's logger off.
+    """
+    options.setdefault("allow_auto_create_topics", False)  # the catalog creates them, with their configs
+    options.setdefault("description", "the pipeline's Kafka cluster")
+    if not observed:
+        options["logger"] = None
+    return KafkaBroker(
+        kafka.bootstrap_servers,
+        client_id=kafka.client_id,
+        security=_security(kafka),
+        middlewares=broker_middlewares(tracer_provider, app_name) if observed else (),
+        **options,
+    )
+
+
+_SASL = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
+
+
+def _security(kafka: KafkaSettings) -> BaseSecurity | None:
+    ssl = kafka.security_protocol in ("SSL", "SASL_SSL")
+    if kafka.sasl_mechanism:
+        password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""
+        return _SASL[kafka.sasl_mechanism](kafka.sasl_username or "", password, use_ssl=ssl)
+    return BaseSecurity(use_ssl=True) if ssl else None
 
 
 def broker_middlewares(tracer_provider: TracerProvider, app_name: str) -> Sequence[Any]:

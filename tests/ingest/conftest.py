@@ -186,7 +186,7 @@ class Running:
 
 
 async def consumers_assigned(ingest: Ingest) -> bool:
-    return len(ingest.loops) == 2 and all(loop.consumer.assignment() for loop in ingest.loops)
+    return len(ingest.batches) == 2 and all(batches.ready() for batches in ingest.batches)
 
 
 @pytest.fixture(scope="module")

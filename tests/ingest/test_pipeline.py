@@ -11,6 +11,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from pipeline.contracts import CallbackData, DeadLetter, DeliveryStatus, ErrorClass, InboundMessage
+from pipeline.contracts.dead_letters import DEAD_LETTER_VALUE_LIMIT
 from tests.ingest.conftest import (
     USER,
     Running,
@@ -268,8 +269,8 @@ async def test_a_webhook_near_metas_3_mb_limit_is_stored_and_processed(ingest: R
     assert (await ingest.post(body)).status_code == 200
     assert kinds(await ingest.wait_events({wamid}, count=2)) == ["sent", "delivered"]
 
-    # …and one that large that is not JSON still reaches the dead letters (no poison pill): cut to fit,
-    # with the original's size and digest (the whole bytes stay on webhooks.raw).
+    # …and one that large that is not JSON still reaches the dead letters, bounded, with the original's
+    # size and digest (no poison pill; the whole body stays on webhooks.raw).
     start = await end_offsets(ingest.settings, ingest.topics.dead_letters)
     broken = b"{" + filler.encode()
     assert (await ingest.post(broken)).status_code == 200
@@ -280,6 +281,6 @@ async def test_a_webhook_near_metas_3_mb_limit_is_stored_and_processed(ingest: R
 
     [dead] = await eventually(letter)
     assert dead.reason.value == "invalid_json"
-    assert (dead.value_size, dead.value_truncated) == (len(broken), True)
+    assert dead.raw_value() == broken[:DEAD_LETTER_VALUE_LIMIT]
+    assert (dead.value_truncated, dead.value_size) == (True, len(broken))
     assert dead.value_sha256 == hashlib.sha256(broken).hexdigest()
-    assert broken.startswith(dead.raw_value())

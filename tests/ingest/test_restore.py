@@ -12,18 +12,18 @@ import asyncio
 import random
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from opentelemetry.sdk.trace import TracerProvider
 
 from pipeline.config import Settings
-from pipeline.contracts import DeliveryStatus, StatusEvent
-from pipeline.ingest.consumer import BatchLoop, Outbox, new_consumer
+from pipeline.contracts import DeliveryStatus, Stage, StatusEvent
+from pipeline.ingest.consumer import BatchHandler, Outbox, subscribe
 from pipeline.ingest.deduper import Deduper
 from pipeline.ingest.restore import PartitionState, Restorer, new_restore_consumer
 from pipeline.ingest.state import MessageState
+from pipeline.observability import new_broker, setup
 from pipeline.topics import TopicCatalog, create_topics
 from tests.ingest.conftest import end_offsets, eventually, ingest_settings, read_topic
 
@@ -33,7 +33,7 @@ STATUSES = [DeliveryStatus.SENT, DeliveryStatus.DELIVERED, DeliveryStatus.READ, 
 
 
 class Crash(BaseException):
-    """Escapes the batch loop's error handling, like a kill: no commit, nothing more written."""
+    """Escapes the batch handler's error handling, like a kill: no commit, nothing more written."""
 
 
 class CrashingOutbox(Outbox):
@@ -74,16 +74,44 @@ class RecordingRestorer(Restorer):
         return part
 
 
-def deduper_loop(settings: Settings, outbox: Outbox, restore_consumer: AIOKafkaConsumer, max_records: int,
-                 found: list[PartitionState] | None = None) -> BatchLoop:
-    topics = TopicCatalog(settings.kafka)
-    group = f"{settings.ingest.group_id}-dedupe"
-    consumer = new_consumer(settings, group)
-    restorer = RecordingRestorer(restore_consumer, topics, tail_window=8)  # small: the window must grow
-    restorer.found = found if found is not None else []
-    deduper = Deduper(outbox, topics, TracerProvider().get_tracer("test"), group, restorer,
-                      committed=consumer.committed, retention_ms=8 * 86_400_000)
-    return BatchLoop(consumer, deduper, topics.status_updates, max_records)
+class Replica:
+    """One deduper on a FastStream broker of its own, as a process of the ingest runs it."""
+
+    def __init__(self, settings: Settings, outbox: Outbox, restore_consumer: AIOKafkaConsumer, max_records: int,
+                 found: list[PartitionState] | None = None) -> None:
+        topics = TopicCatalog(settings.kafka)
+        group = f"{settings.ingest.group_id}-dedupe"
+        restorer = RecordingRestorer(restore_consumer, topics, tail_window=8)  # small: the window must grow
+        restorer.found = found if found is not None else []
+
+        async def committed(tp: TopicPartition) -> int | None:
+            return await self.batches.committed(tp)
+
+        deduper = Deduper(outbox, topics, TracerProvider().get_tracer("test"), group, restorer,
+                          committed=committed, retention_ms=8 * 86_400_000)
+        self.batches = BatchHandler(deduper)
+        self.broker = new_broker(settings.kafka, setup(Stage.INGEST, settings).tracer_provider, "ingest")
+        subscribe(self.broker, self.batches, topics.status_updates, group, settings, max_records=max_records)
+        self._commits: asyncio.Task[None] | None = None
+
+    def assignment(self) -> set[TopicPartition]:
+        consumer = self.batches.consumer
+        return consumer.assignment() if consumer is not None else set()
+
+    async def start(self) -> None:
+        await self.broker.start()
+        self._commits = asyncio.create_task(self.batches.commit_while_idle())
+
+    async def stop(self) -> None:
+        """As on SIGTERM: commit what is acknowledged, then leave the group."""
+        await self.batches.close()
+        await self.kill()
+
+    async def kill(self) -> None:
+        """As a killed process: nothing more is committed."""
+        if self._commits is not None:
+            self._commits.cancel()
+        await self.broker.stop()
 
 
 def update(wamid: str, kind: DeliveryStatus, ts: int) -> bytes:
@@ -140,16 +168,6 @@ async def caught_up(settings: Settings, group: str) -> bool:
         await consumer.stop()
 
 
-async def run_until(loop: BatchLoop, done: Any, timeout: float = 60.0) -> None:
-    stop = asyncio.Event()
-    task = asyncio.create_task(loop.run(stop))
-    try:
-        await eventually(done, timeout=timeout, interval=0.3)
-    finally:
-        stop.set()
-        await task
-
-
 @pytest.fixture
 async def dedupe_settings(kafka_bootstrap: str) -> Settings:
     settings = ingest_settings(kafka_bootstrap)
@@ -171,15 +189,20 @@ async def test_crashes_mid_batch_lose_and_duplicate_nothing(dedupe_settings: Set
         for cycle in range(4):
             await produce_updates(settings, rng, wamids, 120)
             # A deduper that crashes after a few healthy batches (small batches: many of them)…
-            crashing = deduper_loop(settings, CrashingOutbox(producer, rng, healthy_flushes=rng.randint(0, 3)),
-                                    restore_consumer, max_records=15)
+            crashing = Replica(settings, CrashingOutbox(producer, rng, healthy_flushes=rng.randint(0, 3)),
+                               restore_consumer, max_records=15)
             await crashing.start()
-            with pytest.raises(Crash):
-                await crashing.run(asyncio.Event())
+            try:
+                await asyncio.wait_for(crashing.batches.crashed.wait(), 60)
+            finally:
+                await crashing.kill()
             # …and its replacement, which restores from Kafka and catches up.
-            healthy = deduper_loop(settings, Outbox(producer), restore_consumer, max_records=50, found=found)
+            healthy = Replica(settings, Outbox(producer), restore_consumer, max_records=50, found=found)
             await healthy.start()
-            await run_until(healthy, lambda: caught_up(settings, group))
+            try:
+                await eventually(lambda: caught_up(settings, group), timeout=60, interval=0.3)
+            finally:
+                await healthy.stop()
             assert await actual_events(settings) == await expected_events(settings), f"cycle {cycle}"
         # Both repairs happened: states undone (their events were lost) and events kept (their state was).
         assert sum(part.rolled_back for part in found) > 0
@@ -199,28 +222,26 @@ async def test_replicas_share_the_partitions_and_hand_them_over(dedupe_settings:
     await producer.start()
     for consumer in restore:
         await consumer.start()
-    loops = [deduper_loop(settings, Outbox(producer), restore[i], max_records=20) for i in range(3)]
-    stops = [asyncio.Event() for _ in loops]
-    tasks: list[asyncio.Task[None]] = []
+    replicas = [Replica(settings, Outbox(producer), restore[i], max_records=20) for i in range(3)]
+    started: list[Replica] = []
     try:
-        await loops[0].start()
-        await loops[1].start()
-        tasks += [asyncio.create_task(loops[i].run(stops[i])) for i in range(2)]
-        await eventually(lambda: _async(all(loop.consumer.assignment() for loop in loops[:2])
-                                        and len(loops[0].consumer.assignment() | loops[1].consumer.assignment()) == 3))
+        for replica in replicas[:2]:
+            await replica.start()
+            started.append(replica)
+        await eventually(lambda: _async(all(r.assignment() for r in replicas[:2])
+                                        and len(replicas[0].assignment() | replicas[1].assignment()) == 3))
         await produce_updates(settings, rng, wamids, 150)
-        stops[0].set()  # one replica leaves mid-stream: its partitions move to the other
-        await tasks[0]
+        await replicas[0].stop()  # one replica leaves mid-stream: its partitions move to the other
+        started.remove(replicas[0])
         await produce_updates(settings, rng, wamids, 150)
-        await loops[2].start()  # a new one joins and takes some back
-        tasks.append(asyncio.create_task(loops[2].run(stops[2])))
+        await replicas[2].start()  # a new one joins and takes some back
+        started.append(replicas[2])
         await produce_updates(settings, rng, wamids, 150)
         await eventually(lambda: caught_up(settings, group), timeout=60)
         assert await actual_events(settings) == await expected_events(settings)
     finally:
-        for stop in stops:
-            stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for replica in started:
+            await replica.stop()
         for consumer in restore:
             await consumer.stop()
         await producer.stop()

@@ -170,3 +170,23 @@ def test_rollback_equals_replaying_only_the_committed_prefix(
         if offset >= cut:
             got = replay.apply(status, ts, offset, 1)
             assert (got.outcome, got.emit) == (expected.outcome, expected.emit)
+
+
+def test_kept_state_records_cost_their_size_not_orjsons_buffer() -> None:
+    """The deduper keeps one encoded state per message: ~220 bytes each, not the 4 KiB orjson writes into."""
+    from pathlib import Path
+
+    def rss() -> int:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:"))
+        return int(line.split()[1]) * 1024
+
+    count = 20_000
+    before = rss()
+    kept = []
+    for i in range(count):
+        state = MessageState()
+        state.apply(DeliveryStatus.READ, 1764000000, i, 1764000000000)
+        kept.append(state.to_json())
+    per_record = (rss() - before) / count
+    assert len(kept[0]) < 400
+    assert per_record < 1500, f"{per_record:.0f} bytes of RSS per kept record"

@@ -1,20 +1,31 @@
-"""Work handed to another long-lived task keeps the producer's trace only when carried explicitly."""
+"""W3C trace context: the fast parse and format agree with the propagator, and work handed to another
+long-lived task keeps the producer's trace only when its context is carried explicitly."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.context import Context
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from pipeline.config import Settings
 from pipeline.contracts.vocabulary import Stage
-from pipeline.observability import attached, capture, setup
+from pipeline.observability import attached, setup
 from pipeline.observability.context import (
     context_from_headers,
     context_from_traceparent,
     current_trace_id,
     current_traceparent,
+    exemplar_of,
+    link_to,
+    parse_traceparent,
+    traceparent_header,
+    traceparent_of,
 )
 from tests.observability.helpers import by_name, parent_id
 
@@ -38,7 +49,7 @@ async def test_queued_work_keeps_the_trace_with_capture_and_loses_it_without(set
         for name, carry in (("carried", True), ("dropped", False)):
             with tracer.start_as_current_span(f"handle {name}"):
                 done = asyncio.Event()
-                await queue.put((f"work {name}", capture() if carry else None, done))
+                await queue.put((f"work {name}", otel_context.get_current() if carry else None, done))
                 await done.wait()
     finally:
         worker_task.cancel()
@@ -69,3 +80,45 @@ async def test_traceparent_round_trips_through_text(settings: Settings) -> None:
             assert current_trace_id() == trace_id
     with attached(context_from_traceparent("00-garbage")), tracer.start_as_current_span("bad"):
         assert current_trace_id() != trace_id  # a malformed header starts a new trace, it does not fail
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_parses_like_the_w3c_propagator() -> None:
+    ours = parse_traceparent(TRACEPARENT)
+    theirs = trace.get_current_span(TraceContextTextMapPropagator().extract({"traceparent": TRACEPARENT}))
+    assert ours == theirs.get_span_context()
+    assert parse_traceparent(TRACEPARENT.encode()) == ours
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        None, "", "req_123", TRACEPARENT[:-1], "01" + TRACEPARENT[2:],
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  # all-zero trace id
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",  # all-zero span id
+        "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",  # not hex
+        "00_4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7_01",
+    ],
+)
+def test_anything_else_is_no_context(bad: str | None) -> None:
+    assert parse_traceparent(bad) is None
+    assert context_from_traceparent(bad) is None
+    assert link_to(bad) is None
+
+
+def test_a_child_span_continues_the_trace_and_writes_a_traceparent() -> None:
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("child", context=context_from_traceparent(TRACEPARENT)) as span:
+        text, header = traceparent_of(span), traceparent_header(span)
+        assert text is not None
+        assert header == text.encode()
+        assert text.split("-")[1] == "4bf92f3577b34da6a3ce929d0e0e4736"
+        assert current_traceparent() == text
+        parsed = parse_traceparent(header)
+        assert parsed is not None
+        assert (parsed.trace_id, parsed.span_id) == (span.get_span_context().trace_id, span.get_span_context().span_id)
+        assert exemplar_of(span) == {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"}
+    assert traceparent_of(trace.INVALID_SPAN) is None
+    assert traceparent_header(trace.INVALID_SPAN) is None

@@ -27,6 +27,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline.store.settings import StoreSettings
+
 META_GRAPH_URL = "https://graph.facebook.com"
 SANDBOX_ACCESS_TOKEN = "sandbox-token"  # noqa: S105 — the sandbox's public, fake token
 
@@ -319,6 +321,7 @@ class Settings(BaseModel):
     sender: SenderSettings
     ingest: IngestSettings
     sandbox: SandboxSettings
+    store: StoreSettings
     log: LogSettings
 
 
@@ -331,13 +334,14 @@ class SettingsError(Exception):
         super().__init__(f"invalid configuration ({len(problems)} problem(s)):\n{lines}")
 
 
-_GROUPS: dict[str, type[_Group]] = {
+_GROUPS: dict[str, type[BaseSettings]] = {
     "kafka": KafkaSettings,
     "whatsapp": WhatsAppSettings,
     "api": ApiSettings,
     "sender": SenderSettings,
     "ingest": IngestSettings,
     "sandbox": SandboxSettings,
+    "store": StoreSettings,
     "log": LogSettings,
 }
 

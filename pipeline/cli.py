@@ -86,6 +86,12 @@ def sandbox(host: Host = None, port: Port = None) -> None:
 
 
 @app.command()
+def store(host: Host = None, port: Port = None) -> None:
+    """Message store: project every message, status and reply into a database and serve the read API."""
+    _run_stage("pipeline.store", _settings(store={"host": host, "port": port}))
+
+
+@app.command()
 def run() -> None:
     """Everything locally: broker, topics, sandbox (without credentials) and every stage. Ctrl-C stops all."""
     from pipeline.local.run import run_local

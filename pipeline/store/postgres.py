@@ -131,7 +131,8 @@ _VIEW_COLUMNS = (
     "request_id, created_at, phone_number_id, wa_id, message_type, text, metadata, accepted_at, outcome, wamid,"
     " error_code, error_title, error_class, error_message, status_rank"
 )
-_TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+# A server away, starting, shutting down or full: retry later. Other errors are about the data.
+_TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.OperatorInterventionError,
               asyncpg.TooManyConnectionsError, TimeoutError)
 
 
@@ -362,10 +363,11 @@ class PostgresBackend:
                 args.append(wa_id)
             rows = await conn.fetch(
                 f"""SELECT COALESCE(o.accepted_at, o.created_at) AS accepted_at,
-                    o.status_rank >= 1 OR o.outcome = 'sent' AS sent,
+                    COALESCE(o.status_rank >= 1 OR o.outcome = 'sent', FALSE) AS sent,
                     COALESCE(o.delivered_at, o.read_at, o.played_at) AS delivered_at,
                     COALESCE(o.read_at, o.played_at) AS read_at,
-                    o.failed_at IS NOT NULL OR o.outcome IN ('failed', 'dead_lettered', 'expired') AS failed,
+                    COALESCE(o.failed_at IS NOT NULL OR o.outcome IN ('failed', 'dead_lettered', 'expired'), FALSE)
+                        AS failed,
                     COALESCE(o.error_code, f.error_code) AS error_code,
                     COALESCE(o.error_title, f.error_title) AS error_title,
                     (SELECT MIN(i.occurred_at) FROM inbound_messages i

@@ -190,7 +190,10 @@ class SqliteBackend:
             except sqlite3.Error as exc:
                 if self._wconn.in_transaction:
                     self._wconn.execute("ROLLBACK")
-                raise BackendUnavailable(f"sqlite: {exc}") from exc
+                # Locked, disk full, I/O: retry later. Anything else is about the data: the caller's.
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise BackendUnavailable(f"sqlite: {exc}") from exc
+                raise
 
         return await asyncio.get_running_loop().run_in_executor(self._writer, run)
 

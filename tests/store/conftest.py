@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -73,18 +74,14 @@ def _unprivileged() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+def postgres_server() -> Iterator[PostgresServer]:
     assert (PG_BIN / "initdb").exists(), f"PostgreSQL is missing ({PG_BIN}/initdb): run `make setup`"
-    base = tmp_path_factory.mktemp("postgres")
+    # Not under pytest's temp root: that is 0700 root, which the server's user cannot enter.
+    base = Path(tempfile.mkdtemp(prefix="store-postgres-"))
     data = base / "data"
     as_user = _unprivileged()
     if as_user:
         shutil.chown(base, "postgres")
-        base.chmod(0o755)
-        for parent in base.parents:  # the server user must reach its directory
-            if parent == Path("/"):
-                break
-            parent.chmod(parent.stat().st_mode | 0o111)
     subprocess.run(
         [*as_user, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
          "--no-sync"],
@@ -103,6 +100,7 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
         yield server
     finally:
         server.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

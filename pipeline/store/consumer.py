@@ -22,6 +22,7 @@ from typing import Any
 
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
 
 from pipeline.config import Settings
 from pipeline.contracts import DeadLetter
@@ -55,7 +56,7 @@ class Projector:
         self.batches = 0
         self._failures = 0
 
-    async def handle(self, msg: Any) -> None:
+    async def handle(self, msg: KafkaMessage) -> None:
         raw: tuple[Any, ...] = msg.raw_message
         started = time.perf_counter()
         records = [Record(self.topics[r.topic], r.value, r.partition, r.offset, r.timestamp) for r in raw]

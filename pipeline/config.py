@@ -147,6 +147,8 @@ class ApiSettings(_Group):
     retry_after_seconds: int = Field(default=5, ge=1, le=3600, description="Retry-After on 503")
     # The producer waits this long to batch concurrent requests into one Kafka request.
     linger_ms: int = Field(default=2, ge=0, le=1000)
+    # The store's read API, which GET /v1/messages… and /v1/contacts/… are forwarded to (docs/store.md).
+    store_url: str = Field(default="http://127.0.0.1:8082", pattern=r"^https?://")
 
     @field_validator("keys")
     @classmethod

@@ -75,7 +75,8 @@ async def eventually(check: Callable[[], Any], timeout: float = 60.0) -> Any:
 
 
 async def test_records_on_the_topics_reach_the_read_api(running: Settings) -> None:
-    await publish(running, [*delivered_chain("req_s1", "wamid.S1"), inbound("wamid.in.S1", at(30), reply_to="wamid.S1")])
+    await publish(running, [*delivered_chain("req_s1", "wamid.S1"),
+                            inbound("wamid.in.S1", at(30), reply_to="wamid.S1")])
     base = f"http://127.0.0.1:{running.store.port}"
     async with httpx.AsyncClient(base_url=base, headers=HEADERS) as http:
         async def delivered() -> dict[str, Any]:

@@ -53,6 +53,7 @@ class Projector:
         self.topics = {catalog.name(t): t for t in PROJECTED}
         self.names = {t: catalog.name(t) for t in PROJECTED}
         self.database_error: str | None = None  # why the last write failed, until one succeeds
+        self.newest_ms: dict[str, int] = {}  # per topic: Kafka time of the newest record committed
         self.batches = 0
         self._failures = 0
 
@@ -83,6 +84,7 @@ class Projector:
         newest: dict[str, int] = {}
         for r in raw:
             newest[r.topic] = max(newest.get(r.topic, 0), r.timestamp)
+        self.newest_ms.update(newest)
         self.batches += 1
         self.hooks.batch_committed(time.perf_counter() - started, written, newest)
 

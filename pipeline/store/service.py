@@ -14,6 +14,7 @@ import contextlib
 from datetime import timedelta
 
 import uvicorn
+from aiokafka.errors import KafkaError
 
 from pipeline.api.auth import ApiKeys
 from pipeline.config import Settings
@@ -22,10 +23,12 @@ from pipeline.contracts.vocabulary import Stage
 from pipeline.lifecycle import release_signals, stop_on_signals
 from pipeline.observability import get_logger, setup, subscriber_consumers, track_lag
 from pipeline.observability.http import uvicorn_config
+from pipeline.observability.lag import measure_lag
 from pipeline.store.backend import Backend, BackendUnavailable, open_backend
 from pipeline.store.consumer import Projector, dead_letter_sink, new_broker, subscribe
 from pipeline.store.crypto import Sealer
 from pipeline.store.http import Reader, create_app
+from pipeline.store.openapi import ROUTES
 from pipeline.store.telemetry import StoreTelemetry
 from pipeline.topics import TopicCatalog
 
@@ -38,7 +41,7 @@ class StoreService:
     def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
         self.settings = settings
         self.backend = backend or open_backend(settings.store)
-        self.hooks = StoreTelemetry()
+        self.hooks = StoreTelemetry(tuple(path for _, path, _ in ROUTES))
         self.sealer = Sealer(settings.store.encryption_key_bytes())
         self.telemetry = setup(Stage.STORE, settings)
         self.catalog = TopicCatalog(settings.kafka)
@@ -93,6 +96,15 @@ class StoreService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
 
+    async def lag_seconds(self, stop: asyncio.Event, interval: float = 5.0) -> None:
+        consumers = subscriber_consumers(self.subscriber)
+        while not stop.is_set():
+            with contextlib.suppress(KafkaError, AssertionError, RuntimeError, TimeoutError):
+                async with asyncio.timeout(max(interval, 5.0)):
+                    self.hooks.lag(await measure_lag(consumers), self.projector.newest_ms)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
     async def run(self, stop: asyncio.Event) -> None:
         store = self.settings.store
         app = create_app(Reader(self.backend, self.sealer), ApiKeys(self.settings.api.api_keys()), self.hooks,
@@ -110,6 +122,7 @@ class StoreService:
             self.consuming = True
             tasks = [
                 asyncio.create_task(self.retention(stop), name="store-retention"),
+                asyncio.create_task(self.lag_seconds(stop), name="store-lag-seconds"),
                 asyncio.create_task(track_lag(subscriber_consumers(self.subscriber), store.group_id),
                                     name="store-lag"),
             ]

@@ -19,7 +19,31 @@ from pipeline.observability import metrics as m
 log = get_logger(__name__)
 
 
+TABLES = ("outbound_messages", "status_events", "inbound_messages")
+OPERATIONS = ("write", "read", "retention", "erase", "connect")
+
+
 class StoreTelemetry:
+    def __init__(self, routes: tuple[str, ...] = ()) -> None:
+        # Every series exists at 0 from the start: rates and alerts see the first increment.
+        for table in TABLES:
+            m.STORE_ROWS.labels(table=table)
+            m.STORE_RETENTION_DELETED.labels(table=table)
+        for operation in OPERATIONS:
+            m.STORE_DB_ERRORS.labels(operation=operation)
+        for route in routes:
+            m.STORE_READ_DURATION.labels(route=route)
+
+    def lag(self, pending: dict[str, int], newest_ms: dict[str, int]) -> None:
+        """Between batches: a topic with records waiting is as far behind as its newest committed record
+        is old (so the gauge grows while the store is stuck); a topic with none waiting is not behind."""
+        now_ms = time.time() * 1000
+        for topic, waiting in pending.items():
+            if waiting == 0:
+                m.STORE_PROJECTION_LAG.labels(topic=topic).set(0)
+            elif topic in newest_ms:
+                m.STORE_PROJECTION_LAG.labels(topic=topic).set(max(0.0, (now_ms - newest_ms[topic]) / 1000))
+
     def batch_committed(self, seconds: float, written: Mapping[str, int], newest_ms: Mapping[str, int]) -> None:
         m.STORE_BATCH_DURATION.observe(seconds)
         for table, rows in written.items():

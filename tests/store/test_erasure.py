@@ -49,7 +49,7 @@ async def test_sqlite_erasure_leaves_nothing_in_the_file_the_wal_or_the_fts_tabl
 
 
 async def test_postgres_erasure_leaves_the_contact_in_no_table(postgres_server: PostgresServer) -> None:
-    dsn = postgres_server.dsn(await postgres_server.new_database())
+    dsn = postgres_server.dsn(postgres_server.new_database())
     backend = PostgresBackend(dsn)
     await backend.open()
     try:

@@ -18,7 +18,7 @@ async def _partitions(conn: asyncpg.Connection) -> set[str]:
 
 
 async def test_retention_drops_whole_partitions(postgres_server: PostgresServer) -> None:
-    dsn = postgres_server.dsn(await postgres_server.new_database())
+    dsn = postgres_server.dsn(postgres_server.new_database())
     backend = PostgresBackend(dsn)
     await backend.open()
     old = T0 - timedelta(days=120)
@@ -41,7 +41,7 @@ async def test_retention_drops_whole_partitions(postgres_server: PostgresServer)
 
 
 async def test_row_level_security_hides_other_numbers_even_from_direct_sql(postgres_server: PostgresServer) -> None:
-    dsn = postgres_server.dsn(await postgres_server.new_database())
+    dsn = postgres_server.dsn(postgres_server.new_database())
     backend = PostgresBackend(dsn)
     await backend.open()
     try:
@@ -62,7 +62,7 @@ async def test_row_level_security_hides_other_numbers_even_from_direct_sql(postg
 
 
 async def test_migrations_run_once_and_a_second_open_changes_nothing(postgres_server: PostgresServer) -> None:
-    dsn = postgres_server.dsn(await postgres_server.new_database())
+    dsn = postgres_server.dsn(postgres_server.new_database())
     for _ in range(2):
         backend = PostgresBackend(dsn)
         await backend.open()

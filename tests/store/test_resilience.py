@@ -123,7 +123,7 @@ async def test_kill_9_mid_projection_then_restart_leaves_no_duplicate_and_nothin
 async def test_postgres_stopped_for_30_s_the_store_waits_and_loses_nothing_and_the_api_keeps_accepting(
     kafka_bootstrap: str, postgres_server: PostgresServer, stack_logs: Path
 ) -> None:
-    dsn = postgres_server.dsn(await postgres_server.new_database())
+    dsn = postgres_server.dsn(postgres_server.new_database())
     settings = _settings(kafka_bootstrap, dsn, batch_size=100)
     await create_topics(settings.kafka)
     stack = LocalStack(settings, stages=["store", "api"], use_sandbox=False, log_dir=stack_logs)
@@ -169,7 +169,7 @@ async def test_postgres_stopped_for_30_s_the_store_waits_and_loses_nothing_and_t
             assert (await http.get(f"{store}/readyz")).status_code == 200
     finally:
         stack.stop()
-        if postgres_server.ctl("status", check=False).returncode != 0:
+        if not postgres_server.running():
             postgres_server.start()
 
 

@@ -37,7 +37,7 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.db'}"
     server: PostgresServer = request.getfixturevalue("postgres_server")
-    return server.dsn(await server.new_database())
+    return server.dsn(server.new_database())
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ from pipeline.store.rows import (
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
+_COMMON_MATCHES = 2000  # more matches than this: walk the time index instead of sorting them
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbound_messages (
     id INTEGER PRIMARY KEY,
@@ -335,9 +336,18 @@ class SqliteBackend:
             params: list[Any] = []
             columns = ", ".join(f"o.{c.strip()}" for c in _VIEW_COLUMNS.split(","))
             if search.words:
-                sql = (f"SELECT {columns} FROM outbound_search JOIN outbound_messages o ON o.id = outbound_search.rowid"
-                       " WHERE outbound_search MATCH ?")
-                params.append(fts_query(search.words))
+                query = fts_query(search.words)
+                # SQLite's planner cannot see how many rows a MATCH returns, so look: a rare term is read
+                # through the FTS index and sorted; a common one by walking the time index newest first
+                # against the set of matches, which stops at the page's end instead of sorting them all.
+                common = conn.execute(
+                    "SELECT count(*) FROM (SELECT rowid FROM outbound_search WHERE outbound_search MATCH ?"
+                    f" LIMIT {_COMMON_MATCHES})", (query,)).fetchone()[0] >= _COMMON_MATCHES
+                # (A correlated `MATCH ... AND rowid = o.id` per row walked measured 30x slower than the set.)
+                index = "INDEXED BY outbound_created" if common else ""
+                sql = (f"SELECT {columns} FROM outbound_messages o {index} WHERE o.id IN"
+                       " (SELECT rowid FROM outbound_search WHERE outbound_search MATCH ?)")
+                params.append(query)
             else:
                 sql = f"SELECT {columns} FROM outbound_messages o WHERE 1"
             sql += _filters(search, params) + _in("o.phone_number_id", scope, params)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import uvicorn
 from aiokafka.errors import KafkaError
@@ -24,6 +25,7 @@ from pipeline.lifecycle import release_signals, stop_on_signals
 from pipeline.observability import get_logger, setup, subscriber_consumers, track_lag
 from pipeline.observability.http import uvicorn_config
 from pipeline.observability.lag import measure_lag
+from pipeline.observability.redaction import register_secrets
 from pipeline.store.backend import Backend, BackendUnavailable, open_backend
 from pipeline.store.consumer import Projector, dead_letter_sink, new_broker, subscribe
 from pipeline.store.crypto import Sealer
@@ -44,6 +46,9 @@ class StoreService:
         self.hooks = StoreTelemetry(tuple(path for _, path, _ in ROUTES))
         self.sealer = Sealer(settings.store.encryption_key_bytes())
         self.telemetry = setup(Stage.STORE, settings)
+        # The whole URL is a registered secret already; its password alone is one too (a driver's
+        # message could quote it without the rest of the URL).
+        register_secrets([urlsplit(settings.store.database_url.get_secret_value()).password])
         self.catalog = TopicCatalog(settings.kafka)
         self.broker = new_broker(settings, self.telemetry)
         self.projector = Projector(self.backend, self.sealer, self.hooks, self.catalog,

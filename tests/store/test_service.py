@@ -124,3 +124,24 @@ async def test_a_bad_record_is_dead_lettered_and_the_ones_behind_it_are_stored(r
     assert (letters[0]["stage"], letters[0]["reason"]) == ("store", "schema_invalid")
     assert "to" in letters[0]["error"]
     assert "not a number" not in letters[0]["error"]  # field and rule, never the value
+
+
+async def test_database_credentials_never_reach_the_log(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    password = "s3cret-store-password-xyz"
+    url = f"postgresql://store:{password}@127.0.0.1:{free_port()}/store"
+    service = StoreService(store_settings(settings, url))
+    stop = asyncio.Event()
+    opening = asyncio.create_task(service.open_database(stop))
+    await asyncio.sleep(2.0)
+    reasons = await service.not_ready()
+    stop.set()
+    await opening
+    out = capsys.readouterr()
+    logged = out.out + out.err
+    assert "store_db_error" in logged
+    assert password not in logged
+    assert url not in logged
+    assert any(r.startswith("database not open: postgresql:") for r in reasons), reasons
+    assert not any(password in r for r in reasons)

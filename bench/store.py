@@ -48,6 +48,7 @@ from pipeline.store.postgres import PostgresBackend  # noqa: E402
 from pipeline.store.projection import Record, project  # noqa: E402
 from pipeline.store.rows import Changes, InboundRow, OutboundRow, StatusRow  # noqa: E402
 from pipeline.store.sqlite import SqliteBackend  # noqa: E402
+from pipeline.store.telemetry import StoreTelemetry  # noqa: E402
 from pipeline.topics import TopicName  # noqa: E402
 
 NUMBER = "106540352242922"
@@ -126,7 +127,7 @@ async def _sqlite_bare(backend: SqliteBackend, batches: list[Changes], events: i
 async def _postgres_bare(backend: PostgresBackend, batches: list[Changes], events: int) -> float:
     import asyncpg
 
-    conn = await asyncpg.connect(backend._dsn)  # noqa: SLF001 — the bench's own baseline connection
+    conn = await asyncpg.connect(backend._dsn)
     await conn.execute("CREATE TABLE IF NOT EXISTS bare_outbound (request_id text, created_at timestamptz, "
                        "phone_number_id text, wa_id text, message_type text, text text, accepted_at timestamptz, "
                        "outcome text, wamid text)")
@@ -182,6 +183,21 @@ async def bulk_load(backend: Backend, messages: int) -> float:
     return time.perf_counter() - started
 
 
+async def analyse(backend: Backend) -> None:
+    """What autovacuum (PostgreSQL) and the retention pass's `PRAGMA optimize` (SQLite) do in service."""
+    if isinstance(backend, PostgresBackend):
+        import asyncpg
+
+        conn = await asyncpg.connect(backend._dsn)
+        await conn.execute("ANALYZE")
+        await conn.close()
+    else:
+        import sqlite3
+
+        with sqlite3.connect(backend.path) as conn:
+            conn.execute("ANALYZE")
+
+
 async def latency(call: Callable[[int], Awaitable[httpx.Response]], queries: int) -> tuple[float, float]:
     for i in range(20):  # warm-up
         await call(i)
@@ -201,8 +217,7 @@ async def read_phase(backend: Backend, messages: int, queries: int) -> dict[str,
     async def ready() -> list[str]:
         return []
 
-    app = create_app(Reader(backend, Sealer(None)), keys, __import__("pipeline.store.telemetry",
-                     fromlist=["StoreTelemetry"]).StoreTelemetry(), ready)
+    app = create_app(Reader(backend, Sealer(None)), keys, StoreTelemetry(), ready)
     rng = random.Random(2)
     headers = {"Authorization": f"Bearer {KEY}"}
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://store",
@@ -233,6 +248,7 @@ async def run_backend(name: str, backend: Backend, args: argparse.Namespace) -> 
         replay = await projection_phase(backend, records[: len(records) // 5])  # replays: upserts that change nothing
         bare = await baseline_phase(backend, records)
         load = await bulk_load(backend, args.messages)
+        await analyse(backend)
         reads = await read_phase(backend, args.messages, args.queries)
         return {"backend": name, "projected": projected, "replayed": replay, "bare": bare, "load_s": load,
                 "reads": reads}

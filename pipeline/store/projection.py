@@ -70,7 +70,9 @@ def _project_one(record: Record, changes: Changes) -> None:
         raise orjson.JSONDecodeError("a record without a value (tombstone)", "", 0)
     data = orjson.loads(record.value)
     if record.topic is TopicName.SEND_REQUESTS:
-        changes.add_outbound(request_row(SendRequest.model_validate(data), record.timestamp_ms))
+        request = SendRequest.model_validate(data)
+        # The text from the JSON just parsed: the same strings as the validated body, without dumping it again.
+        changes.add_outbound(request_row(request, record.timestamp_ms, searchable_text(data["message"])))
     elif record.topic is TopicName.SEND_RESULTS:
         changes.add_outbound(result_row(SendResult.model_validate(data), record.timestamp_ms))
     elif record.topic is TopicName.STATUS_EVENTS:
@@ -93,14 +95,14 @@ def _project_one(record: Record, changes: Changes) -> None:
         raise ValueError(f"the store does not project {record.topic}")
 
 
-def request_row(request: SendRequest, timestamp_ms: int) -> OutboundRow:
+def request_row(request: SendRequest, timestamp_ms: int, text: str | None) -> OutboundRow:
     return OutboundRow(
         request_id=request.request_id,
         created_at=created_at(request.request_id, request.accepted_at, timestamp_ms),
         phone_number_id=request.phone_number_id,
         wa_id=wa_id(request.to),
         message_type=request.message_type,
-        text=searchable_text(request.message),
+        text=text,
         metadata=orjson.dumps(request.metadata).decode() if request.metadata else None,
         accepted_at=request.accepted_at,
     )
@@ -155,8 +157,9 @@ def inbound_row(message: InboundMessage) -> InboundRow:
 
 
 def wa_id(phone: str) -> str:
-    """Meta's form of a number: digits only (`+1 650 555 1234` → `16505551234`)."""
-    return "".join(c for c in phone if c.isdigit())
+    """Meta's form of a number: digits only (`+16505551234` → `16505551234`)."""
+    digits = phone[1:] if phone.startswith("+") else phone
+    return digits if digits.isdigit() else "".join(c for c in phone if c.isdigit())
 
 
 def created_at(request_id: str, accepted_at: datetime | None, timestamp_ms: int) -> datetime:

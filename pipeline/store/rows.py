@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TypeVar
 
 from pipeline.contracts.vocabulary import DeliveryStatus
 
@@ -104,17 +103,19 @@ class Changes:
         return len(self.outbound) + len(self.statuses) + len(self.inbound)
 
 
-_R = TypeVar("_R", bound=OutboundRow)
+_MERGED = tuple(f.name for f in dataclasses.fields(OutboundRow) if f.name not in ("request_id", "created_at"))
 
 
-def merge(old: _R, new: _R) -> _R:
-    """`new`'s known fields over `old`'s; `created_at` is the key and stays."""
-    changes = {
-        f.name: getattr(new, f.name)
-        for f in dataclasses.fields(new)
-        if f.name not in ("request_id", "created_at") and getattr(new, f.name) is not None
-    }
-    return dataclasses.replace(old, **changes)
+def merge(old: OutboundRow, new: OutboundRow) -> OutboundRow:
+    """`new`'s known fields written over `old` (in place: the projection's hot loop; `old` is returned).
+
+    `request_id` and `created_at` are the key and stay.
+    """
+    for name in _MERGED:
+        value = getattr(new, name)
+        if value is not None:
+            setattr(old, name, value)
+    return old
 
 
 # --- what the read side returns ------------------------------------------------------------------

@@ -114,20 +114,19 @@ ON CONFLICT (wamid) DO NOTHING
 
 
 def _first(status: str) -> str:
-    return (
-        f"(SELECT MIN(occurred_at) FROM status_events s WHERE s.wamid = outbound_messages.wamid"
-        f" AND s.status = '{status}')"
-    )
+    return f"MIN(CASE WHEN status = '{status}' THEN occurred_at END)"
 
 
 # The status columns are a function of the timeline (highest rank, first time of each), recomputed for
 # the batch's wamids: whatever order the records came in, the row ends the same, and never goes back.
+# One grouped pass over the timeline (UPDATE … FROM) rather than a subquery per column and row.
 _REFRESH_STATUS = f"""
-UPDATE outbound_messages SET
-    status_rank = COALESCE((SELECT MAX(rank) FROM status_events s WHERE s.wamid = outbound_messages.wamid), 0),
-    sent_at = {_first("sent")}, delivered_at = {_first("delivered")}, read_at = {_first("read")},
-    played_at = {_first("played")}, failed_at = {_first("failed")}
-WHERE wamid IN (SELECT value FROM json_each(?))
+UPDATE outbound_messages SET status_rank = t.rank, sent_at = t.sent, delivered_at = t.delivered,
+    read_at = t.read, played_at = t.played, failed_at = t.failed
+FROM (SELECT wamid, MAX(rank) AS rank, {_first("sent")} AS sent, {_first("delivered")} AS delivered,
+        {_first("read")} AS read, {_first("played")} AS played, {_first("failed")} AS failed
+      FROM status_events WHERE wamid IN (SELECT value FROM json_each(?)) GROUP BY wamid) AS t
+WHERE outbound_messages.wamid = t.wamid
 """
 
 _VIEW_COLUMNS = (
@@ -150,7 +149,10 @@ def _in(column: str, scope: Scope, params: list[Any]) -> str:
         return ""
     numbers = scope.sorted_numbers
     params.extend(numbers)
-    return f" AND {column} IN ({', '.join('?' * len(numbers))})" if numbers else " AND 0"
+    # The unary `+` keeps SQLite from walking the (phone_number_id, created_at) index for this term:
+    # a deployment has few numbers, so that index matches nearly every row; the contact, search and
+    # time indexes are the selective ones (measured: a conversation page 318 ms → about 1 ms).
+    return f" AND +{column} IN ({', '.join('?' * len(numbers))})" if numbers else " AND 0"
 
 
 def fts_query(words: Sequence[str]) -> str:
@@ -445,6 +447,7 @@ class SqliteBackend:
                     if count < 5000:
                         break
                 removed[table] = total
+            conn.execute("PRAGMA optimize")  # keeps the planner's statistics current, cheaply
             return removed
 
         return await self._write(write)

@@ -1,6 +1,6 @@
 """The searchable text of a message body: what a person would search for.
 
-    searchable_text(request.message)   # "order_update en_US 12345 Track" for a template
+    searchable_text(message)   # a message body as JSON data: "order_update 12345 Track" for a template
 
 Body, caption, file name, template name and parameters, button and list titles: every string a
 recipient reads. Ids, links and media references are left out (they only add noise to the index).
@@ -17,9 +17,10 @@ _TEXT_KEYS = frozenset(
 )
 
 
-def searchable_text(body: BaseModel) -> str | None:
+def searchable_text(body: BaseModel | dict[str, Any]) -> str | None:
+    """From a validated body or its JSON data (the projection passes the data it already parsed)."""
     parts: list[str] = []
-    _collect(body.model_dump(mode="json", exclude_none=True), parts)
+    _collect(body if isinstance(body, dict) else body.model_dump(mode="json", exclude_none=True), parts)
     text = " ".join(p for p in parts if p.strip())
     return text or None
 

@@ -221,7 +221,46 @@ def overview() -> Dashboard:
             description="Time between delivery states of one message: accepted→sent, sent→delivered, "
             "accepted→delivered, delivered→read.",
         )
+    store_panels(board)
     return board
+
+
+def store_panels(board: Dashboard) -> None:
+    """The message store (docs/store.md): how far behind the projection is, what it writes, its database."""
+    board.row("Message store")
+    board.timeseries(
+        "Store projection lag",
+        [q(f"max by (topic) ({s('delivery_store_projection_lag_seconds', I)})", "{{topic}}")],
+        unit="s", steps=thresholds((300, "red")),
+        description="How old the newest record of each topic is when the store committed it, growing while "
+        "records wait and the store commits nothing (alert DeliveryStoreProjectionLag at 5 min).",
+    )
+    board.timeseries(
+        "Store rows written",
+        [q(f"sum by (table) ({rate('delivery_store_rows_written_total', I)})", "{{table}}")],
+        unit="ops", stack=True, description="Rows upserted per table by the projection.",
+    )
+    board.timeseries(
+        "Store batch duration",
+        [q(quantile(phi, "delivery_store_batch_duration_seconds_bucket", I), f"p{int(phi * 100)}")
+         for phi in (0.5, 0.99)],
+        unit="s", description="Parse, write and commit one batch (one database transaction).",
+    )
+    board.timeseries(
+        "Store database errors",
+        [q(f"sum by (operation) ({rate('delivery_store_db_errors_total', I)})", "{{operation}}")],
+        unit="ops", description="Failed database operations (retried): write, read, retention, erase, connect.",
+    )
+    board.timeseries(
+        "Store retention deletions",
+        [q(f"sum by (table) ({rate('delivery_store_retention_deleted_total', I)})", "{{table}}")],
+        unit="ops", description="Rows removed by the retention pass (STORE_RETENTION_DAYS).",
+    )
+    board.timeseries(
+        "Read API latency p99",
+        [q(quantile(0.99, "delivery_store_read_duration_seconds_bucket", I, by="route"), "{{route}}")],
+        unit="s", description="Time to answer each read route of the store.",
+    )
 
 
 def api_dashboard() -> Dashboard:

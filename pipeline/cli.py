@@ -28,6 +28,7 @@ schemas_app = typer.Typer(help="JSON Schemas of the message contracts.", no_args
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
+app.add_typer(importlib.import_module("pipeline.store.cli").messages_app, name="messages")
 
 Host = Annotated[str | None, typer.Option(help="Interface to listen on (default from settings).")]
 Port = Annotated[int | None, typer.Option(help="Port to listen on (default from settings).")]
@@ -83,6 +84,12 @@ def ingest(host: Host = None, port: Port = None) -> None:
 def sandbox(host: Host = None, port: Port = None) -> None:
     """Sandbox: a local stand-in for Meta's Graph API, with signed status webhooks."""
     _run_stage("pipeline.sandbox", _settings(sandbox={"host": host, "port": port}))
+
+
+@app.command()
+def store(host: Host = None, port: Port = None) -> None:
+    """Message store: project every message, status and reply into a database and serve the read API."""
+    _run_stage("pipeline.store", _settings(store={"host": host, "port": port}))
 
 
 @app.command()

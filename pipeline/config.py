@@ -28,6 +28,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline.store.settings import StoreSettings
+
 META_GRAPH_URL = "https://graph.facebook.com"
 SANDBOX_ACCESS_TOKEN = "sandbox-token"  # noqa: S105 — the sandbox's public, fake token
 
@@ -150,6 +152,8 @@ class ApiSettings(_Group):
     # reads only the topic's tail). Unset: a temporary file, rebuilt from the window at each start.
     state_dir: Path | None = None
     state_cache_mb: int = Field(default=64, ge=1, le=65_536, description="SQLite page cache for the answers")
+    # The store's read API, which GET /v1/messages… and /v1/contacts/… are forwarded to (docs/store.md).
+    store_url: str = Field(default="http://127.0.0.1:8082", pattern=r"^https?://")
 
     @field_validator("keys")
     @classmethod
@@ -336,6 +340,7 @@ class Settings(BaseModel):
     sender: SenderSettings
     ingest: IngestSettings
     sandbox: SandboxSettings
+    store: StoreSettings
     log: LogSettings
 
 
@@ -348,13 +353,14 @@ class SettingsError(Exception):
         super().__init__(f"invalid configuration ({len(problems)} problem(s)):\n{lines}")
 
 
-_GROUPS: dict[str, type[_Group]] = {
+_GROUPS: dict[str, type[BaseSettings]] = {
     "kafka": KafkaSettings,
     "whatsapp": WhatsAppSettings,
     "api": ApiSettings,
     "sender": SenderSettings,
     "ingest": IngestSettings,
     "sandbox": SandboxSettings,
+    "store": StoreSettings,
     "log": LogSettings,
 }
 

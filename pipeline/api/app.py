@@ -29,7 +29,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 
-from pipeline.api import asyncapi, openapi
+from pipeline.api import asyncapi, openapi, reads
 from pipeline.api.intake import Rejection, invalid, may_hold_controls, message_type_label
 from pipeline.api.responses import accepted_body, batch_body, error_response, json_response
 from pipeline.api.service import Accepted, ApiService, Outcome
@@ -39,6 +39,7 @@ from pipeline.observability import Telemetry, get_logger, ops_routes
 from pipeline.observability import metrics as m
 from pipeline.observability.context import context_from_headers
 from pipeline.observability.metrics import exemplar
+from pipeline.store.openapi import ROUTES as READ_ROUTES
 
 log = get_logger(__name__)
 
@@ -68,6 +69,7 @@ def create_app(service: ApiService, telemetry: Telemetry) -> Starlette:
             with contextlib.suppress(asyncio.CancelledError):
                 await starting
             await service.stop()
+            await reads.close_forwarder()
 
     def endpoint(route: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def handle(request: Request) -> Response:
@@ -80,6 +82,7 @@ def create_app(service: ApiService, telemetry: Telemetry) -> Starlette:
         routes=[
             Route(SINGLE, single, methods=["POST"]),
             Route(BATCH, batch, methods=["POST"]),
+            *reads.forward_routes(service.settings.api.store_url),
             *ops_routes(service.ready),
             Mount("", app=_docs_app(service, single, batch)),
         ],
@@ -99,6 +102,8 @@ def _docs_app(service: ApiService, single: Any, batch: Any) -> FastAPI:
     )
     app.post(SINGLE, status_code=202, **openapi.single_route(settings))(single)
     app.post(BATCH, status_code=202, **openapi.batch_route(settings))(batch)
+    for method, path, spec in READ_ROUTES:  # the store's read API, forwarded by `reads`
+        app.add_api_route(path, reads.forwarder(settings.api.store_url), methods=[method], **spec)
 
     @app.get("/asyncapi", include_in_schema=False)
     async def asyncapi_html() -> HTMLResponse:

@@ -14,6 +14,7 @@ class Stage(StrEnum):
     SENDER = "sender"
     INGEST = "ingest"
     SANDBOX = "sandbox"
+    STORE = "store"
 
 
 class MessageOutcome(StrEnum):

@@ -60,6 +60,7 @@ def local_targets(settings: Settings) -> list[ScrapeTarget]:
         ScrapeTarget("delivery-sender", at(settings.sender.host, settings.sender.port)),
         ScrapeTarget("delivery-ingest", at(settings.ingest.host, ingest_port)),
         ScrapeTarget("delivery-sandbox", at(settings.sandbox.host, settings.sandbox.port)),
+        ScrapeTarget("delivery-store", at(settings.store.host, settings.store.port)),
     ]
 
 

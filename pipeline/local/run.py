@@ -15,18 +15,21 @@ import subprocess
 import time
 from types import FrameType
 
+from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
 from pipeline.config import Settings
 from pipeline.local.kafka import PROJECT_ROOT, LocalKafka
 from pipeline.local.stack import LocalStack, StackError
+from pipeline.store.settings import DEFAULT_DATABASE_URL
 from pipeline.topics import create_topics
 
 _WHAT = {
     "sandbox": "Graph API sandbox (control at /_sandbox/)",
     "ingest": "webhooks at /webhooks/whatsapp",
     "sender": "sender metrics and health",
+    "store": "message store: read API (/v1/messages/{id}, /v1/contacts/…), SQLite in .cache/store",
     "api": "producer API, docs at /docs",
 }
 
@@ -42,6 +45,14 @@ def _accepts(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def _store_in_data_dir(settings: Settings) -> Settings:
+    """The default SQLite file in the project's data directory, wherever `pipeline run` is started."""
+    if settings.store.database_url.get_secret_value() != DEFAULT_DATABASE_URL:
+        return settings
+    url = SecretStr(f"sqlite:///{PROJECT_ROOT / '.cache' / 'store' / 'store.db'}")
+    return settings.model_copy(update={"store": settings.store.model_copy(update={"database_url": url})})
+
+
 def run_local(settings: Settings) -> int:
     """Run until Ctrl-C or until a stage dies; return the exit code for the shell."""
     console = Console(stderr=True)
@@ -54,7 +65,7 @@ def run_local(settings: Settings) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     broker: LocalKafka | None = None
-    stack = LocalStack(settings)
+    stack = LocalStack(_store_in_data_dir(settings))
     prometheus: subprocess.Popen[bytes] | None = None
     try:
         host, port = _kafka_address(settings.kafka.bootstrap_servers)

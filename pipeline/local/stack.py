@@ -27,7 +27,7 @@ from pydantic import BaseModel, SecretStr
 
 from pipeline.config import Settings
 
-STAGE_ORDER = ("sandbox", "ingest", "sender", "api")
+STAGE_ORDER = ("sandbox", "ingest", "sender", "store", "api")
 SANDBOX_VERIFY_TOKEN = "sandbox-verify-token"  # noqa: S105 — a public, fake token for local runs
 SANDBOX_PHONE_NUMBER_ID = "106540352242922"
 
@@ -46,7 +46,7 @@ class Child:
 def settings_env(settings: Settings) -> dict[str, str]:
     """Every setting as the environment variable that sets it, so a child sees the same tree."""
     env: dict[str, str] = {"PIPELINE_ENV": settings.profile.value}
-    for group_name in ("kafka", "whatsapp", "api", "sender", "ingest", "sandbox", "log"):
+    for group_name in ("kafka", "whatsapp", "api", "sender", "ingest", "sandbox", "store", "log"):
         group: BaseModel = getattr(settings, group_name)
         prefix = str(group.model_config.get("env_prefix", ""))
         for field, value in group:
@@ -86,6 +86,12 @@ def with_sandbox(settings: Settings) -> Settings:
     return settings.model_copy(update={"whatsapp": whatsapp, "sandbox": sandbox})
 
 
+def with_store(settings: Settings) -> Settings:
+    """Aim the API's forwarded read routes at the local store."""
+    store_url = f"http://{_loopback(settings.store.host)}:{settings.store.port}"
+    return settings.model_copy(update={"api": settings.api.model_copy(update={"store_url": store_url})})
+
+
 def stage_exists(name: str) -> bool:
     # An empty folder imports as a namespace package, so look for a real package.
     spec = importlib.util.find_spec(f"pipeline.{name}")
@@ -115,7 +121,7 @@ class LocalStack:
         log_dir: Path | None = None,
     ) -> None:
         self.use_sandbox = settings.whatsapp.access_token is None if use_sandbox is None else use_sandbox
-        self.settings = with_sandbox(settings) if self.use_sandbox else settings
+        self.settings = with_store(with_sandbox(settings) if self.use_sandbox else settings)
         self.stages = [s for s in stages if (self.use_sandbox or s != "sandbox") and stage_exists(s)]
         self.env = {**os.environ, **settings_env(self.settings), **(extra_env or {})}
         self.log_dir = log_dir

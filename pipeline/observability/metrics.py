@@ -137,6 +137,28 @@ WEBHOOK_SKIPPED = Counter(
     ["field", "reason"],
 )
 
+# --- store ----------------------------------------------------------------------------------------
+_BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+STORE_ROWS = Counter("delivery_store_rows_written", "Rows the store's projection upserted, by table.", ["table"])
+STORE_BATCH_DURATION = Histogram(
+    "delivery_store_batch_duration_seconds", "Time to project one batch: parse, write, commit the transaction.",
+    buckets=_BATCH_BUCKETS,
+)
+STORE_PROJECTION_LAG = Gauge(
+    "delivery_store_projection_lag_seconds",
+    "Age of the newest record of each topic when its batch was committed to the database.", ["topic"],
+)
+STORE_DB_ERRORS = Counter(
+    "delivery_store_db_errors", "Database operations that failed (retried), by operation.", ["operation"],
+)
+STORE_RETENTION_DELETED = Counter(
+    "delivery_store_retention_deleted", "Rows removed by the retention pass, by table.", ["table"],
+)
+STORE_READ_DURATION = Histogram(
+    "delivery_store_read_duration_seconds", "Time to answer a read API request, by route.",
+    ["route"], buckets=_API_BUCKETS,
+)
+
 
 # Which stage exposes which catalog metric (all are registered in every process, but a stage's
 # tests and dashboards only expect its own to carry data).
@@ -152,6 +174,10 @@ CATALOG_BY_STAGE: Mapping[Stage, tuple[MetricWrapperBase, ...]] = {
     Stage.INGEST: (
         WEBHOOKS, STATUS_EVENTS, STATUS_DUPLICATES, STATUS_OUT_OF_ORDER, FAILURES, TRANSITION, INBOUND_MESSAGES,
         ACCOUNT_EVENTS, WEBHOOK_SKIPPED, *_EVERY_STAGE, *_EVERY_CONSUMER,
+    ),
+    Stage.STORE: (
+        STORE_ROWS, STORE_BATCH_DURATION, STORE_PROJECTION_LAG, STORE_DB_ERRORS, STORE_RETENTION_DELETED,
+        STORE_READ_DURATION, *_EVERY_STAGE, *_EVERY_CONSUMER,
     ),
     Stage.SANDBOX: (),  # Meta's stand-in: it serves /metrics but owns no delivery_* metric
 }

@@ -44,7 +44,9 @@ def _fuzz(base_url: str, document: dict[str, Any]) -> dict[int, int]:
     schema = schemathesis.openapi.from_dict(document)
     statuses: dict[int, int] = {}
     checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-    for operation in (result.ok() for result in schema.get_all_operations()):  # type: ignore[union-attr]
+    operations = (result.ok() for result in schema.get_all_operations())  # type: ignore[union-attr]
+    # The send routes; the read routes the document also lists are the store's, forwarded (tests/store).
+    for operation in (o for o in operations if o.method.upper() == "POST"):
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
             @seed(20261203)

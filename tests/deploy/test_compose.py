@@ -22,7 +22,7 @@ from tests.deploy.promcheck import ROOT
 
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
-STAGES = ("api", "sender", "ingest", "sandbox")
+STAGES = ("api", "sender", "ingest", "sandbox", "store")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,8 @@ def _container_ports(service: dict[str, Any]) -> set[int]:
 
 
 def test_every_service_is_there(services: dict[str, Any]) -> None:
-    assert set(services) == {"kafka", "topics", "api", "sender", "ingest", "sandbox", "prometheus", "grafana", "jaeger"}
+    assert set(services) == {"kafka", "topics", "api", "sender", "ingest", "sandbox", "store", "prometheus", "grafana",
+                             "jaeger"}
 
 
 def test_stages_run_the_pipeline_image(services: dict[str, Any]) -> None:
@@ -64,6 +65,7 @@ def test_ports_are_the_documented_defaults(services: dict[str, Any]) -> None:
     assert _published(services["api"]) == {defaults.api.port} == {8080}
     assert _published(services["ingest"]) == {defaults.ingest.port} == {8081}
     assert _published(services["sandbox"]) == {defaults.sandbox.port} == {8090}
+    assert _published(services["store"]) == {defaults.store.port} == {8082}
     assert "ports" not in services["sender"], "two replicas cannot publish the same host port"
     assert defaults.sender.port in _container_ports(services["sender"])
     assert _published(services["prometheus"]) == {9090}
@@ -136,6 +138,7 @@ def test_compose_prometheus_scrapes_the_same_jobs_as_the_local_run() -> None:
     }
     assert jobs["delivery-ingest"]["static_configs"][0]["targets"] == [f"ingest:{defaults.ingest.port}"]
     assert jobs["delivery-sandbox"]["static_configs"][0]["targets"] == [f"sandbox:{defaults.sandbox.port}"]
+    assert jobs["delivery-store"]["static_configs"][0]["targets"] == [f"store:{defaults.store.port}"]
 
 
 def test_dockerfile_is_slim_locked_and_unprivileged() -> None:

@@ -147,11 +147,20 @@ def test_grafana_thresholds_match_the_prometheus_alerts() -> None:
     prometheus = {
         (r["labels"]["slo"], r["labels"]["severity"]): r["expr"] for r in _alert_rules() if "slo" in r["labels"]
     }
-    for rule in _grafana_rules():
+    for rule in (r for r in _grafana_rules() if "slo" in r["labels"]):
         threshold = rule["data"][2]["model"]["conditions"][0]["evaluator"]["params"][0]
         slo, severity = rule["labels"]["slo"], rule["labels"]["severity"]
         factors = re.findall(r"> \(([\d.]+) \* ([\d.]+)\)", prometheus[(slo, severity)])
         assert any(abs(float(f) * float(b) - threshold) < 1e-9 for f, b in factors), rule["uid"]
+
+
+def test_the_store_lag_alert_is_the_same_in_grafana_and_prometheus() -> None:
+    (grafana,) = [r for r in _grafana_rules() if r["uid"] == "store-projection-lag"]
+    (prometheus,) = [r for r in _alert_rules() if r["alert"] == "DeliveryStoreProjectionLag"]
+    threshold = grafana["data"][2]["model"]["conditions"][0]["evaluator"]["params"][0]
+    assert prometheus["expr"].endswith(f"> {threshold}")
+    assert (grafana["for"], grafana["labels"]["severity"]) == (prometheus["for"], prometheus["labels"]["severity"])
+    assert grafana["annotations"]["runbook_url"] == prometheus["annotations"]["runbook_url"]
 
 
 def test_contact_point_and_policy() -> None:

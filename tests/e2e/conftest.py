@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,8 @@ def stack_settings(kafka_bootstrap: str, **sandbox: object) -> Settings:
         api={"port": free_port()},
         sender={"port": free_port(), "group_id": f"{prefix}sender", "rate_per_second": 80.0},
         ingest={"port": free_port(), "metrics_port": free_port(), "group_id": f"{prefix}ingest"},
+        store={"port": free_port(), "group_id": f"{prefix}store",
+               "database_url": f"sqlite:///{tempfile.mkdtemp(prefix='e2e-store-')}/store.db"},
         sandbox={
             "port": free_port(),
             "latency_median_ms": 20.0,

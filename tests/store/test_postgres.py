@@ -1,0 +1,75 @@
+"""What only PostgreSQL does: daily partitions that retention drops whole, row-level security, migrations."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import asyncpg
+
+from pipeline.store.postgres import MIGRATIONS, PostgresBackend
+from pipeline.store.projection import project
+from tests.store.conftest import PostgresServer
+from tests.store.records import NUMBER_A, NUMBER_B, T0, delivered_chain
+
+
+async def _partitions(conn: asyncpg.Connection) -> set[str]:
+    rows = await conn.fetch("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid")
+    return {r["relname"] for r in rows}
+
+
+async def test_retention_drops_whole_partitions(postgres_server: PostgresServer) -> None:
+    dsn = postgres_server.dsn(postgres_server.new_database())
+    backend = PostgresBackend(dsn)
+    await backend.open()
+    old = T0 - timedelta(days=120)
+    try:
+        await backend.apply(project([*delivered_chain("req_old", "wamid.old", accepted=old),
+                                     *delivered_chain("req_new", "wamid.new")])[0])
+        conn = await asyncpg.connect(dsn)
+        try:
+            assert f"outbound_messages_p{old:%Y%m%d}" in await _partitions(conn)
+            removed = await backend.expire(T0 - timedelta(days=90))
+            assert removed["outbound_messages"] == 1
+            left = await _partitions(conn)
+            assert f"outbound_messages_p{old:%Y%m%d}" not in left
+            assert f"status_events_p{old:%Y%m%d}" not in left
+            assert f"outbound_messages_p{T0:%Y%m%d}" in left
+        finally:
+            await conn.close()
+    finally:
+        await backend.close()
+
+
+async def test_row_level_security_hides_other_numbers_even_from_direct_sql(postgres_server: PostgresServer) -> None:
+    dsn = postgres_server.dsn(postgres_server.new_database())
+    backend = PostgresBackend(dsn)
+    await backend.open()
+    try:
+        await backend.apply(project([*delivered_chain("req_a", "wamid.a", number=NUMBER_A),
+                                     *delivered_chain("req_b", "wamid.b", number=NUMBER_B)])[0])
+    finally:
+        await backend.close()
+    conn = await asyncpg.connect(dsn)  # the owning role: FORCE ROW LEVEL SECURITY holds it too
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM outbound_messages") == 0  # no numbers set: nothing
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('store.numbers', $1, true)", NUMBER_A)
+            rows = await conn.fetch("SELECT request_id FROM outbound_messages")
+            assert [r["request_id"] for r in rows] == ["req_a"]
+            assert await conn.fetchval("SELECT count(*) FROM status_events") == 3
+    finally:
+        await conn.close()
+
+
+async def test_migrations_run_once_and_a_second_open_changes_nothing(postgres_server: PostgresServer) -> None:
+    dsn = postgres_server.dsn(postgres_server.new_database())
+    for _ in range(2):
+        backend = PostgresBackend(dsn)
+        await backend.open()
+        await backend.close()
+    conn = await asyncpg.connect(dsn)
+    try:
+        versions = [r["version"] for r in await conn.fetch("SELECT version FROM store_migrations ORDER BY version")]
+        assert versions == list(range(1, len(MIGRATIONS) + 1))
+    finally:
+        await conn.close()

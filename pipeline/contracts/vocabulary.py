@@ -14,6 +14,7 @@ class Stage(StrEnum):
     SENDER = "sender"
     INGEST = "ingest"
     SANDBOX = "sandbox"
+    NOTIFY = "notify"
 
 
 class MessageOutcome(StrEnum):
@@ -99,6 +100,9 @@ class DeadLetterReason(StrEnum):
     PAYLOAD_REJECTED = "payload_rejected"  # Meta said our payload is wrong (100, 131008, …)
     MALFORMED_WEBHOOK = "malformed_webhook"
     UNEXPECTED_ERROR = "unexpected_error"
+    CALLBACK_UNDELIVERABLE = "callback_undeliverable"  # NOTIFY_MAX_ATTEMPTS or NOTIFY_MAX_AGE_SECONDS reached
+    CALLBACK_GONE = "callback_gone"  # the endpoint answered 410 Gone: its subscription is disabled
+    CALLBACK_BACKLOG_FULL = "callback_backlog_full"  # one endpoint's queue reached NOTIFY_ENDPOINT_QUEUE_LIMIT
 
 
 class CircuitState(StrEnum):
@@ -109,3 +113,35 @@ class CircuitState(StrEnum):
     @property
     def gauge_value(self) -> int:
         return {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}[self]
+
+
+class CallbackEventType(StrEnum):
+    """The `type` of a callback the notify stage POSTs (docs/callbacks.md); also a subscription filter."""
+
+    SEND_RESULT = "send.result"
+    STATUS_SENT = "status.sent"
+    STATUS_DELIVERED = "status.delivered"
+    STATUS_READ = "status.read"
+    STATUS_PLAYED = "status.played"
+    STATUS_FAILED = "status.failed"
+    INBOUND_MESSAGE = "inbound.message"
+
+
+class CallbackOutcome(StrEnum):
+    """How one callback event ended for one endpoint. Bounded: it is a metric label."""
+
+    DELIVERED = "delivered"
+    DEAD_LETTERED = "dead_lettered"
+
+
+class CallbackAttemptResult(StrEnum):
+    """What one POST to an endpoint got back. Bounded: it is a metric label."""
+
+    SUCCESS = "success"
+    CLIENT_ERROR = "client_error"  # 4xx other than 408, 410, 429
+    SERVER_ERROR = "server_error"  # 5xx
+    THROTTLED = "throttled"  # 429 (or 408)
+    GONE = "gone"  # 410
+    REDIRECT = "redirect"  # 3xx: never followed
+    TIMEOUT = "timeout"
+    CONNECT_ERROR = "connect_error"  # refused, reset, DNS failure, or an address the URL rules refuse

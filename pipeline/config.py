@@ -5,7 +5,7 @@
     settings.whatsapp.access_token      # SecretStr | None — never printed
 
 Each group reads its own prefix (`KAFKA_`, `WHATSAPP_`, `API_`, `SENDER_`, `INGEST_`, `SANDBOX_`,
-`LOG_`). `PIPELINE_ENV=development|production` only changes defaults (see `_PRODUCTION_DEFAULTS`).
+`LOG_`, `NOTIFY_`). `PIPELINE_ENV=development|production` only changes defaults (see `_PRODUCTION_DEFAULTS`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.notify.settings import NotifySettings
 
 META_GRAPH_URL = "https://graph.facebook.com"
 SANDBOX_ACCESS_TOKEN = "sandbox-token"  # noqa: S105 — the sandbox's public, fake token
@@ -320,6 +322,7 @@ class Settings(BaseModel):
     ingest: IngestSettings
     sandbox: SandboxSettings
     log: LogSettings
+    notify: NotifySettings
 
 
 class SettingsError(Exception):
@@ -331,7 +334,7 @@ class SettingsError(Exception):
         super().__init__(f"invalid configuration ({len(problems)} problem(s)):\n{lines}")
 
 
-_GROUPS: dict[str, type[_Group]] = {
+_GROUPS: dict[str, type[BaseSettings]] = {
     "kafka": KafkaSettings,
     "whatsapp": WhatsAppSettings,
     "api": ApiSettings,
@@ -339,6 +342,7 @@ _GROUPS: dict[str, type[_Group]] = {
     "ingest": IngestSettings,
     "sandbox": SandboxSettings,
     "log": LogSettings,
+    "notify": NotifySettings,
 }
 
 

@@ -22,6 +22,7 @@ the `DeliveryHooks` object. Only `clock` and `wall` tell the time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import random
@@ -52,6 +53,16 @@ _SWEEP_SECONDS = 1.0
 
 
 @dataclass(slots=True, eq=False)
+class Lease:
+    """A partition held by this process; `alive` turns False when it is revoked."""
+
+    alive: bool = True
+
+
+_ALWAYS = Lease()
+
+
+@dataclass(slots=True, eq=False)
 class Source:
     """One consumed record and how many of its deliveries are still open."""
 
@@ -63,7 +74,7 @@ class Source:
     value: bytes
     headers: dict[str, str] = field(default_factory=dict)
     pending: int = 0
-    alive: bool = True  # False once its partition is revoked: its deliveries are dropped, not sent
+    lease: Lease = _ALWAYS  # once revoked, its deliveries are dropped, not sent: the new owner sends them
 
 
 @dataclass(slots=True, eq=False)
@@ -269,14 +280,12 @@ class Endpoint:
             if self._ready and self.in_flight < config.concurrency and self.breaker.state is CircuitState.OPEN:
                 reopen = self.breaker.reopens_at() - now
                 timeout = reopen if timeout is None else min(timeout, reopen)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), None if timeout is None else max(timeout, 0.001))
-            except TimeoutError:
-                pass
 
     def _drop_dead(self, lane: _Lane, now: float) -> bool:
         """Drop deliveries of revoked partitions from the lane's head; True when the lane needs no slot now."""
-        while lane.items and not lane.items[0].source.alive:
+        while lane.items and not lane.items[0].source.lease.alive:
             self.size -= 1
             self._d.finish(lane.items.popleft())  # the tracker ignores it; the memory is released
         if not lane.items:

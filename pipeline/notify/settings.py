@@ -59,7 +59,8 @@ class Subscription(BaseModel):
     def _known_events(cls, value: frozenset[str]) -> frozenset[str]:
         unknown = sorted(e for e in value if e not in _EVENT_TYPES and e not in ("*", "status.*"))
         if unknown:
-            raise ValueError(f"unknown event type(s) {', '.join(unknown)}; known: *, status.*, {', '.join(sorted(_EVENT_TYPES))}")
+            known = ", ".join(["*", "status.*", *sorted(_EVENT_TYPES)])
+            raise ValueError(f"unknown event type(s) {', '.join(unknown)}; known: {known}")
         return value
 
     @property
@@ -110,6 +111,7 @@ class NotifySettings(BaseSettings):
     demo_receiver: bool = Field(
         default=False, description="`pipeline run` without subscriptions: print callbacks on a local receiver"
     )
+    demo_receiver_port: int = Field(default=9104, ge=0, le=65535)
 
     @field_validator("subscriptions")
     @classmethod

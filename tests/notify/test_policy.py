@@ -69,7 +69,8 @@ def test_breaker_opens_after_consecutive_failures_probes_once_and_closes() -> No
     breaker.record(False, 1.5)  # a success resets the count
     for t in (2.0, 3.0):
         breaker.record(True, t)
-    assert breaker.state is CircuitState.CLOSED and breaker.allow(3.0)
+    assert breaker.state is CircuitState.CLOSED
+    assert breaker.allow(3.0)
     breaker.record(True, 4.0)
     assert breaker.state is CircuitState.OPEN
     assert not breaker.allow(13.9)
@@ -77,10 +78,13 @@ def test_breaker_opens_after_consecutive_failures_probes_once_and_closes() -> No
     assert breaker.state is CircuitState.HALF_OPEN
     assert not breaker.allow(14.0)  # only one probe at a time
     breaker.record(True, 15.0)  # the probe failed: open again
-    assert breaker.state is CircuitState.OPEN and not breaker.allow(24.0)
+    assert breaker.state is CircuitState.OPEN
+    assert not breaker.allow(24.0)
     assert breaker.allow(25.0)
     breaker.record(False, 25.5)
-    assert breaker.state is CircuitState.CLOSED and breaker.allow(25.5) and breaker.allow(25.5)
+    assert breaker.state is CircuitState.CLOSED
+    assert breaker.allow(25.5)
+    assert breaker.allow(25.5)
 
 
 def test_breaker_stays_open_as_long_as_retry_after_asks() -> None:

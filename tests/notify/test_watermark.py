@@ -63,7 +63,9 @@ def test_never_past_an_open_record_and_never_backwards(gaps: list[int], rng: ran
         mark.finish(o)
         finished.add(o)
         position = mark.position()
-        assert position is not None and last is not None and position >= last
+        assert position is not None
+        assert last is not None
+        assert position >= last
         # Everything below the position is finished; the position itself is open (or past the end).
         assert all(x in finished for x in offsets if x < position)
         assert position > offsets[-1] or position not in finished

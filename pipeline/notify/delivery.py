@@ -324,18 +324,19 @@ class Endpoint:
         if verdict.result is CallbackAttemptResult.GONE:
             self._pop(lane, delivery, now)
             d.disable(delivery.subscription)
-            await self._dead_letter(delivery, DeadLetterReason.CALLBACK_GONE, queued=True)
+            await self._dead_letter(delivery, DeadLetterReason.CALLBACK_GONE)
             return
         age = d.wall() - delivery.source.timestamp
         if delivery.attempts >= d.config.max_attempts or age >= d.config.max_age_seconds:
             self._pop(lane, delivery, now)
-            await self._dead_letter(delivery, DeadLetterReason.CALLBACK_UNDELIVERABLE, queued=True)
+            await self._dead_letter(delivery, DeadLetterReason.CALLBACK_UNDELIVERABLE)
             return
         delivery.not_before = now + d.config.backoff.delay(delivery.attempts, verdict.after, random.random)
         d.hooks.retried(self.origin)
         self._schedule(lane, now)
 
     def _pop(self, lane: _Lane, delivery: Delivery, now: float) -> None:
+        self.size -= 1
         if lane.items and lane.items[0] is delivery:
             lane.items.popleft()
         if lane.items:

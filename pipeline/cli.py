@@ -80,6 +80,14 @@ def ingest(host: Host = None, port: Port = None) -> None:
 
 
 @app.command()
+def notify(host: Host = None, port: Port = None) -> None:
+    """Callbacks: POST every outcome, status and reply, signed, to the business's endpoint (metrics on --port)."""
+    from pipeline.notify.service import require_safe_subscriptions
+
+    _run_stage("pipeline.notify", _settings(notify={"host": host, "port": port}), require_safe_subscriptions)
+
+
+@app.command()
 def sandbox(host: Host = None, port: Port = None) -> None:
     """Sandbox: a local stand-in for Meta's Graph API, with signed status webhooks."""
     _run_stage("pipeline.sandbox", _settings(sandbox={"host": host, "port": port}))

@@ -44,7 +44,8 @@ def _container_ports(service: dict[str, Any]) -> set[int]:
 
 
 def test_every_service_is_there(services: dict[str, Any]) -> None:
-    assert set(services) == {"kafka", "topics", "api", "sender", "ingest", "sandbox", "prometheus", "grafana", "jaeger"}
+    assert set(services) == {"kafka", "topics", "api", "sender", "ingest", "notify", "sandbox", "prometheus", "grafana",
+                             "jaeger"}
 
 
 def test_stages_run_the_pipeline_image(services: dict[str, Any]) -> None:
@@ -136,6 +137,7 @@ def test_compose_prometheus_scrapes_the_same_jobs_as_the_local_run() -> None:
     }
     assert jobs["delivery-ingest"]["static_configs"][0]["targets"] == [f"ingest:{defaults.ingest.port}"]
     assert jobs["delivery-sandbox"]["static_configs"][0]["targets"] == [f"sandbox:{defaults.sandbox.port}"]
+    assert jobs["delivery-notify"]["static_configs"][0]["targets"] == [f"notify:{defaults.notify.port}"]
 
 
 def test_dockerfile_is_slim_locked_and_unprivileged() -> None:

@@ -69,6 +69,8 @@ def _stack_settings(settings: Settings, **kafka: object) -> Settings:
                 "retry_max_attempts": 2, "retry_base_delay_seconds": 0.05, "retry_max_delay_seconds": 0.2,
                 "breaker_failure_threshold": 2},
         ingest={"port": free_port(), "metrics_port": free_port(), "group_id": settings.ingest.group_id},
+        notify={"port": free_port(), "demo_receiver_port": free_port(),
+                "group_id": f"notify-{settings.kafka.topic_prefix}"},
         # `…9030` recipients hang past the client's timeout: ambiguous attempts, quickly.
         sandbox={"port": free_port(), "latency_median_ms": 20, "sent_after_ms": 50, "delivered_after_ms": 150,
                  "read_after_ms": 300, "failed_after_ms": 100, "hang_seconds": 3},

@@ -15,13 +15,14 @@ from pipeline.local.stack import LocalStack
 from pipeline.topics import create_topics
 
 
-def stack_settings(kafka_bootstrap: str, **sandbox: object) -> Settings:
+def stack_settings(kafka_bootstrap: str, notify: dict[str, object] | None = None, **sandbox: object) -> Settings:
     prefix = f"e2e{uuid.uuid4().hex[:8]}."
     return load_settings(
         kafka={"bootstrap_servers": kafka_bootstrap, "topic_prefix": prefix, "partitions": 3},
         api={"port": free_port()},
         sender={"port": free_port(), "group_id": f"{prefix}sender", "rate_per_second": 80.0},
         ingest={"port": free_port(), "metrics_port": free_port(), "group_id": f"{prefix}ingest"},
+        notify={"port": free_port(), "demo_receiver_port": free_port(), "group_id": f"{prefix}notify", **(notify or {})},
         sandbox={
             "port": free_port(),
             "latency_median_ms": 20.0,

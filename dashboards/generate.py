@@ -4,7 +4,8 @@
     python dashboards/generate.py --check   # exit 1 if any committed file differs (a test runs this)
 
 Outputs: dashboards/delivery-*.json, deploy/prometheus/rules/slo.yml,
-deploy/grafana/provisioning/alerting/slo-alerts.yml and notify-alerts.yml (dashboards/notify.py). Edit this script (or slo.py), never the outputs.
+deploy/grafana/provisioning/alerting/slo-alerts.yml and notify-alerts.yml (from dashboards/notify.py).
+Edit this script (or slo.py, notify.py), never the outputs.
 Standard library plus PyYAML only.
 """
 

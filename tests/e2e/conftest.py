@@ -22,7 +22,8 @@ def stack_settings(kafka_bootstrap: str, notify: dict[str, object] | None = None
         api={"port": free_port()},
         sender={"port": free_port(), "group_id": f"{prefix}sender", "rate_per_second": 80.0},
         ingest={"port": free_port(), "metrics_port": free_port(), "group_id": f"{prefix}ingest"},
-        notify={"port": free_port(), "demo_receiver_port": free_port(), "group_id": f"{prefix}notify", **(notify or {})},
+        notify={"port": free_port(), "demo_receiver_port": free_port(), "group_id": f"{prefix}notify",
+                **(notify or {})},
         sandbox={
             "port": free_port(),
             "latency_median_ms": 20.0,

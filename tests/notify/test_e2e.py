@@ -114,7 +114,8 @@ async def test_a_send_reaches_the_receiver_as_result_then_sent_delivered_read_si
     assert all(c.signed for c in calls), "every callback verifies with the subscription's secret"
     assert len({e["event_id"] for e in events}) == 4
     wamid = events[0]["wamid"]
-    assert wamid and all(e["wamid"] == wamid for e in events)
+    assert wamid
+    assert all(e["wamid"] == wamid for e in events)
     assert events[0]["data"]["outcome"] == "sent"
     assert all(e["phone_number_id"] == NUMBER for e in events)
 

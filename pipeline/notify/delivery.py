@@ -280,8 +280,10 @@ class Endpoint:
             if self._ready and self.in_flight < config.concurrency and self.breaker.state is CircuitState.OPEN:
                 reopen = self.breaker.reopens_at() - now
                 timeout = reopen if timeout is None else min(timeout, reopen)
+            # asyncio.timeout rather than wait_for: wait_for wraps the wait in a task, one per wake-up.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), None if timeout is None else max(timeout, 0.001))
+                async with asyncio.timeout(None if timeout is None else max(timeout, 0.001)):
+                    await self._wake.wait()
 
     def _drop_dead(self, lane: _Lane, now: float) -> bool:
         """Drop deliveries of revoked partitions from the lane's head; True when the lane needs no slot now."""

@@ -41,11 +41,11 @@ class CallbackEvent:
     request_id: str | None
     wamid: str | None
     occurred_at: datetime
-    data: dict[str, Any]
+    data: bytes  # a JSON object, serialised once by pydantic (re-parsing it cost a third of the CPU here)
     received_at: datetime | None = None
 
     def body(self) -> bytes:
-        return orjson.dumps({
+        envelope = orjson.dumps({
             "event_id": self.event_id,
             "type": self.type.value,
             "version": SCHEMA_VERSION,
@@ -53,8 +53,12 @@ class CallbackEvent:
             "request_id": self.request_id,
             "wamid": self.wamid,
             "occurred_at": self.occurred_at,
-            "data": self.data,
         })
+        return envelope[:-1] + b',"data":' + self.data + b"}"
+
+    def data_dict(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = orjson.loads(self.data)
+        return parsed
 
     @property
     def order_key(self) -> str:
@@ -72,7 +76,7 @@ def _digits(phone: str | None) -> str | None:
 
 
 def from_send_result(result: SendResult) -> CallbackEvent:
-    data = result.model_dump(mode="json", exclude={"traceparent", "request_id", "phone_number_id", "wamid"})
+    data = result.model_dump_json(exclude={"traceparent", "request_id", "phone_number_id", "wamid"}).encode()
     return CallbackEvent(
         event_id=event_id("send.result", result.request_id, result.outcome.value),
         type=CallbackEventType.SEND_RESULT,
@@ -87,9 +91,9 @@ def from_send_result(result: SendResult) -> CallbackEvent:
 
 
 def from_status(status: StatusEvent) -> CallbackEvent:
-    data = status.model_dump(
-        mode="json", exclude={"traceparent", "request_id", "phone_number_id", "wamid", "received_at"}
-    )
+    data = status.model_dump_json(
+        exclude={"traceparent", "request_id", "phone_number_id", "wamid", "received_at"}
+    ).encode()
     return CallbackEvent(
         event_id=event_id("status", status.wamid, status.status.value),
         type=CallbackEventType(f"status.{status.status.value}"),
@@ -104,7 +108,7 @@ def from_status(status: StatusEvent) -> CallbackEvent:
 
 
 def from_inbound(message: InboundMessage) -> CallbackEvent:
-    data = message.model_dump(mode="json", by_alias=True, exclude={"phone_number_id", "wamid", "received_at"})
+    data = message.model_dump_json(by_alias=True, exclude={"phone_number_id", "wamid", "received_at"}).encode()
     return CallbackEvent(
         event_id=event_id("inbound", message.wamid),
         type=CallbackEventType.INBOUND_MESSAGE,

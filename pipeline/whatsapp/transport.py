@@ -16,7 +16,6 @@ from __future__ import annotations
 import ssl
 
 import aiohttp
-import aiohttp.abc
 import httpx
 import yarl
 from aiohttp.helpers import get_env_proxy_for_url
@@ -41,13 +40,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         keepalive_expiry: float = KEEPALIVE_EXPIRY_SECONDS,
         verify: ssl.SSLContext | bool = True,
         trust_env: bool = True,
-        resolver: aiohttp.abc.AbstractResolver | None = None,
-        max_response_bytes: int | None = None,
     ) -> None:
-        # `resolver` and `max_response_bytes` serve callers that call untrusted URLs (the notify
-        # stage): every address is vetted at connect time, and an answer is read only so far.
-        self._resolver = resolver
-        self._max_response_bytes = max_response_bytes
         self._max_connections = max_connections
         self._keepalive_expiry = keepalive_expiry
         self._ssl = httpx.create_ssl_context(verify=verify) if verify is not False else False
@@ -57,8 +50,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
-            limit=self._max_connections, keepalive_timeout=self._keepalive_expiry, ttl_dns_cache=300, ssl=self._ssl,
-            resolver=self._resolver,
+            limit=self._max_connections, keepalive_timeout=self._keepalive_expiry, ttl_dns_cache=300, ssl=self._ssl
         )
         # No cookie jar (the Graph API sets none we need); bodies decoded by httpx, as it expects.
         self._session = aiohttp.ClientSession(
@@ -88,10 +80,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                     connect=timeouts.get("pool"), sock_connect=timeouts.get("connect"), sock_read=timeouts.get("read")
                 ),
             ) as response:
-                if self._max_response_bytes is None:
-                    body = await response.read()
-                else:
-                    body = await response.content.read(self._max_response_bytes)
+                body = await response.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _httpx_error(exc, request) from exc
         return httpx.Response(

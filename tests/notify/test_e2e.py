@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -31,6 +32,7 @@ pytestmark = pytest.mark.kafka
 NUMBER = "106540352242922"  # the sandbox's default business number
 STATUSES = ["send.result", "status.sent", "status.delivered", "status.read"]
 OUTAGE_SECONDS = float(os.environ.get("NOTIFY_TEST_OUTAGE_SECONDS", "60"))
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "inbound_autoreply.py"
 
 
 @pytest.fixture(scope="module")
@@ -218,3 +220,36 @@ async def test_kill_9_of_notify_mid_run_then_a_restart_loses_nothing(
     counts = Counter(c.event["event_id"] for c in mine.calls[before:] if c.event.get("request_id") in requests)
     print(f"kill -9 mid-run: {len(counts)} events delivered, {sum(n - 1 for n in counts.values())} duplicate(s)")
     assert len(counts) == 4 * len(requests)
+
+
+async def test_the_inbound_example_marks_read_and_replies_through_the_api(
+    running: LocalStack, receivers: tuple[Receiver, Receiver], sandbox: SandboxControl, tmp_path: Path
+) -> None:
+    mine, _ = receivers
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": running.settings.kafka.bootstrap_servers,
+           "KAFKA_TOPIC_PREFIX": running.settings.kafka.topic_prefix, "PIPELINE_API_URL": running.urls["api"],
+           "PIPELINE_API_KEY": "dev-key", "AUTOREPLY_GROUP_ID": f"example-{time.time_ns()}",
+           "AUTOREPLY_START": "earliest"}
+    output = (tmp_path / "example.log").open("w+")
+    example = await asyncio.create_subprocess_exec(
+        sys.executable, str(EXAMPLE), env=env, stdout=output, stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        wamid = await sandbox.inbound_text("16505554321", "Is my parcel on its way?", NUMBER)
+        async with asyncio.timeout(90):
+            while not any(r["message_id"] == wamid for r in (await sandbox.stats())["reads"]):
+                assert example.returncode is None, Path(output.name).read_text()
+                await asyncio.sleep(0.3)
+        [read] = [r for r in (await sandbox.stats())["reads"] if r["message_id"] == wamid]
+        assert read["typing_indicator"] is True
+        async with asyncio.timeout(90):
+            while not [s for s in await sandbox.sends(NUMBER) if s["to"] == "16505554321" and s["type"] == "text"]:
+                await asyncio.sleep(0.3)
+        await mine.wait_for(lambda _: sum(1 for e in mine.events() if e["type"] == "send.result"
+                                          and e["data"]["to"] == "+16505554321") >= 2, timeout=60)
+        output.seek(0)
+        assert f"replied to {wamid}" in output.read()
+    finally:
+        example.terminate()
+        await example.wait()
+        output.close()

@@ -328,6 +328,10 @@ class Endpoint:
             d.disable(delivery.subscription)
             await self._dead_letter(delivery, DeadLetterReason.CALLBACK_GONE)
             return
+        if d.is_disabled(delivery.subscription):  # another of its calls got 410 meanwhile
+            self._pop(lane, delivery, now)
+            await self._dead_letter(delivery, DeadLetterReason.CALLBACK_GONE)
+            return
         age = d.wall() - delivery.source.timestamp
         if delivery.attempts >= d.config.max_attempts or age >= d.config.max_age_seconds:
             self._pop(lane, delivery, now)
@@ -375,15 +379,19 @@ class Endpoint:
         wall, now = d.wall(), d.clock()
         oldest = 0.0
         for lane in list(self._lanes.values()):
+            expired = False
             while lane.state is not _LaneState.BUSY and lane.items and \
                     wall - lane.items[0].source.timestamp >= d.config.max_age_seconds:
-                expired = lane.items.popleft()
-                self._spawn(self._dead_letter(expired, DeadLetterReason.CALLBACK_UNDELIVERABLE, queued=True))
+                expired = True
+                self._spawn(self._dead_letter(lane.items.popleft(), DeadLetterReason.CALLBACK_UNDELIVERABLE,
+                                              queued=True))
             if not lane.items:
                 if lane.state is not _LaneState.BUSY:
                     lane.state = _LaneState.IDLE
                     self._lanes.pop(lane.key, None)
                 continue
+            if expired:
+                lane.state = _LaneState.IDLE  # a new head: its own backoff and hold decide (stale entries skip)
             if lane.state is _LaneState.IDLE:
                 self._schedule(lane, now)
             oldest = max(oldest, wall - lane.items[0].source.timestamp)
@@ -499,6 +507,9 @@ class Dispatcher:
         self.buffered -= 1
         if self.buffered < self.config.max_buffered:
             self._room.set()
+
+    def is_disabled(self, subscription: Subscription) -> bool:
+        return subscription in self._disabled
 
     def disable(self, subscription: Subscription) -> None:
         """410 Gone: no more calls to this subscription until restart; its waiting events are dead-lettered."""

@@ -21,10 +21,14 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipeline.contracts.vocabulary import CallbackEventType
-
 ALL_NUMBERS = "*"
-_EVENT_TYPES = {t.value for t in CallbackEventType}
+# CallbackEventType's values (tests/notify/test_urls.py keeps them equal). Spelled out because every
+# stage loads these settings through pipeline.config, the sandbox included, which must never import
+# pipeline.contracts (docs/architecture.md).
+EVENT_TYPES = frozenset({
+    "send.result", "status.sent", "status.delivered", "status.read", "status.played", "status.failed",
+    "inbound.message",
+})
 
 
 class Subscription(BaseModel):
@@ -57,9 +61,9 @@ class Subscription(BaseModel):
     @field_validator("events")
     @classmethod
     def _known_events(cls, value: frozenset[str]) -> frozenset[str]:
-        unknown = sorted(e for e in value if e not in _EVENT_TYPES and e not in ("*", "status.*"))
+        unknown = sorted(e for e in value if e not in EVENT_TYPES and e not in ("*", "status.*"))
         if unknown:
-            known = ", ".join(["*", "status.*", *sorted(_EVENT_TYPES)])
+            known = ", ".join(["*", "status.*", *sorted(EVENT_TYPES)])
             raise ValueError(f"unknown event type(s) {', '.join(unknown)}; known: {known}")
         return value
 

@@ -11,8 +11,9 @@ import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from pipeline.config import SettingsError, load_settings
+from pipeline.contracts.vocabulary import CallbackEventType
 from pipeline.notify.service import check_safe_subscriptions
-from pipeline.notify.settings import Subscription, parse_subscriptions
+from pipeline.notify.settings import EVENT_TYPES, Subscription, parse_subscriptions
 from pipeline.notify.urls import SafeResolver, UnsafeSubscription, UnsafeUrl, UrlPolicy, check_subscriptions
 
 PRODUCTION = UrlPolicy(development=False, allow_private=False)
@@ -136,6 +137,10 @@ def test_bad_subscriptions_name_the_entry_and_the_rule(raw: str, problem: str) -
     with pytest.raises(ValueError, match=re.escape(problem)) as caught:
         parse_subscriptions(raw)
     assert "0123456789abcdef" not in str(caught.value)
+
+
+def test_the_settings_know_exactly_the_callback_event_types() -> None:
+    assert {t.value for t in CallbackEventType} == EVENT_TYPES
 
 
 def test_a_bad_setting_is_reported_as_the_variable() -> None:

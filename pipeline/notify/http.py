@@ -21,7 +21,7 @@ import time
 
 import aiohttp
 
-from pipeline.notify.delivery import Answer, Delivery
+from pipeline.notify.deliveries import Answer, Delivery
 from pipeline.notify.settings import NotifySettings
 from pipeline.notify.signing import HEADER, signature_header
 from pipeline.notify.urls import SafeResolver, UrlPolicy

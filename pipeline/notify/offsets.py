@@ -17,7 +17,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from pipeline.notify.delivery import Lease, Source
+from pipeline.notify.deliveries import Lease, Source
 from pipeline.notify.watermark import Watermark
 
 

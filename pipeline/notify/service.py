@@ -28,7 +28,8 @@ from pydantic import ValidationError
 from pipeline.config import Profile, Settings, SettingsError
 from pipeline.contracts import DeadLetter, DeadLetterReason, Stage, describe, field_errors
 from pipeline.lifecycle import release_signals, stop_on_signals
-from pipeline.notify.delivery import Delivery, DeliveryConfig, Dispatcher, Source, origin_of
+from pipeline.notify.deliveries import Delivery, DeliveryConfig, Source, origin_of
+from pipeline.notify.delivery import Dispatcher
 from pipeline.notify.events import event_from_record
 from pipeline.notify.http import CallbackPoster
 from pipeline.notify.offsets import OffsetTracker

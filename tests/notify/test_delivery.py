@@ -13,7 +13,8 @@ import pytest
 
 from pipeline.contracts import DeliveryStatus
 from pipeline.contracts.vocabulary import CallbackAttemptResult, CallbackOutcome, CircuitState, DeadLetterReason
-from pipeline.notify.delivery import Answer, Delivery, DeliveryConfig, Dispatcher, Lease, Source
+from pipeline.notify.deliveries import Answer, Delivery, DeliveryConfig, Lease, Source
+from pipeline.notify.delivery import Dispatcher
 from pipeline.notify.events import CallbackEvent, from_inbound, from_send_result, from_status
 from pipeline.notify.policy import Backoff
 from pipeline.notify.settings import Subscription

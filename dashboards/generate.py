@@ -3,8 +3,9 @@
     python dashboards/generate.py           # rewrite the committed files
     python dashboards/generate.py --check   # exit 1 if any committed file differs (a test runs this)
 
-Outputs: dashboards/delivery-*.json, deploy/prometheus/rules/slo.yml and
-deploy/grafana/provisioning/alerting/slo-alerts.yml. Edit this script (or slo.py), never the outputs.
+Outputs: dashboards/delivery-*.json, deploy/prometheus/rules/slo.yml,
+deploy/grafana/provisioning/alerting/slo-alerts.yml and notify-alerts.yml (from dashboards/notify.py).
+Edit this script (or slo.py, notify.py), never the outputs.
 Standard library plus PyYAML only.
 """
 
@@ -17,6 +18,8 @@ from typing import Any
 
 import yaml
 from grafana import Dashboard, instance_var, phone_var, q, thresholds
+from notify import callbacks_row
+from notify import grafana_alert_rules as notify_alert_rules
 from slo import BURN_ALERTS, SLOS, Slo, grafana_alert_rules, prometheus_rules
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,6 +224,7 @@ def overview() -> Dashboard:
             description="Time between delivery states of one message: accepted→sent, sent→delivered, "
             "accepted→delivered, delivered→read.",
         )
+    callbacks_row(board)
     store_panels(board)
     return board
 
@@ -475,6 +479,7 @@ def outputs() -> dict[Path, str]:
     dump = lambda data: HEADER + yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=120)  # noqa: E731
     files[ROOT / "deploy" / "prometheus" / "rules" / "slo.yml"] = dump(prometheus_rules())
     files[ROOT / "deploy" / "grafana" / "provisioning" / "alerting" / "slo-alerts.yml"] = dump(grafana_alert_rules())
+    files[ROOT / "deploy" / "grafana" / "provisioning" / "alerting" / "notify-alerts.yml"] = dump(notify_alert_rules())
     return files
 
 

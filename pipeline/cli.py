@@ -81,6 +81,14 @@ def ingest(host: Host = None, port: Port = None) -> None:
 
 
 @app.command()
+def notify(host: Host = None, port: Port = None) -> None:
+    """Callbacks: POST every outcome, status and reply, signed, to the business's endpoint (metrics on --port)."""
+    from pipeline.notify.service import require_safe_subscriptions
+
+    _run_stage("pipeline.notify", _settings(notify={"host": host, "port": port}), require_safe_subscriptions)
+
+
+@app.command()
 def sandbox(host: Host = None, port: Port = None) -> None:
     """Sandbox: a local stand-in for Meta's Graph API, with signed status webhooks."""
     _run_stage("pipeline.sandbox", _settings(sandbox={"host": host, "port": port}))
@@ -196,14 +204,16 @@ def send(
         "http://127.0.0.1:8080"
     ),
     api_key: Annotated[str, typer.Option(envvar="PIPELINE_API_KEY", help="API key.")] = "dev-key",
+    read: Annotated[str | None, typer.Option(help="Mark this inbound wamid read (with --to, its sender).")] = None,
+    typing: Annotated[bool, typer.Option(help="With --read: also show the typing indicator.")] = False,
 ) -> None:
-    """Send one message (`--to --text`) or many from a CSV (`--file --template`) through the API."""
+    """Send one message (`--to --text`), many from a CSV (`--file --template`), or mark a reply read (`--read`)."""
     from pipeline.api.send_command import send_command
 
     raise typer.Exit(
         send_command(
             to=to, text=text, file=file, template=template, language=language,
-            phone_number_id=phone_number_id, api_url=api_url, api_key=api_key,
+            phone_number_id=phone_number_id, api_url=api_url, api_key=api_key, read=read, typing=typing,
         )
     )
 

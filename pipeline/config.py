@@ -5,7 +5,7 @@
     settings.whatsapp.access_token      # SecretStr | None — never printed
 
 Each group reads its own prefix (`KAFKA_`, `WHATSAPP_`, `API_`, `SENDER_`, `INGEST_`, `SANDBOX_`,
-`LOG_`). `PIPELINE_ENV=development|production` only changes defaults (see `_PRODUCTION_DEFAULTS`).
+`LOG_`, `NOTIFY_`). `PIPELINE_ENV=development|production` only changes defaults (see `_PRODUCTION_DEFAULTS`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.store.settings import StoreSettings
+from pipeline.notify.settings import NotifySettings
 
 META_GRAPH_URL = "https://graph.facebook.com"
 SANDBOX_ACCESS_TOKEN = "sandbox-token"  # noqa: S105 — the sandbox's public, fake token
@@ -342,6 +343,7 @@ class Settings(BaseModel):
     sandbox: SandboxSettings
     store: StoreSettings
     log: LogSettings
+    notify: NotifySettings
 
 
 class SettingsError(Exception):
@@ -362,6 +364,7 @@ _GROUPS: dict[str, type[BaseSettings]] = {
     "sandbox": SandboxSettings,
     "store": StoreSettings,
     "log": LogSettings,
+    "notify": NotifySettings,
 }
 
 

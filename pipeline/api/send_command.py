@@ -2,6 +2,7 @@
 
     pipeline send --to +16505551234 --text "Your order shipped"
     pipeline send --file recipients.csv --template order_update --language en_US
+    pipeline send --to +16505551234 --read wamid.HBgL… --typing   # mark a reply read, show typing
 
 The CSV needs a `to` column; template body parameters come from columns `param1`, `param2`, … when
 present, otherwise from every other column in file order. Each chunk of rows is posted with its own
@@ -57,6 +58,8 @@ def send_command(
     phone_number_id: str | None,
     api_url: str,
     api_key: str,
+    read: str | None = None,
+    typing: bool = False,
 ) -> int:
     console = Console(stderr=True)
     out = Console()
@@ -78,10 +81,18 @@ def send_command(
         report(summary, out)
         return OK if not summary.rejected else REJECTED
 
-    if to is None or (text is None) == (template is None):
-        console.print("pipeline send: give --to with either --text or --template, or --file with --template")
+    chosen = [option for option in (text, template, read) if option is not None]
+    if to is None or len(chosen) != 1:
+        console.print(
+            "pipeline send: give --to with one of --text, --template or --read, or --file with --template"
+        )
         return USAGE
-    message = text_message(text) if text is not None else template_message(template or "", language, [])
+    if read is not None:
+        message = read_message(read, typing)
+    elif text is not None:
+        message = text_message(text)
+    else:
+        message = template_message(template or "", language, [])
     item: dict[str, Any] = {"to": to, "message": message}
     if phone_number_id:
         item["phone_number_id"] = phone_number_id
@@ -104,6 +115,10 @@ def send_command(
 
 def text_message(text: str) -> dict[str, Any]:
     return {"type": "text", "text": {"body": text}}
+
+
+def read_message(wamid: str, typing: bool) -> dict[str, Any]:
+    return {"type": "read", "message_id": wamid, "typing_indicator": typing}
 
 
 def template_message(name: str, language: str, params: list[str]) -> dict[str, Any]:

@@ -126,6 +126,23 @@ class ReactionMessage(Body):
     reaction: ReactionContent
 
 
+# --- mark as read ---------------------------------------------------------------------------------
+
+
+class ReadMessage(Body):
+    """Mark a customer's message read (blue ticks) and optionally show "typing…" for up to 25 s.
+
+    Flat, unlike the other bodies: Graph's call is `{"status": "read", "message_id": …}` on the
+    messages endpoint, not a message with a typed payload (pipeline/whatsapp/payloads.py builds it).
+    """
+
+    type: Literal["read"] = "read"
+    message_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] = Field(
+        description="wamid of the inbound message to mark read"
+    )
+    typing_indicator: bool = Field(default=False, description="also show the typing indicator to the customer")
+
+
 # --- template -----------------------------------------------------------------------------------
 
 
@@ -310,7 +327,8 @@ MessageBody = Annotated[
     | AudioMessage
     | StickerMessage
     | LocationMessage
-    | ReactionMessage,
+    | ReactionMessage
+    | ReadMessage,
     Field(discriminator="type"),
 ]
 """Any body a send request may carry, chosen by its `type`."""

@@ -15,6 +15,7 @@ class Stage(StrEnum):
     INGEST = "ingest"
     SANDBOX = "sandbox"
     STORE = "store"
+    NOTIFY = "notify"
 
 
 class MessageOutcome(StrEnum):
@@ -102,6 +103,9 @@ class DeadLetterReason(StrEnum):
     TOO_DEEP = "too_deep"  # nested past the parse bound: refused before any recursive walk
     TOO_LARGE = "too_large"  # a field or record over its bound: it would not fit its topic
     UNEXPECTED_ERROR = "unexpected_error"
+    CALLBACK_UNDELIVERABLE = "callback_undeliverable"  # NOTIFY_MAX_ATTEMPTS or NOTIFY_MAX_AGE_SECONDS reached
+    CALLBACK_GONE = "callback_gone"  # the endpoint answered 410 Gone: its subscription is disabled
+    CALLBACK_BACKLOG_FULL = "callback_backlog_full"  # one endpoint's queue reached NOTIFY_ENDPOINT_QUEUE_LIMIT
 
 
 class AccountEventKind(StrEnum):
@@ -150,3 +154,35 @@ class CircuitReason(StrEnum):
     TRIAL_FAILED = "trial_failed"  # the first message after a good probe failed the way an outage does
     RESET_ELAPSED = "reset_elapsed"  # open long enough: probe
     PROBE_SUCCEEDED = "probe_succeeded"  # closed (on trial)
+
+
+class CallbackEventType(StrEnum):
+    """The `type` of a callback the notify stage POSTs (docs/callbacks.md); also a subscription filter."""
+
+    SEND_RESULT = "send.result"
+    STATUS_SENT = "status.sent"
+    STATUS_DELIVERED = "status.delivered"
+    STATUS_READ = "status.read"
+    STATUS_PLAYED = "status.played"
+    STATUS_FAILED = "status.failed"
+    INBOUND_MESSAGE = "inbound.message"
+
+
+class CallbackOutcome(StrEnum):
+    """How one callback event ended for one endpoint. Bounded: it is a metric label."""
+
+    DELIVERED = "delivered"
+    DEAD_LETTERED = "dead_lettered"
+
+
+class CallbackAttemptResult(StrEnum):
+    """What one POST to an endpoint got back. Bounded: it is a metric label."""
+
+    SUCCESS = "success"
+    CLIENT_ERROR = "client_error"  # 4xx other than 408, 410, 429
+    SERVER_ERROR = "server_error"  # 5xx
+    THROTTLED = "throttled"  # 429 (or 408)
+    GONE = "gone"  # 410
+    REDIRECT = "redirect"  # 3xx: never followed
+    TIMEOUT = "timeout"
+    CONNECT_ERROR = "connect_error"  # refused, reset, DNS failure, or an address the URL rules refuse

@@ -59,6 +59,7 @@ def local_targets(settings: Settings) -> list[ScrapeTarget]:
         ScrapeTarget("delivery-api", at(settings.api.host, settings.api.port)),
         ScrapeTarget("delivery-sender", at(settings.sender.host, settings.sender.port)),
         ScrapeTarget("delivery-ingest", at(settings.ingest.host, ingest_port)),
+        ScrapeTarget("delivery-notify", at(settings.notify.host, settings.notify.port)),
         ScrapeTarget("delivery-sandbox", at(settings.sandbox.host, settings.sandbox.port)),
         ScrapeTarget("delivery-store", at(settings.store.host, settings.store.port)),
     ]

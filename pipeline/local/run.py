@@ -30,6 +30,7 @@ _WHAT = {
     "ingest": "webhooks at /webhooks/whatsapp",
     "sender": "sender metrics and health",
     "store": "message store: read API (/v1/messages/{id}, /v1/contacts/…), SQLite in .cache/store",
+    "notify": "callbacks: metrics and health",
     "api": "producer API, docs at /docs",
 }
 
@@ -96,6 +97,9 @@ def run_local(settings: Settings) -> int:
             console.print("No WHATSAPP_ACCESS_TOKEN: messages go to the sandbox. Try:")
             console.print("  .venv/bin/pipeline send --to +16505551234 --text 'hello'")
             console.print("  .venv/bin/pipeline demo          # mixed traffic for the dashboards")
+        if stack.settings.notify.demo_receiver and "notify" in stack.urls:
+            console.print(f"No NOTIFY_SUBSCRIPTIONS: callbacks print here (demo receiver on port "
+                          f"{stack.settings.notify.demo_receiver_port}); see docs/callbacks.md.")
         console.print("Ctrl-C stops everything.")
         while not stopping:
             dead = stack.dead()

@@ -25,9 +25,9 @@ from typing import IO, Any
 
 from pydantic import BaseModel, SecretStr
 
-from pipeline.config import Settings
+from pipeline.config import Profile, Settings
 
-STAGE_ORDER = ("sandbox", "ingest", "sender", "store", "api")
+STAGE_ORDER = ("sandbox", "ingest", "sender", "store", "notify", "api")
 SANDBOX_VERIFY_TOKEN = "sandbox-verify-token"  # noqa: S105 — a public, fake token for local runs
 SANDBOX_PHONE_NUMBER_ID = "106540352242922"
 
@@ -46,7 +46,7 @@ class Child:
 def settings_env(settings: Settings) -> dict[str, str]:
     """Every setting as the environment variable that sets it, so a child sees the same tree."""
     env: dict[str, str] = {"PIPELINE_ENV": settings.profile.value}
-    for group_name in ("kafka", "whatsapp", "api", "sender", "ingest", "sandbox", "store", "log"):
+    for group_name in ("kafka", "whatsapp", "api", "sender", "ingest", "sandbox", "store", "log", "notify"):
         group: BaseModel = getattr(settings, group_name)
         prefix = str(group.model_config.get("env_prefix", ""))
         for field, value in group:
@@ -86,6 +86,18 @@ def with_sandbox(settings: Settings) -> Settings:
     return settings.model_copy(update={"whatsapp": whatsapp, "sandbox": sandbox})
 
 
+def with_demo_receiver(settings: Settings) -> Settings:
+    """No subscription in development: every number's callbacks to notify's printing demo receiver."""
+    if settings.profile is not Profile.DEVELOPMENT or settings.notify.subscription_list():
+        return settings
+    from pipeline.notify.demo import demo_subscription
+
+    notify = settings.notify.model_copy(update={
+        "subscriptions": SecretStr(demo_subscription(settings.notify.demo_receiver_port)), "demo_receiver": True,
+    })
+    return settings.model_copy(update={"notify": notify})
+
+
 def with_store(settings: Settings) -> Settings:
     """Aim the API's forwarded read routes at the local store."""
     store_url = f"http://{_loopback(settings.store.host)}:{settings.store.port}"
@@ -122,6 +134,7 @@ class LocalStack:
     ) -> None:
         self.use_sandbox = settings.whatsapp.access_token is None if use_sandbox is None else use_sandbox
         self.settings = with_store(with_sandbox(settings) if self.use_sandbox else settings)
+        self.settings = with_demo_receiver(self.settings)
         self.stages = [s for s in stages if (self.use_sandbox or s != "sandbox") and stage_exists(s)]
         self.env = {**os.environ, **settings_env(self.settings), **(extra_env or {})}
         self.log_dir = log_dir

@@ -160,6 +160,45 @@ STORE_READ_DURATION = Histogram(
 )
 
 
+# --- notify ---------------------------------------------------------------------------------------
+# `endpoint` is a subscription URL's host:port: bounded, it comes from settings (NOTIFY_SUBSCRIPTIONS).
+# A receiver should answer in tens of milliseconds; the tail runs to the read timeout.
+_CALLBACK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+CALLBACK_ATTEMPTS = Counter(
+    "delivery_callback_attempts", "Callback POSTs, by endpoint (host:port) and what came back.",
+    ["endpoint", "result"],
+)
+CALLBACKS = Counter(
+    "delivery_callbacks", "Callback events that ended for an endpoint, by outcome (delivered or dead_lettered).",
+    ["endpoint", "outcome"],
+)
+CALLBACK_ATTEMPT_DURATION = Histogram(
+    "delivery_callback_attempt_duration_seconds", "Duration of one callback POST, answer or not.",
+    ["endpoint"], buckets=_CALLBACK_BUCKETS,
+)
+CALLBACK_RETRIES = Counter(
+    "delivery_callback_retries", "Callback attempts scheduled again after a failure.", ["endpoint"],
+)
+CALLBACK_BREAKER = Gauge(
+    "delivery_callback_breaker_state", "Endpoint circuit breaker: 0 closed, 1 half-open, 2 open.",
+    ["endpoint"],
+)
+CALLBACK_QUEUE_DEPTH = Gauge(
+    "delivery_callback_queue_depth", "Callback deliveries waiting or in flight for an endpoint.",
+    ["endpoint"],
+)
+CALLBACK_OLDEST_AGE = Gauge(
+    "delivery_callback_oldest_event_age_seconds",
+    "Age of the oldest undelivered event of an endpoint (since it entered Kafka); 0 when none waits.",
+    ["endpoint"],
+)
+CALLBACK_DISABLED = Gauge(
+    "delivery_callback_subscription_disabled",
+    "1 when an endpoint answered 410 Gone and its subscription was disabled until restart.",
+    ["endpoint"],
+)
+
 # Which stage exposes which catalog metric (all are registered in every process, but a stage's
 # tests and dashboards only expect its own to carry data).
 _EVERY_STAGE: tuple[MetricWrapperBase, ...] = (DEAD_LETTERS,)
@@ -178,6 +217,10 @@ CATALOG_BY_STAGE: Mapping[Stage, tuple[MetricWrapperBase, ...]] = {
     Stage.STORE: (
         STORE_ROWS, STORE_BATCH_DURATION, STORE_PROJECTION_LAG, STORE_DB_ERRORS, STORE_RETENTION_DELETED,
         STORE_READ_DURATION, *_EVERY_STAGE, *_EVERY_CONSUMER,
+    ),
+    Stage.NOTIFY: (
+        CALLBACK_ATTEMPTS, CALLBACKS, CALLBACK_ATTEMPT_DURATION, CALLBACK_RETRIES, CALLBACK_BREAKER,
+        CALLBACK_QUEUE_DEPTH, CALLBACK_OLDEST_AGE, CALLBACK_DISABLED, *_EVERY_STAGE, *_EVERY_CONSUMER,
     ),
     Stage.SANDBOX: (),  # Meta's stand-in: it serves /metrics but owns no delivery_* metric
 }

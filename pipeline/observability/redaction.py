@@ -104,6 +104,9 @@ def _secrets_in(model: BaseModel) -> list[SecretStr | str]:
     api_keys = getattr(model, "api_keys", None)
     if callable(api_keys):  # ApiSettings keeps its keys inside one JSON SecretStr
         found.extend(key.key for key in api_keys())
+    subscriptions = getattr(model, "subscription_list", None)
+    if callable(subscriptions):  # NotifySettings keeps the signing secrets inside one JSON SecretStr
+        found.extend(subscription.secret for subscription in subscriptions())
     return found
 
 

@@ -106,6 +106,8 @@ async def send_message(request: web.Request) -> web.StreamResponse:
         if isinstance(body, dict) and "status" in body:
             check_mark_read(body)
             state.count("messages", "marked_read")
+            state.reads.append({"phone_number_id": number, "message_id": body["message_id"],
+                                "typing_indicator": "typing_indicator" in body, "at": time.time()})
             await asyncio.sleep(state.latency())
             return _json({"success": True})
         message = state.resolve_recipient(check_send_body(body))

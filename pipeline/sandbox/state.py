@@ -76,6 +76,7 @@ class SandboxState:
         self.pairs = PairLimiter()
         self.numbers: dict[str, NumberStats] = {}
         self.sends: deque[SendRecord] = deque(maxlen=settings.send_log_limit)
+        self.reads: deque[dict[str, Any]] = deque(maxlen=10_000)  # mark-as-read calls, newest last
         self.received: dict[str, Counter[str]] = {}  # endpoint -> outcome -> count
         self.outages: dict[str, str] = {}
         self.users: dict[str, str] = {}  # BSUID -> wa_id, for every user the sandbox has named by BSUID
@@ -117,6 +118,7 @@ class SandboxState:
         """Back to the start-up configuration with no history, outage, media or pending webhook."""
         self.settings = self.initial
         self.sends = deque(maxlen=self.initial.send_log_limit)
+        self.reads.clear()
         self.media.clear()
         self.pairs.clear()
         self.numbers.clear()
@@ -282,6 +284,7 @@ class SandboxState:
     def stats(self) -> dict[str, Any]:
         return {
             "received": {endpoint: dict(outcomes) for endpoint, outcomes in self.received.items()},
+            "reads": list(self.reads)[-100:],
             "numbers": {
                 number: {
                     "requests": stats.requests.total,

@@ -112,6 +112,9 @@ def check_mark_read(body: dict[str, Any]) -> None:
     if body["status"] != "read":
         raise GraphError(100, "Param status must be 'read'")
     _text(_field(body, "message_id", ""), "message_id", 512)
+    typing = body.get("typing_indicator")
+    if typing is not None and _object(typing, "typing_indicator").get("type") != "text":
+        raise GraphError(131009, "Param typing_indicator.type must be 'text'")
 
 
 class _Found:

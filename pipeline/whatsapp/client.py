@@ -168,6 +168,9 @@ class WhatsAppClient:
             )
             response = await self._exchange(request, span)
             body = _success_body(response)
+            if payload.get("status") == "read":
+                # Mark-as-read answers {"success": true}; its "message" is the one marked read.
+                return _marked_read(body, payload["message_id"], response.status_code)
             wamid = _first(body, "messages", "id")
             if wamid is None:
                 raise GraphApiError(
@@ -328,6 +331,16 @@ def _success_body(response: httpx.Response) -> dict[str, Any]:
             ambiguous=response.request.method == "POST",
         )
     return body
+
+
+def _marked_read(body: dict[str, Any], message_id: str, http_status: int) -> SentMessage:
+    if body.get("success") is not True:
+        raise GraphApiError(
+            f"HTTP {http_status} mark-as-read without success: true",
+            error_class=ErrorClass.TRANSIENT,
+            http_status=http_status,
+        )
+    return SentMessage(wamid=message_id, wa_id=None, http_status=http_status)
 
 
 def _first(body: dict[str, Any], list_key: str, field: str) -> str | None:

@@ -5,13 +5,18 @@
     #  "type": "text", "text": {"body": "hi", "preview_url": false}, "biz_opaque_callback_data": "…"}
 
 Thin on purpose: message bodies already mirror Meta's JSON (pipeline/contracts/bodies.py).
+A `read` body becomes Graph's mark-as-read call instead:
+
+    message_payload(read_request)
+    # {"messaging_product": "whatsapp", "status": "read", "message_id": "wamid.…",
+    #  "typing_indicator": {"type": "text"}}
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pipeline.contracts import SendRequest
+from pipeline.contracts import ReadMessage, SendRequest
 
 # Meta's documented limit for `biz_opaque_callback_data`.
 MAX_CALLBACK_DATA = 512
@@ -20,6 +25,8 @@ MEDIA_TYPES = frozenset({"image", "video", "document", "audio", "sticker"})
 
 
 def message_payload(request: SendRequest, callback_data: str | None = None) -> dict[str, Any]:
+    if isinstance(request.message, ReadMessage):
+        return read_payload(request.message)  # Meta takes no callback data, context or recipient here
     if callback_data is not None and len(callback_data) > MAX_CALLBACK_DATA:
         raise ValueError(
             f"callback_data: biz_opaque_callback_data must be at most {MAX_CALLBACK_DATA} characters; "
@@ -45,3 +52,11 @@ def with_media_id(payload: dict[str, Any], media_id: str) -> dict[str, Any]:
         raise ValueError(f"message.type: must be one of {', '.join(sorted(MEDIA_TYPES))} to attach media; got {kind!r}")
     media = {k: v for k, v in payload[kind].items() if k not in ("id", "link")}
     return {**payload, kind: {"id": media_id, **media}}
+
+
+def read_payload(message: ReadMessage) -> dict[str, Any]:
+    """Graph's mark-as-read call; the typing indicator shows until the reply or 25 s."""
+    payload: dict[str, Any] = {"messaging_product": "whatsapp", "status": "read", "message_id": message.message_id}
+    if message.typing_indicator:
+        payload["typing_indicator"] = {"type": "text"}
+    return payload

@@ -37,6 +37,18 @@ def test_document_describes_account_events_keyed_by_business_account() -> None:
     assert {"kind", "field"} <= set(schema["required"])
 
 
+def test_document_lists_the_output_topics_with_their_schemas() -> None:
+    document = yaml.safe_load(asyncapi.yaml_text(KafkaSettings(topic_prefix="prod.")))
+    for topic, schema in (("send.results", "SendResult"), ("status.events", "StatusEvent"),
+                          ("inbound.messages", "InboundMessage"), ("dead-letters", "DeadLetter")):
+        assert f"prod.{topic}" in document["channels"], topic
+        message = document["components"]["messages"][f"prod.{topic}:Message"]
+        assert message["payload"] == {"$ref": f"#/components/schemas/{schema}"}
+        assert message["bindings"]["kafka"]["key"]["description"]
+    inbound = document["components"]["schemas"]["InboundMessage"]
+    assert {"wamid", "from", "context_wamid"} <= set(inbound["properties"])
+
+
 def test_check_fails_on_a_stale_file(tmp_path: Path) -> None:
     stale = tmp_path / "asyncapi.yaml"
     stale.write_text("asyncapi: 3.0.0\n")

@@ -77,3 +77,12 @@ async def test_csv_without_template_is_a_usage_error(api: RunningApi, tmp_path: 
     path.write_text("to\n+16505551234\n")
     assert await run(api, file=path) == 2
     assert await run(api, file=tmp_path / "missing.csv", template="t") == 2
+
+
+async def test_read_marks_a_reply_read_through_the_api(api: RunningApi, capsys: pytest.CaptureFixture[str]) -> None:
+    assert await run(api, to="+16505551234", read="wamid.HBgLREPLY", typing=True) == 0
+    assert capsys.readouterr().out.startswith("accepted req_")
+    [record] = await read_topic(api.service.settings, api.topics.send_requests, at_least=1)
+    value = orjson.loads(record.value)
+    assert value["message"] == {"type": "read", "message_id": "wamid.HBgLREPLY", "typing_indicator": True}
+    assert await run(api, to="+16505551234", read="wamid.X", text="hi") == 2  # one of --text/--template/--read

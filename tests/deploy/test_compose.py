@@ -44,7 +44,8 @@ def _container_ports(service: dict[str, Any]) -> set[int]:
 
 
 def test_every_service_is_there(services: dict[str, Any]) -> None:
-    assert set(services) == {"kafka", "topics", "api", "sender", "ingest", "sandbox", "store", "prometheus", "grafana",
+    assert set(services) == {"kafka", "topics", "api", "sender", "ingest", "notify", "sandbox", "store", "prometheus",
+                             "grafana",
                              "jaeger"}
 
 
@@ -138,6 +139,7 @@ def test_compose_prometheus_scrapes_the_same_jobs_as_the_local_run() -> None:
     }
     assert jobs["delivery-ingest"]["static_configs"][0]["targets"] == [f"ingest:{defaults.ingest.port}"]
     assert jobs["delivery-sandbox"]["static_configs"][0]["targets"] == [f"sandbox:{defaults.sandbox.port}"]
+    assert jobs["delivery-notify"]["static_configs"][0]["targets"] == [f"notify:{defaults.notify.port}"]
     assert jobs["delivery-store"]["static_configs"][0]["targets"] == [f"store:{defaults.store.port}"]
 
 

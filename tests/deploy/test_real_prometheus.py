@@ -70,6 +70,8 @@ def _stack_settings(settings: Settings, **kafka: object) -> Settings:
                 "retry_max_attempts": 2, "retry_base_delay_seconds": 0.05, "retry_max_delay_seconds": 0.2,
                 "breaker_failure_threshold": 2},
         ingest={"port": free_port(), "metrics_port": free_port(), "group_id": settings.ingest.group_id},
+        notify={"port": free_port(), "demo_receiver_port": free_port(),
+                "group_id": f"notify-{settings.kafka.topic_prefix}"},
         store={"port": free_port(), "group_id": f"{settings.kafka.topic_prefix}store",
                "database_url": f"sqlite:///{tempfile.mkdtemp(prefix='prometheus-store-')}/store.db"},
         # `…9030` recipients hang past the client's timeout: ambiguous attempts, quickly.

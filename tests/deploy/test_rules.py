@@ -154,6 +154,21 @@ def test_grafana_thresholds_match_the_prometheus_alerts() -> None:
         assert any(abs(float(f) * float(b) - threshold) < 1e-9 for f, b in factors), rule["uid"]
 
 
+def test_grafana_callback_alerts_match_the_prometheus_rules() -> None:
+    """notify-alerts.yml (dashboards/notify.py) and notify.yml alert on the same numbers."""
+    prometheus = {r["alert"]: r for r in _alert_rules()}
+    grafana = {r["uid"]: r for r in _grafana_rules() if r["labels"].get("stage") == "notify"}
+    assert set(grafana) == {"callback-failure-ratio", "callback-oldest-event"}
+    pairs = {"callback-failure-ratio": "CallbackFailureRatioHigh", "callback-oldest-event": "CallbackOldestEventOld"}
+    for uid, name in pairs.items():
+        rule, twin = grafana[uid], prometheus[name]
+        threshold = rule["data"][2]["model"]["conditions"][0]["evaluator"]["params"][0]
+        assert f"> {threshold:g}" in twin["expr"], name
+        assert rule["for"] == twin["for"], name
+        assert rule["labels"]["severity"] == twin["labels"]["severity"], name
+        assert rule["annotations"]["runbook_url"] == twin["annotations"]["runbook_url"], name
+
+
 def test_the_store_lag_alert_is_the_same_in_grafana_and_prometheus() -> None:
     (grafana,) = [r for r in _grafana_rules() if r["uid"] == "store-projection-lag"]
     (prometheus,) = [r for r in _alert_rules() if r["alert"] == "DeliveryStoreProjectionLag"]

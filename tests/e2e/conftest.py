@@ -16,7 +16,7 @@ from pipeline.local.stack import LocalStack
 from pipeline.topics import create_topics
 
 
-def stack_settings(kafka_bootstrap: str, **sandbox: object) -> Settings:
+def stack_settings(kafka_bootstrap: str, notify: dict[str, object] | None = None, **sandbox: object) -> Settings:
     prefix = f"e2e{uuid.uuid4().hex[:8]}."
     return load_settings(
         kafka={"bootstrap_servers": kafka_bootstrap, "topic_prefix": prefix, "partitions": 3},
@@ -25,6 +25,8 @@ def stack_settings(kafka_bootstrap: str, **sandbox: object) -> Settings:
         ingest={"port": free_port(), "metrics_port": free_port(), "group_id": f"{prefix}ingest"},
         store={"port": free_port(), "group_id": f"{prefix}store",
                "database_url": f"sqlite:///{tempfile.mkdtemp(prefix='e2e-store-')}/store.db"},
+        notify={"port": free_port(), "demo_receiver_port": free_port(), "group_id": f"{prefix}notify",
+                **(notify or {})},
         sandbox={
             "port": free_port(),
             "latency_median_ms": 20.0,

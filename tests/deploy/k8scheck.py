@@ -189,11 +189,16 @@ def _consumers_grace(s: Any) -> float:
 
 
 def _store_grace(s: Any) -> float:
-    return float(s.store.session_timeout_ms / 1000)
+    # pipeline/store/consumer.py: FastStream's graceful_timeout of 15 s lets the batch in hand finish its
+    # transaction and ack (a batch past the session timeout has lost its partitions anyway); the read API's
+    # requests are short (the database pool's queries).
+    return max(15.0, s.store.session_timeout_ms / 1000)
 
 
 def _notify_grace(s: Any) -> float:
-    return float(s.notify.session_timeout_ms / 1000)
+    # pipeline/notify/service.py: FastStream's graceful_timeout of 5 s, then the callbacks in flight end
+    # within one connect + read timeout before the final commit.
+    return float(5.0 + s.notify.connect_timeout_seconds + s.notify.read_timeout_seconds)
 
 
 @dataclass(frozen=True)
@@ -237,7 +242,7 @@ STAGES: dict[str, Stage] = {
             },
         ),
         Stage(
-            "delivery-store", "Deployment", lambda s: s.store.port, "pipeline/store/service.py", _store_grace,
+            "delivery-store", "Deployment", lambda s: s.store.port, "pipeline/store/http.py", _store_grace,
             consumes=lambda s: {
                 (s.store.group_id, _topics(s).name(topic))
                 for topic in importlib.import_module("pipeline.store.projection").PROJECTED
@@ -246,8 +251,10 @@ STAGES: dict[str, Stage] = {
         ),
         Stage(
             "delivery-notify", "Deployment", lambda s: s.notify.port, "pipeline/notify/service.py", _notify_grace,
+            # pipeline/notify/service.py: one group on send.results, status.events and inbound.messages
             consumes=lambda s: {
-                (s.notify.group_id, _topics(s).send_results), (s.notify.group_id, _topics(s).status_events)
+                (s.notify.group_id, topic)
+                for topic in (_topics(s).send_results, _topics(s).status_events, _topics(s).inbound_messages)
             },
             pending_module="pipeline.notify",
         ),

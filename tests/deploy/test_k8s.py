@@ -205,6 +205,20 @@ def test_every_container_is_unprivileged_with_resources(docs: list[dict[str, Any
             assert {"cpu", "memory"} <= set(c["resources"]["requests"]) & set(c["resources"]["limits"])
 
 
+def _cores(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def test_sender_requests_what_the_benchmark_measured(docs: list[dict[str, Any]]) -> None:
+    # BENCHMARKS.md, Sender: one replica at ~943 sent/s used this share of a core.
+    figure = r"^\| sender CPU per message \| \d+ µs \(([\d.]+) of a core\)"
+    measured = re.search(figure, (ROOT / "BENCHMARKS.md").read_text(), re.M)
+    assert measured, "BENCHMARKS.md lost the sender's CPU figure"
+    resources = container(one(docs, "StatefulSet", "delivery-sender"))["resources"]
+    assert _cores(resources["requests"]["cpu"]) >= float(measured.group(1))
+    assert _cores(resources["limits"]["cpu"]) == 1, "one event loop uses one core"
+
+
 @pytest.mark.parametrize("name", STAGE_PARAMS)
 def test_every_environment_variable_is_a_real_setting(name: str, docs: list[dict[str, Any]]) -> None:
     workload = one(docs, STAGES[name].kind, name)

@@ -7,6 +7,7 @@ resources, and the semantic checks below compare the manifests with the settings
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -120,23 +121,47 @@ def test_custom_resources_validate_against_their_crds(docs: list[dict[str, Any]]
     assert [a for a in answers if a["errors"]] == []
 
 
-def test_crd_validation_catches_wrong_values() -> None:
+@functools.cache
+def _answers_for_broken_resources() -> tuple[dict[str, Any], ...]:
+    """One validator run (tsc takes seconds) over resources broken in known ways, and one left intact."""
     docs = render("prod")
-    broken = [
+    wrong_values = [
         one(docs, "ScaledObject", "delivery-sender"),
         one(docs, "ServiceMonitor", "delivery-api"),
         one(docs, "PrometheusRule", "delivery-rules"),
         one(docs, "KafkaTopic", "send-requests"),
     ]
-    broken[0]["spec"]["maxReplicaCount"] = "twelve"
-    broken[1]["spec"]["endpoints"] = [{"port": 8080}]  # a port *name* is a string
-    broken[2]["spec"]["groups"][0]["rules"][0]["for"] = 120
-    broken[3]["spec"]["partitions"] = "12"
-    answers = _validate_crs(broken)
-    assert all(a["errors"] for a in answers), answers
+    wrong_values[0]["spec"]["maxReplicaCount"] = "twelve"
+    wrong_values[1]["spec"]["endpoints"] = [{"port": 8080}]  # a port *name* is a string
+    wrong_values[2]["spec"]["groups"][0]["rules"][0]["for"] = 120
+    wrong_values[3]["spec"]["partitions"] = "12"
+    # A cluster would prune these without a word: the autoscaler would poll at its default, the topic
+    # keep the broker's replication, Prometheus scrape at its global interval.
+    unknown_fields = [
+        one(docs, "ScaledObject", "delivery-ingest-consumers"),
+        one(docs, "KafkaTopic", "send-results"),
+        one(docs, "ServiceMonitor", "delivery-sender"),
+    ]
+    unknown_fields[0]["spec"]["pollingIntervall"] = 5
+    unknown_fields[1]["spec"]["replicaz"] = 3
+    unknown_fields[2]["spec"]["endpoints"][0]["intervall"] = "15s"
+    intact = one(docs, "ScaledObject", "delivery-notify")
+    unknown_kind = {"apiVersion": "example.com/v1", "kind": "Thing", "metadata": {"name": "x"}}
+    return tuple(_validate_crs([*wrong_values, *unknown_fields, intact, unknown_kind]))
+
+
+def test_crd_validation_catches_wrong_values() -> None:
+    answers = _answers_for_broken_resources()
+    assert all(a["errors"] for a in answers[:4]), answers[:4]
     assert "maxReplicaCount" in answers[0]["errors"][0]
-    unknown = _validate_crs([{"apiVersion": "example.com/v1", "kind": "Thing", "metadata": {"name": "x"}}])
-    assert "no CRD schema" in unknown[0]["errors"][0]
+    assert "no CRD schema" in answers[8]["errors"][0]
+
+
+def test_crd_validation_rejects_unknown_fields() -> None:
+    answers = _answers_for_broken_resources()
+    for answer, field in zip(answers[4:7], ("pollingIntervall", "replicaz", "intervall"), strict=True):
+        assert any(field in error for error in answer["errors"]), answer
+    assert answers[7]["errors"] == [], "an error is charged to the resource that has it"
 
 
 # --- workloads -------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
 from pipeline.config import Settings, load_settings
@@ -272,7 +271,6 @@ __all__ = [
     "ROOT",
     "SECRET_NAME",
     "STAGES",
-    "SecretStr",
     "Stage",
     "configmap_data",
     "container",

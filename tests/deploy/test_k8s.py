@@ -35,6 +35,7 @@ from tests.deploy.k8scheck import (
     find,
     is_core,
     one,
+    pending_variables,
     render,
     secret_refs,
     secret_variables,
@@ -244,11 +245,15 @@ def test_sender_requests_what_the_benchmark_measured(docs: list[dict[str, Any]])
     assert _cores(resources["limits"]["cpu"]) == 1, "one event loop uses one core"
 
 
-@pytest.mark.parametrize("name", STAGE_PARAMS)
+@pytest.mark.parametrize("name", list(STAGES))  # pending settings are named by the test itself
 def test_every_environment_variable_is_a_real_setting(name: str, docs: list[dict[str, Any]]) -> None:
     workload = one(docs, STAGES[name].kind, name)
-    unknown = sorted(env_names(docs, workload) - set(setting_variables()))
-    assert unknown == [], f"{name}: not variables of the settings tree: {', '.join(unknown)}"
+    unknown = env_names(docs, workload) - set(setting_variables())
+    pending = pending_variables(unknown)
+    assert sorted(unknown - set(pending)) == [], f"{name}: not variables of the settings tree: {sorted(unknown)}"
+    if pending:
+        named = ", ".join(f"{variable} ({module})" for variable, module in sorted(pending.items()))
+        pytest.xfail(f"{name}: settings of unmerged branches: {named}")
 
 
 def test_secrets_come_only_from_secret_references(docs: list[dict[str, Any]]) -> None:

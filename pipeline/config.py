@@ -409,7 +409,12 @@ def require_sender_credentials(settings: Settings) -> None:
 
 
 def require_ingest_secrets(settings: Settings) -> None:
-    """Webhooks cannot be verified without the app secret, nor the subscription without the token."""
+    """Webhooks cannot be verified without the app secret, nor the subscription without the token.
+
+    A consumers-only process (`INGEST_COMPONENTS=consumers`) verifies nothing and needs neither, so a
+    deployment can keep both secrets away from it."""
+    if settings.ingest.components == "consumers":
+        return
     problems = []
     if settings.whatsapp.app_secret is None:
         problems.append(("WHATSAPP_APP_SECRET", "required to verify X-Hub-Signature-256 on Meta's webhooks"))

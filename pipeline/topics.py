@@ -6,6 +6,7 @@
     partition_for(b"wamid.HBg…", 12)  # where Kafka's default partitioner puts that key
 
 docs/topics.md describes each topic for people; this module is what the code uses.
+`strimzi_topics(settings.kafka, cluster="delivery")` gives the same catalog as Strimzi KafkaTopic resources.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import functools
 import random
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -172,24 +174,56 @@ class TopicCatalog:
         return self.name(TopicName.ACCOUNT_EVENTS)
 
 
+def topic_config(spec: TopicSpec) -> dict[str, str]:
+    """The topic-level Kafka configs of one catalog entry (what `create_topics` and the Strimzi export set)."""
+    config = {"retention.ms": str(spec.retention_ms)}
+    if spec.compacted:
+        config["cleanup.policy"] = "compact"
+    if spec.max_message_bytes is not None:
+        config["max.message.bytes"] = str(spec.max_message_bytes)
+    return config
+
+
 def new_topics(kafka: KafkaSettings) -> list[NewTopic]:
     catalog = TopicCatalog(kafka)
-    topics = []
-    for spec in CATALOG:
-        config = {"retention.ms": str(spec.retention_ms)}
-        if spec.compacted:
-            config["cleanup.policy"] = "compact"
-        if spec.max_message_bytes is not None:
-            config["max.message.bytes"] = str(spec.max_message_bytes)
-        topics.append(
-            NewTopic(
-                catalog.name(spec.name),
-                num_partitions=kafka.partitions,
-                replication_factor=kafka.replication_factor,
-                topic_configs=config,
-            )
+    return [
+        NewTopic(
+            catalog.name(spec.name),
+            num_partitions=kafka.partitions,
+            replication_factor=kafka.replication_factor,
+            topic_configs=topic_config(spec),
         )
-    return topics
+        for spec in CATALOG
+    ]
+
+
+STRIMZI_API_VERSION = "kafka.strimzi.io/v1beta2"
+
+
+def strimzi_topics(kafka: KafkaSettings, cluster: str) -> list[dict[str, Any]]:
+    """One Strimzi `KafkaTopic` per catalog entry, for the Kafka cluster named `cluster`.
+
+    Kafka topic names may hold dots and capitals; a resource name may not, so `spec.topicName` carries
+    the real name and `metadata.name` a DNS-safe form of it.
+    """
+    catalog = TopicCatalog(kafka)
+    return [
+        {
+            "apiVersion": STRIMZI_API_VERSION,
+            "kind": "KafkaTopic",
+            "metadata": {
+                "name": catalog.name(spec.name).lower().replace(".", "-").replace("_", "-").strip("-"),
+                "labels": {"strimzi.io/cluster": cluster},
+            },
+            "spec": {
+                "topicName": catalog.name(spec.name),
+                "partitions": kafka.partitions,
+                "replicas": kafka.replication_factor,
+                "config": topic_config(spec),
+            },
+        }
+        for spec in CATALOG
+    ]
 
 
 async def create_topics(kafka: KafkaSettings) -> list[str]:

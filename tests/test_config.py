@@ -97,3 +97,16 @@ def test_cli_ingest_without_secrets_names_both_variables() -> None:
     assert "WHATSAPP_APP_SECRET" in result.stderr
     assert "WHATSAPP_WEBHOOK_TOKEN" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_consumers_only_ingest_needs_no_webhook_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.config import require_ingest_secrets
+
+    monkeypatch.setenv("WHATSAPP_APP_SECRET", "")
+    monkeypatch.setenv("WHATSAPP_WEBHOOK_TOKEN", "")
+    for components in ("all", "receiver"):
+        monkeypatch.setenv("INGEST_COMPONENTS", components)
+        with pytest.raises(SettingsError, match="WHATSAPP_APP_SECRET"):
+            require_ingest_secrets(load_settings())
+    monkeypatch.setenv("INGEST_COMPONENTS", "consumers")
+    require_ingest_secrets(load_settings())  # deploy/k8s keeps both secrets away from the consumers

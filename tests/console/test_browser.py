@@ -136,6 +136,7 @@ async def test_an_operator_follows_a_message_from_search_to_read_and_the_reply(
 ) -> None:
     page, dialogs = await open_console(browser, stack, KEY)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.evaluate("document.activeElement.blur()")
     await page.keyboard.press("Tab")  # keyboard users land on the skip link first
     await expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
 

@@ -28,8 +28,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipeline.store.settings import StoreSettings
+from pipeline.console.settings import ConsoleSettings
 from pipeline.notify.settings import NotifySettings
+from pipeline.store.settings import StoreSettings
 
 META_GRAPH_URL = "https://graph.facebook.com"
 SANDBOX_ACCESS_TOKEN = "sandbox-token"  # noqa: S105 — the sandbox's public, fake token
@@ -344,6 +345,7 @@ class Settings(BaseModel):
     store: StoreSettings
     log: LogSettings
     notify: NotifySettings
+    console: ConsoleSettings
 
 
 class SettingsError(Exception):
@@ -365,6 +367,7 @@ _GROUPS: dict[str, type[BaseSettings]] = {
     "store": StoreSettings,
     "log": LogSettings,
     "notify": NotifySettings,
+    "console": ConsoleSettings,
 }
 
 

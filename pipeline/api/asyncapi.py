@@ -101,14 +101,11 @@ def _document(bootstrap_servers: str, prefix: str) -> str:
         broker.publisher(topic, schema=schema, title=topic, description=description)
     spec = AsyncAPI(
         broker,
-        title="WhatsApp delivery pipeline — topics for other services",
-        version="1.0.0",
-        description="Publish a `SendRequest` to `send.requests` from any language (docs/publishing.md); "
-        "read `account.events` for what Meta says about the account.",
         title="WhatsApp delivery pipeline — Kafka topics",
         version="1.0.0",
         description="Publish a `SendRequest` to `send.requests` from any language (docs/publishing.md); read "
-        "outcomes, statuses and customer replies from the output topics (docs/inbound.md, docs/callbacks.md).",
+        "outcomes, statuses and customer replies from the output topics (docs/inbound.md, docs/callbacks.md), "
+        "and `account.events` for what Meta says about the account.",
     ).to_specification()
     document: dict[str, Any] = spec.to_jsonable()
     for attribute, (_, _, key) in _TOPICS.items():

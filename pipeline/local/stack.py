@@ -46,7 +46,7 @@ class Child:
 def settings_env(settings: Settings) -> dict[str, str]:
     """Every setting as the environment variable that sets it, so a child sees the same tree."""
     env: dict[str, str] = {"PIPELINE_ENV": settings.profile.value}
-    for group_name in ("kafka", "whatsapp", "api", "sender", "ingest", "sandbox", "store", "log", "notify"):
+    for group_name in ("kafka", "whatsapp", "api", "sender", "ingest", "sandbox", "store", "log", "notify", "console"):
         group: BaseModel = getattr(settings, group_name)
         prefix = str(group.model_config.get("env_prefix", ""))
         for field, value in group:

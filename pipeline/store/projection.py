@@ -147,7 +147,8 @@ def status_row(event: StatusEvent) -> StatusRow:
 def inbound_row(message: InboundMessage) -> InboundRow:
     return InboundRow(
         wamid=message.wamid,
-        wa_id=wa_id(message.from_),
+        # A BSUID-only message (no phone number) files under the user's BSUID, its only stable handle.
+        wa_id=wa_id(message.from_) if message.from_ is not None else str(message.user_id),
         occurred_at=message.timestamp,
         phone_number_id=message.phone_number_id,
         message_type=message.type,

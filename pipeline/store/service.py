@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 
 from pipeline.api.auth import ApiKeys
 from pipeline.config import Settings
+from pipeline.console import console_app
 from pipeline.contracts.messages import utcnow
 from pipeline.contracts.vocabulary import Stage
 from pipeline.lifecycle import release_signals, stop_on_signals
@@ -114,6 +115,7 @@ class StoreService:
         store = self.settings.store
         app = create_app(Reader(self.backend, self.sealer), ApiKeys(self.settings.api.api_keys()), self.hooks,
                          self.not_ready)
+        app.mount("/console", console_app(self.settings.console))  # the activity console (docs/console.md)
         server = uvicorn.Server(uvicorn_config(app, store.host, store.port, access_log=False))
         server_task = asyncio.create_task(server.serve(), name="store-http")
         tasks: list[asyncio.Task[None]] = []

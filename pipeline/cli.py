@@ -42,12 +42,15 @@ def _settings(**overrides: dict[str, Any]) -> Settings:
 
 
 def _run_stage(module: str, settings: Settings, check: Callable[[Settings], None] | None = None) -> None:
-    if check is not None:
-        try:
+    from pipeline.kafka_client import check_tls
+
+    try:
+        if check is not None:
             check(settings)
-        except SettingsError as exc:
-            typer.echo(f"pipeline: {exc}", err=True)
-            raise typer.Exit(2) from None
+        check_tls(settings.kafka)
+    except SettingsError as exc:
+        typer.echo(f"pipeline: {exc}", err=True)
+        raise typer.Exit(2) from None
     serve: Callable[[Settings], Coroutine[Any, Any, None]] = importlib.import_module(module).serve
     try:
         import uvloop
@@ -60,7 +63,9 @@ def _run_stage(module: str, settings: Settings, check: Callable[[Settings], None
 @app.command()
 def api(host: Host = None, port: Port = None) -> None:
     """Producer API: accept send requests over HTTP and publish them to Kafka."""
-    _run_stage("pipeline.api", _settings(api={"host": host, "port": port}))
+    from pipeline.config import require_production_api_keys
+
+    _run_stage("pipeline.api", _settings(api={"host": host, "port": port}), require_production_api_keys)
 
 
 @app.command()

@@ -138,7 +138,12 @@ def check_tls(kafka: KafkaSettings, timeout: float = 5.0) -> None:
         return
     where = f"{host}:{port}"
     try:
-        with context.wrap_socket(raw, server_hostname=host):
+        with context.wrap_socket(raw, server_hostname=host) as tls:
+            # With TLS 1.3 a broker refuses a missing client certificate only after the handshake, by an
+            # alert: wait briefly for one (a healthy broker says nothing until asked).
+            tls.settimeout(0.5)
+            with contextlib.suppress(TimeoutError):
+                tls.recv(1)
             return
     except ssl.SSLCertVerificationError as exc:
         reason = exc.verify_message or str(exc)

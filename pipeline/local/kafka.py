@@ -87,6 +87,12 @@ class LocalKafka:
     controller_port: int = 0
     heap: str = "512m"
     jars: Path | None = None
+    extra_listeners: dict[str, int] = field(default_factory=dict)
+    """More listeners on 127.0.0.1, name -> port; the name is also the protocol (SSL, SASL_SSL, SASL_PLAINTEXT)."""
+    extra_config: dict[str, str] = field(default_factory=dict)
+    """More `server.properties` entries: keystores, SASL mechanisms and their JAAS configurations."""
+    scram_credentials: tuple[str, ...] = ()
+    """`kafka-storage format --add-scram` entries, e.g. `SCRAM-SHA-256=[name=alice,password=secret]`."""
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -110,15 +116,18 @@ class LocalKafka:
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         props = self.data_dir / "server.properties"
+        extra = "".join(f",{name}://127.0.0.1:{port}" for name, port in self.extra_listeners.items())
+        protocols = "".join(f",{name}:{name}" for name in self.extra_listeners)
         props.write_text(
             "\n".join(
                 [
                     "process.roles=broker,controller",
                     "node.id=1",
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port}{extra},CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}{extra}",
                     "controller.listener.names=CONTROLLER",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    f"listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT{protocols}",
                     f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
                     f"log.dirs={logs}",
                     "offsets.topic.replication.factor=1",
@@ -129,6 +138,7 @@ class LocalKafka:
                     "group.initial.rebalance.delay.ms=0",
                     "auto.create.topics.enable=false",
                     "num.partitions=3",
+                    *(f"{key}={value}" for key, value in self.extra_config.items()),
                     "",
                 ]
             )
@@ -162,7 +172,8 @@ class LocalKafka:
             cluster_id = _cluster_id()
             result = subprocess.run(  # noqa: S603
                 self._java(
-                    "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props), "--standalone"
+                    "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props), "--standalone",
+                    *(arg for entry in self.scram_credentials for arg in ("--add-scram", entry)),
                 ),
                 capture_output=True,
                 text=True,

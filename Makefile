@@ -20,13 +20,15 @@ $(STAMP): pyproject.toml requirements.lock
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-# Java and Maven run the Kafka broker; Debian's prometheus gives `prometheus` and `promtool`; kcat is
+# Java and Maven run the Kafka broker; Debian's prometheus gives `prometheus` and `promtool`,
+# prometheus-alertmanager gives `prometheus-alertmanager` and `amtool`; kcat is
 # the command-line producer the publishing docs show. Installed only when missing.
 system-deps:
 	@command -v java >/dev/null || { echo "Java 17+ is required (apt-get install openjdk-17-jre-headless)"; exit 1; }
 	@missing=""; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v prometheus-alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	command -v kcat >/dev/null || missing="$$missing kcat"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \

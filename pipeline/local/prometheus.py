@@ -73,8 +73,10 @@ def render_config(
     rule_files: Sequence[Path | str] = (RULES_DIR / "*.yml",),
     scrape_interval: str = "5s",
     evaluation_interval: str | None = None,
+    alertmanagers: Sequence[str] = (),
 ) -> str:
-    """prometheus.yml scraping `targets` (grouped into one job per stage) with the given rule files."""
+    """prometheus.yml scraping `targets` (grouped into one job per stage) with the given rule files,
+    sending alerts to `alertmanagers` (host:port each)."""
     jobs: dict[str, list[str]] = {}
     for target in targets:
         jobs.setdefault(target.job, []).append(target.address)
@@ -90,6 +92,8 @@ def render_config(
             for job, addresses in jobs.items()
         ],
     }
+    if alertmanagers:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]}
     return yaml.safe_dump(config, sort_keys=False)
 
 
@@ -117,6 +121,7 @@ class PrometheusServer:
     evaluation_interval: str | None = None
     port: int = 0
     retention: str = "3d"
+    alertmanagers: Sequence[str] = ()
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -136,7 +141,9 @@ class PrometheusServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "prometheus.yml"
         config.write_text(
-            render_config(self.targets, self.rule_files, self.scrape_interval, self.evaluation_interval)
+            render_config(
+                self.targets, self.rule_files, self.scrape_interval, self.evaluation_interval, self.alertmanagers
+            )
         )
         with self.log_file.open("wb") as log:
             self.process = subprocess.Popen(  # noqa: S603 — fixed argument list, no shell
@@ -233,7 +240,9 @@ class PrometheusServer:
         raise PrometheusError(f"prometheus did not {what} within {timeout:.0f}s{last_error}; see {self.log_file}")
 
 
-def start_local_prometheus(settings: Settings, workdir: Path) -> tuple[subprocess.Popen[bytes], str] | None:
+def start_local_prometheus(
+    settings: Settings, workdir: Path, alertmanagers: Sequence[str] = ()
+) -> tuple[subprocess.Popen[bytes], str] | None:
     """For `pipeline run`: Prometheus on 9090 (or a free port if taken) scraping every local stage.
 
     Returns None when the binary is missing, so the pipeline still runs without it.
@@ -241,7 +250,7 @@ def start_local_prometheus(settings: Settings, workdir: Path) -> tuple[subproces
     if prometheus_binary() is None:
         return None
     port = DEFAULT_PORT if _port_free(DEFAULT_PORT) else free_port()
-    server = PrometheusServer(workdir, local_targets(settings), port=port)
+    server = PrometheusServer(workdir, local_targets(settings), port=port, alertmanagers=alertmanagers)
     server.start()
     try:
         server.wait_ready()

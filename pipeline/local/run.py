@@ -9,6 +9,7 @@ everything in reverse order and leaves no child (and no JVM) behind.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import subprocess
@@ -55,7 +56,7 @@ def run_local(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     broker: LocalKafka | None = None
     stack = LocalStack(settings)
-    prometheus: subprocess.Popen[bytes] | None = None
+    monitoring: list[subprocess.Popen[bytes]] = []
     try:
         host, port = _kafka_address(settings.kafka.bootstrap_servers)
         if not _accepts(host, port):
@@ -79,7 +80,7 @@ def run_local(settings: Settings) -> int:
         table.add_row("kafka", settings.kafka.bootstrap_servers, "broker (KRaft)")
         for name, url in stack.urls.items():
             table.add_row(name, url, _WHAT[name])
-        prometheus = _start_prometheus(stack.settings, table)
+        monitoring = _start_prometheus(stack.settings, table)
         console.print(table)
         if stack.use_sandbox:
             console.print("No WHATSAPP_ACCESS_TOKEN: messages go to the sandbox. Try:")
@@ -94,22 +95,39 @@ def run_local(settings: Settings) -> int:
             time.sleep(0.3)
         return 0
     finally:
-        if prometheus is not None:
-            prometheus.terminate()
-            prometheus.wait(timeout=15)
+        for process in reversed(monitoring):
+            process.terminate()
+            process.wait(timeout=15)
         stack.stop()
         if broker is not None:
             console.print("stopping Kafka …")
             broker.stop()
 
 
-def _start_prometheus(settings: Settings, table: Table) -> subprocess.Popen[bytes] | None:
-    """Prometheus with the repo's rules, if the machine has it (make installs Debian's package)."""
-    from pipeline.local.prometheus import start_local_prometheus
+def _start_prometheus(settings: Settings, table: Table) -> list[subprocess.Popen[bytes]]:
+    """Alertmanager and Prometheus with the repo's routes and rules, if the machine has them (make installs
+    Debian's packages). Alerts go to ALERT_WEBHOOK_URL when set; otherwise only Alertmanager's UI lists them."""
+    from pipeline.local.alertmanager import DEFAULT_PORT, NOWHERE, AlertmanagerServer, alertmanager_binary
+    from pipeline.local.kafka import free_port
+    from pipeline.local.prometheus import _port_free, start_local_prometheus
 
-    started = start_local_prometheus(settings, PROJECT_ROOT / ".cache" / "prometheus")
-    if started is None:
-        return None
-    process, url = started
-    table.add_row("prometheus", url, "scrapes every stage, evaluates the alert rules")
-    return process
+    processes: list[subprocess.Popen[bytes]] = []
+    alertmanagers: list[str] = []
+    if alertmanager_binary() is not None:
+        alertmanager = AlertmanagerServer(
+            PROJECT_ROOT / ".cache" / "alertmanager",
+            webhook_url=os.environ.get("ALERT_WEBHOOK_URL") or NOWHERE,
+            port=DEFAULT_PORT if _port_free(DEFAULT_PORT) else free_port(),
+        )
+        alertmanager.start()
+        assert alertmanager.process is not None
+        processes.append(alertmanager.process)
+        alertmanager.wait_ready()
+        alertmanagers.append(alertmanager.address)
+        table.add_row("alertmanager", alertmanager.url, "routes alerts by severity to ALERT_WEBHOOK_URL")
+    started = start_local_prometheus(settings, PROJECT_ROOT / ".cache" / "prometheus", alertmanagers)
+    if started is not None:
+        process, url = started
+        processes.append(process)
+        table.add_row("prometheus", url, "scrapes every stage, evaluates the alert rules")
+    return processes

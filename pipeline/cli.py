@@ -28,6 +28,7 @@ schemas_app = typer.Typer(help="JSON Schemas of the message contracts.", no_args
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
+app.add_typer(importlib.import_module("pipeline.deadletters.cli").app, name="dead-letters")
 
 Host = Annotated[str | None, typer.Option(help="Interface to listen on (default from settings).")]
 Port = Annotated[int | None, typer.Option(help="Port to listen on (default from settings).")]

@@ -31,6 +31,7 @@ class TopicName(StrEnum):
     STATUS_STATE = "status.state"
     INBOUND_MESSAGES = "inbound.messages"
     API_IDEMPOTENCY = "api.idempotency"
+    DEAD_LETTER_REPLAYS = "dead-letters.replays"
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,13 @@ CATALOG: tuple[TopicSpec, ...] = (
         carries="producer API idempotency records (JSON: claimed, accepted, released)",
         retention_ms=7 * DAY_MS,
     ),
+    TopicSpec(
+        TopicName.DEAD_LETTER_REPLAYS,
+        key="dead letter id (partition:offset)",
+        carries="one record per replayed dead letter (compacted): none is replayed twice",
+        retention_ms=-1,
+        compacted=True,
+    ),
 )
 
 
@@ -148,6 +156,10 @@ class TopicCatalog:
     @property
     def api_idempotency(self) -> str:
         return self.name(TopicName.API_IDEMPOTENCY)
+
+    @property
+    def dead_letter_replays(self) -> str:
+        return self.name(TopicName.DEAD_LETTER_REPLAYS)
 
 
 def new_topics(kafka: KafkaSettings) -> list[NewTopic]:

@@ -45,6 +45,7 @@ from pipeline.contracts import (
     MessageOutcome,
     SendRequest,
 )
+from pipeline.deadletters.replay import REPLAYED, REPLAYED_FROM
 from pipeline.observability import get_logger
 from pipeline.observability import metrics as m
 from pipeline.observability.context import context_from_traceparent
@@ -218,9 +219,10 @@ class Engine:
         origin = Origin(record.topic, record.partition, record.offset, record.key, headers, value)
         parent = None
         for name, raw in headers:
-            if name == "traceparent":
+            if name == "traceparent" and parent is None:
                 parent = context_from_traceparent(raw.decode("ascii", "replace"))
-                break
+            elif name == REPLAYED_FROM:
+                REPLAYED.labels(stage="sender").inc()
         span = self._tracer.start_span(
             f"process {record.topic}",
             context=parent,

@@ -195,14 +195,17 @@ def send(
         "http://127.0.0.1:8080"
     ),
     api_key: Annotated[str, typer.Option(envvar="PIPELINE_API_KEY", help="API key.")] = "dev-key",
+    rate: Annotated[float | None, typer.Option(help="With --file: at most this many rows per second.")] = None,
 ) -> None:
-    """Send one message (`--to --text`) or many from a CSV (`--file --template`) through the API."""
+    """Send one message (`--to --text`) or many from a CSV (`--file --template`) through the API.
+
+    A CSV send is resumable: re-run the same command after Ctrl-C and no row is sent twice."""
     from pipeline.api.send_command import send_command
 
     raise typer.Exit(
         send_command(
             to=to, text=text, file=file, template=template, language=language,
-            phone_number_id=phone_number_id, api_url=api_url, api_key=api_key,
+            phone_number_id=phone_number_id, api_url=api_url, api_key=api_key, rate=rate,
         )
     )
 

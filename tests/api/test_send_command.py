@@ -77,3 +77,9 @@ async def test_csv_without_template_is_a_usage_error(api: RunningApi, tmp_path: 
     path.write_text("to\n+16505551234\n")
     assert await run(api, file=path) == 2
     assert await run(api, file=tmp_path / "missing.csv", template="t") == 2
+
+
+async def test_api_errors_are_printed_verbatim(api: RunningApi, capsys: pytest.CaptureFixture[str]) -> None:
+    """No markup parsing: the brackets of a pattern in the API's message survive."""
+    assert await run(api, to="+16505551234", template="Bad-Name") == 1
+    assert "^[a-z0-9_]+$" in capsys.readouterr().err

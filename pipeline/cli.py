@@ -92,17 +92,26 @@ def sandbox(host: Host = None, port: Port = None) -> None:
 
 
 @app.command()
-def run() -> None:
+def run(
+    logs: Annotated[bool, typer.Option("--logs", help="Stream the stages' JSON logs instead of the status.")] = False,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Broker state, logs and monitoring data (default: the project's .cache).")
+    ] = None,
+    monitoring: Annotated[
+        bool, typer.Option("--monitoring/--no-monitoring", help="Start Prometheus and Alertmanager if installed.")
+    ] = True,
+) -> None:
     """Everything locally: broker, topics, sandbox (without credentials) and every stage. Ctrl-C stops all."""
     from pipeline.local.run import run_local
 
-    raise typer.Exit(run_local(_settings()))
+    raise typer.Exit(run_local(_settings(), data_dir=data_dir, monitoring=monitoring, logs=logs))
 
 
 # --- kafka ----------------------------------------------------------------------------------------
 
-DataDir = Annotated[Path, typer.Option(help="Broker state directory.")]
-_DEFAULT_DATA = Path(".cache/kafka-data")
+DataDir = Annotated[Path, typer.Option(help="Broker state directory (default: the project's .cache/kafka-data).")]
+# Anchored to the project, not the current directory: `kafka status` answers the same from anywhere.
+_DEFAULT_DATA = importlib.import_module("pipeline.local.kafka").CACHE / "kafka-data"
 
 
 def _broker(data_dir: Path, port: int) -> Any:

@@ -24,6 +24,7 @@ import httpx
 import yaml
 
 from pipeline.local.kafka import PROJECT_ROOT, free_port
+from pipeline.local.process import die_with_parent
 
 CONFIG = PROJECT_ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 DEFAULT_PORT = 9093
@@ -96,6 +97,7 @@ class AlertmanagerServer:
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,
                 start_new_session=True,
             )
 

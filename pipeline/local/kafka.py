@@ -22,6 +22,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.local.process import die_with_parent
+
 PROJECT_ROOT = Path(os.environ.get("PIPELINE_HOME", Path(__file__).resolve().parents[2]))
 POM = PROJECT_ROOT / "deploy" / "kafka" / "pom.xml"
 CACHE = PROJECT_ROOT / ".cache"
@@ -91,6 +93,8 @@ class LocalKafka:
     """More listeners on 127.0.0.1, name -> port; the name is also the protocol (SSL, SASL_SSL, SASL_PLAINTEXT)."""
     extra_config: dict[str, str] = field(default_factory=dict)
     """More `server.properties` entries: keystores, SASL mechanisms and their JAAS configurations."""
+    tied_to_parent: bool = False
+    """The JVM gets SIGTERM when the starting process dies (`pipeline run`; not `pipeline kafka start`)."""
     scram_credentials: tuple[str, ...] = ()
     """`kafka-storage format --add-scram` entries, e.g. `SCRAM-SHA-256=[name=alice,password=secret]`."""
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
@@ -188,6 +192,7 @@ class LocalKafka:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C goes to us; we stop the broker in order
+                preexec_fn=die_with_parent if self.tied_to_parent else None,
             )
         self.pid_file.write_text(str(self._process.pid))
 

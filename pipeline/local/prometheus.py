@@ -28,6 +28,7 @@ import yaml
 
 from pipeline.config import Settings
 from pipeline.local.kafka import PROJECT_ROOT, free_port
+from pipeline.local.process import die_with_parent
 
 RULES_DIR = PROJECT_ROOT / "deploy" / "prometheus" / "rules"
 DEFAULT_PORT = 9090
@@ -158,6 +159,7 @@ class PrometheusServer:
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,
                 start_new_session=True,  # the caller stops it in order; Ctrl-C must not hit it first
             )
 

@@ -29,6 +29,7 @@ from pipeline.contracts.messages import (
     new_request_id,
     utcnow,
 )
+from pipeline.contracts.sanitation import ContentPolicy, matching_form
 from pipeline.contracts.vocabulary import (
     ApiOutcome,
     AttemptOutcome,
@@ -47,6 +48,7 @@ __all__ = [
     "AudioMessage",
     "CallbackData",
     "CircuitState",
+    "ContentPolicy",
     "DeadLetter",
     "DeadLetterReason",
     "DeliveryStatus",
@@ -73,6 +75,7 @@ __all__ = [
     "WebhookOutcome",
     "describe",
     "field_errors",
+    "matching_form",
     "new_request_id",
     "utcnow",
 ]

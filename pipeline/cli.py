@@ -16,15 +16,17 @@ import typer
 
 from pipeline.config import Settings, SettingsError, load_settings
 
-# Rich tracebacks print local variables, which may hold secrets: plain tracebacks only.
+# Rich tracebacks print local variables, which may hold secrets: plain tracebacks only. Plain help too
+# (`rich_markup_mode=None`): Typer's rich help labels every flag `<bool>`, though a flag takes no value.
+PLAIN = {"no_args_is_help": True, "rich_markup_mode": None}
 app = typer.Typer(
     help="Observability-first delivery pipeline for the WhatsApp Cloud API.",
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
+    **PLAIN,  # type: ignore[arg-type]
 )
-kafka_app = typer.Typer(help="Run a local single-node Kafka broker (KRaft) from Maven jars.", no_args_is_help=True)
-topics_app = typer.Typer(help="Kafka topics of the pipeline.", no_args_is_help=True)
-schemas_app = typer.Typer(help="JSON Schemas of the message contracts.", no_args_is_help=True)
+kafka_app = typer.Typer(help="Run a local single-node Kafka broker (KRaft) from Maven jars.", **PLAIN)  # type: ignore[arg-type]
+topics_app = typer.Typer(help="Kafka topics of the pipeline.", **PLAIN)  # type: ignore[arg-type]
+schemas_app = typer.Typer(help="JSON Schemas of the message contracts.", **PLAIN)  # type: ignore[arg-type]
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")

@@ -16,7 +16,10 @@ import typer
 
 from pipeline.contracts import DeadLetterReason, Stage
 
-app = typer.Typer(help="List, show and replay dead letters (docs/operations.md#dead-letters).", no_args_is_help=True)
+app = typer.Typer(
+    help="List, show and replay dead letters (docs/operations.md#dead-letters).", no_args_is_help=True,
+    rich_markup_mode=None,  # plain help, as every command of `pipeline` (no `<bool>` on flags)
+)
 
 StageOption = Annotated[Stage | None, typer.Option(help="Only dead letters of this stage.")]
 ReasonOption = Annotated[DeadLetterReason | None, typer.Option(help="Only dead letters with this reason.")]

@@ -224,7 +224,7 @@ def send(
 @app.command()
 def demo(
     rate: Annotated[float, typer.Option(help="Requests per second.")] = 20.0,
-    duration: Annotated[float, typer.Option(help="Seconds to run.")] = 600.0,
+    duration: Annotated[float, typer.Option(help="Seconds to run.")] = 60.0,
     api_url: Annotated[str, typer.Option(envvar="PIPELINE_API_URL", help="Producer API base URL.")] = (
         "http://127.0.0.1:8080"
     ),
@@ -232,13 +232,18 @@ def demo(
     seed: Annotated[int | None, typer.Option(help="Random seed, for a repeatable mix.")] = None,
 ) -> None:
     """Drive a realistic mix of outcomes through the API (to the sandbox's test numbers)."""
-    from pipeline.local.demo import DemoPlan, run_demo
+    from pipeline.local.demo import DemoPlan, DemoReport, run_demo
+    from pipeline.local.prometheus import local_targets
 
+    settings = _settings()
+    jobs = ("delivery-sender", "delivery-ingest")
+    metrics = [f"http://{t.address}/metrics" for t in local_targets(settings) if t.job in jobs]
+    report = DemoReport()
     try:
-        answers = asyncio.run(run_demo(api_url, api_key, DemoPlan(rate, duration), seed))
+        asyncio.run(run_demo(api_url, api_key, DemoPlan(rate, duration), seed, metrics_urls=metrics, report=report))
     except KeyboardInterrupt:
-        return
-    typer.echo(", ".join(f"{status}: {count}" for status, count in sorted(answers.items())))
+        typer.echo("interrupted", err=True)
+    typer.echo(report.summary())
 
 
 def main() -> None:

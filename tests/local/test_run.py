@@ -85,6 +85,11 @@ def test_env_example_run_send_then_sighup_leaves_nothing(tmp_path: Path) -> None
         assert any(b"kafka.Kafka" in c for c in cmdlines), "the broker is a child of `pipeline run`"
         assert sum(b"pipeline" in c for c in cmdlines) >= 4
 
+        # A normal start logs no error (the stages' own files; the terminal shows none either).
+        for log in sorted((data / "logs").glob("*.log")):
+            errors_logged = [line for line in log.read_text().splitlines() if '"level":"error"' in line]
+            assert errors_logged == [], (log.name, errors_logged[:3])
+
         # A stage that dies is restarted, not the whole stack stopped.
         sender = next(pid for pid in children if b"sender" in Path(f"/proc/{pid}/cmdline").read_bytes())
         os.kill(sender, signal.SIGKILL)

@@ -23,11 +23,15 @@ $(STAMP): pyproject.toml requirements.lock
 # Java and Maven run the Kafka broker; Debian's prometheus gives `prometheus` and `promtool`; kcat is
 # the command-line producer the publishing docs show; node runs docs/callbacks.md's Node verifier in a
 # test. Installed only when missing.
+# Java and Maven run the Kafka broker; Debian's prometheus gives `prometheus` and `promtool`,
+# prometheus-alertmanager gives `prometheus-alertmanager` and `amtool`; kcat is
+# the command-line producer the publishing docs show. Installed only when missing.
 system-deps:
 	@command -v java >/dev/null || { echo "Java 17+ is required (apt-get install openjdk-17-jre-headless)"; exit 1; }
 	@missing=""; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v prometheus-alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	command -v kcat >/dev/null || missing="$$missing kcat"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v node >/dev/null || missing="$$missing nodejs"; \

@@ -16,20 +16,23 @@ import typer
 
 from pipeline.config import Settings, SettingsError, load_settings
 
-# Rich tracebacks print local variables, which may hold secrets: plain tracebacks only.
+# Rich tracebacks print local variables, which may hold secrets: plain tracebacks only. Plain help too
+# (`rich_markup_mode=None`): Typer's rich help labels every flag `<bool>`, though a flag takes no value.
+PLAIN = {"no_args_is_help": True, "rich_markup_mode": None}
 app = typer.Typer(
     help="Observability-first delivery pipeline for the WhatsApp Cloud API.",
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
+    **PLAIN,  # type: ignore[arg-type]
 )
-kafka_app = typer.Typer(help="Run a local single-node Kafka broker (KRaft) from Maven jars.", no_args_is_help=True)
-topics_app = typer.Typer(help="Kafka topics of the pipeline.", no_args_is_help=True)
-schemas_app = typer.Typer(help="JSON Schemas of the message contracts.", no_args_is_help=True)
+kafka_app = typer.Typer(help="Run a local single-node Kafka broker (KRaft) from Maven jars.", **PLAIN)  # type: ignore[arg-type]
+topics_app = typer.Typer(help="Kafka topics of the pipeline.", **PLAIN)  # type: ignore[arg-type]
+schemas_app = typer.Typer(help="JSON Schemas of the message contracts.", **PLAIN)  # type: ignore[arg-type]
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(importlib.import_module("pipeline.k8s.cli").app, name="k8s")
 app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(importlib.import_module("pipeline.store.cli").messages_app, name="messages")
+app.add_typer(importlib.import_module("pipeline.deadletters.cli").app, name="dead-letters")
 
 Host = Annotated[str | None, typer.Option(help="Interface to listen on (default from settings).")]
 Port = Annotated[int | None, typer.Option(help="Port to listen on (default from settings).")]
@@ -44,12 +47,15 @@ def _settings(**overrides: dict[str, Any]) -> Settings:
 
 
 def _run_stage(module: str, settings: Settings, check: Callable[[Settings], None] | None = None) -> None:
-    if check is not None:
-        try:
+    from pipeline.kafka_client import check_tls
+
+    try:
+        if check is not None:
             check(settings)
-        except SettingsError as exc:
-            typer.echo(f"pipeline: {exc}", err=True)
-            raise typer.Exit(2) from None
+        check_tls(settings.kafka)
+    except SettingsError as exc:
+        typer.echo(f"pipeline: {exc}", err=True)
+        raise typer.Exit(2) from None
     serve: Callable[[Settings], Coroutine[Any, Any, None]] = importlib.import_module(module).serve
     try:
         import uvloop
@@ -62,7 +68,9 @@ def _run_stage(module: str, settings: Settings, check: Callable[[Settings], None
 @app.command()
 def api(host: Host = None, port: Port = None) -> None:
     """Producer API: accept send requests over HTTP and publish them to Kafka."""
-    _run_stage("pipeline.api", _settings(api={"host": host, "port": port}))
+    from pipeline.config import require_production_api_keys
+
+    _run_stage("pipeline.api", _settings(api={"host": host, "port": port}), require_production_api_keys)
 
 
 @app.command()
@@ -102,17 +110,26 @@ def store(host: Host = None, port: Port = None) -> None:
 
 
 @app.command()
-def run() -> None:
+def run(
+    logs: Annotated[bool, typer.Option("--logs", help="Stream the stages' JSON logs instead of the status.")] = False,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Broker state, logs and monitoring data (default: the project's .cache).")
+    ] = None,
+    monitoring: Annotated[
+        bool, typer.Option("--monitoring/--no-monitoring", help="Start Prometheus and Alertmanager if installed.")
+    ] = True,
+) -> None:
     """Everything locally: broker, topics, sandbox (without credentials) and every stage. Ctrl-C stops all."""
     from pipeline.local.run import run_local
 
-    raise typer.Exit(run_local(_settings()))
+    raise typer.Exit(run_local(_settings(), data_dir=data_dir, monitoring=monitoring, logs=logs))
 
 
 # --- kafka ----------------------------------------------------------------------------------------
 
-DataDir = Annotated[Path, typer.Option(help="Broker state directory.")]
-_DEFAULT_DATA = Path(".cache/kafka-data")
+DataDir = Annotated[Path, typer.Option(help="Broker state directory (default: the project's .cache/kafka-data).")]
+# Anchored to the project, not the current directory: `kafka status` answers the same from anywhere.
+_DEFAULT_DATA = importlib.import_module("pipeline.local.kafka").CACHE / "kafka-data"
 
 
 def _broker(data_dir: Path, port: int) -> Any:
@@ -223,14 +240,18 @@ def send(
     api_key: Annotated[str, typer.Option(envvar="PIPELINE_API_KEY", help="API key.")] = "dev-key",
     read: Annotated[str | None, typer.Option(help="Mark this inbound wamid read (with --to, its sender).")] = None,
     typing: Annotated[bool, typer.Option(help="With --read: also show the typing indicator.")] = False,
+    rate: Annotated[float | None, typer.Option(help="With --file: at most this many rows per second.")] = None,
 ) -> None:
-    """Send one message (`--to --text`), many from a CSV (`--file --template`), or mark a reply read (`--read`)."""
+    """Send one message (`--to --text`), many from a CSV (`--file --template`), or mark a reply read (`--read`).
+
+    A CSV send is resumable: re-run the same command after Ctrl-C and no row is sent twice."""
     from pipeline.api.send_command import send_command
 
     raise typer.Exit(
         send_command(
             to=to, text=text, file=file, template=template, language=language,
             phone_number_id=phone_number_id, api_url=api_url, api_key=api_key, read=read, typing=typing,
+            rate=rate,
         )
     )
 
@@ -238,7 +259,7 @@ def send(
 @app.command()
 def demo(
     rate: Annotated[float, typer.Option(help="Requests per second.")] = 20.0,
-    duration: Annotated[float, typer.Option(help="Seconds to run.")] = 600.0,
+    duration: Annotated[float, typer.Option(help="Seconds to run.")] = 60.0,
     api_url: Annotated[str, typer.Option(envvar="PIPELINE_API_URL", help="Producer API base URL.")] = (
         "http://127.0.0.1:8080"
     ),
@@ -246,13 +267,18 @@ def demo(
     seed: Annotated[int | None, typer.Option(help="Random seed, for a repeatable mix.")] = None,
 ) -> None:
     """Drive a realistic mix of outcomes through the API (to the sandbox's test numbers)."""
-    from pipeline.local.demo import DemoPlan, run_demo
+    from pipeline.local.demo import DemoPlan, DemoReport, run_demo
+    from pipeline.local.prometheus import local_targets
 
+    settings = _settings()
+    jobs = ("delivery-sender", "delivery-ingest")
+    metrics = [f"http://{t.address}/metrics" for t in local_targets(settings) if t.job in jobs]
+    report = DemoReport()
     try:
-        answers = asyncio.run(run_demo(api_url, api_key, DemoPlan(rate, duration), seed))
+        asyncio.run(run_demo(api_url, api_key, DemoPlan(rate, duration), seed, metrics_urls=metrics, report=report))
     except KeyboardInterrupt:
-        return
-    typer.echo(", ".join(f"{status}: {count}" for status, count in sorted(answers.items())))
+        typer.echo("interrupted", err=True)
+    typer.echo(report.summary())
 
 
 @app.command("wamid-ref")

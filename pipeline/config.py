@@ -5,7 +5,12 @@
     settings.whatsapp.access_token      # SecretStr | None — never printed
 
 Each group reads its own prefix (`KAFKA_`, `WHATSAPP_`, `API_`, `SENDER_`, `INGEST_`, `SANDBOX_`,
-`LOG_`, `NOTIFY_`). `PIPELINE_ENV=development|production` only changes defaults (see `_PRODUCTION_DEFAULTS`).
+`LOG_`, `STORE_`, `NOTIFY_`, `CONSOLE_`). `PIPELINE_ENV=development|production` only changes defaults
+(see `_PRODUCTION_DEFAULTS`).
+The environment wins over `.env`; an empty value (`KAFKA_SASL_MECHANISM=`) means "unset", i.e. the
+default. `PIPELINE_ENV` and the OpenTelemetry SDK's `OTEL_*` variables are honoured from `.env` too
+(`load_settings` exports the latter into the process environment, where the SDK reads them).
+`setting_variables()` lists every variable of the tree (`.env.example` must hold them all).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -41,8 +47,20 @@ class Profile(StrEnum):
     PRODUCTION = "production"
 
 
+ENV_FILE = ".env"
+
+
+def dotenv_file(path: str | os.PathLike[str] = ENV_FILE) -> dict[str, str]:
+    """The non-empty `KEY=value` lines of `.env` (in the current directory), or nothing without one."""
+    from dotenv import dotenv_values
+
+    if not os.path.isfile(path):
+        return {}
+    return {k: v for k, v in dotenv_values(path).items() if v}
+
+
 def current_profile() -> Profile:
-    raw = os.environ.get("PIPELINE_ENV", Profile.DEVELOPMENT.value)
+    raw = os.environ.get("PIPELINE_ENV") or dotenv_file().get("PIPELINE_ENV") or Profile.DEVELOPMENT.value
     try:
         return Profile(raw)
     except ValueError:
@@ -57,8 +75,18 @@ _PRODUCTION_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def export_otel_variables(path: str | os.PathLike[str] = ENV_FILE) -> None:
+    """Copy `OTEL_*` lines of `.env` into the process environment (unless already set there), because the
+    OpenTelemetry SDK reads only `os.environ`. Child processes inherit them."""
+    for name, value in dotenv_file(path).items():
+        if name.startswith("OTEL_") and not os.environ.get(name):
+            os.environ[name] = value
+
+
 class _Group(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_file_encoding="utf-8")
+    model_config = SettingsConfigDict(
+        env_file=ENV_FILE, extra="ignore", env_file_encoding="utf-8", env_ignore_empty=True
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -74,29 +102,70 @@ class KafkaSettings(_Group):
 
     bootstrap_servers: str = "127.0.0.1:9092"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    # Defaults are validated too (`validate_default`), so SASL_SSL without a mechanism is reported.
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, validate_default=True
+    )
     sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
+    sasl_password: SecretStr | None = Field(default=None, validate_default=True)
     topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")
     partitions: int = Field(default=3, ge=1, le=1000)
     replication_factor: int = Field(default=1, ge=1, le=10)
     client_id: str = "whatsapp-delivery"
+    # TLS (SSL, SASL_SSL). Each is a file path or the PEM text itself (secrets injected as variables).
+    ssl_ca: str | None = Field(default=None, description="CA certificate(s) to trust; empty: the system's CAs")
+    ssl_cert: str | None = Field(default=None, description="client certificate (mutual TLS), with KAFKA_SSL_KEY")
+    ssl_key: SecretStr | None = Field(
+        default=None, validate_default=True, description="the client certificate's private key"
+    )
+    ssl_key_password: SecretStr | None = Field(default=None, description="if KAFKA_SSL_KEY is encrypted")
+    ssl_check_hostname: bool = Field(default=True, description="the broker's certificate must name its host")
+
+    @field_validator("sasl_mechanism", mode="after")
+    @classmethod
+    def _mechanism_for_sasl(cls, value: str | None, info: ValidationInfo) -> str | None:
+        protocol = info.data.get("security_protocol", "")
+        if protocol.startswith("SASL_") and value is None:
+            raise ValueError(f"required with KAFKA_SECURITY_PROTOCOL={protocol}: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+        if value is not None and not protocol.startswith("SASL_"):
+            raise ValueError(f"needs KAFKA_SECURITY_PROTOCOL=SASL_SSL (or SASL_PLAINTEXT), not {protocol}")
+        return value
+
+    @field_validator("sasl_password", mode="after")
+    @classmethod
+    def _credentials_for_sasl(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if info.data.get("sasl_mechanism") and (value is None or not info.data.get("sasl_username")):
+            raise ValueError("KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required with KAFKA_SASL_MECHANISM")
+        return value
+
+    @field_validator("ssl_ca", "ssl_cert", mode="after")
+    @classmethod
+    def _pem_or_file(cls, value: str | None) -> str | None:
+        if value is not None and not value.lstrip().startswith("-----BEGIN") and not os.path.isfile(value):
+            raise ValueError(f"no such file {value!r}: give the path of a PEM file or the PEM text itself")
+        return value
+
+    @field_validator("ssl_key", mode="after")
+    @classmethod
+    def _key_with_cert(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if (value is None) != (info.data.get("ssl_cert") is None):
+            raise ValueError("KAFKA_SSL_CERT and KAFKA_SSL_KEY go together: set both for mutual TLS, or neither")
+        text = value.get_secret_value() if value is not None else ""
+        if value is not None and not text.lstrip().startswith("-----BEGIN") and not os.path.isfile(text):
+            raise ValueError("not a PEM file path nor PEM text")  # never echo a key
+        return value
 
     def topic(self, base: str) -> str:
         return f"{self.topic_prefix}{base}"
 
     def client_kwargs(self) -> dict[str, Any]:
-        """Connection keyword arguments shared by aiokafka producers, consumers and admin clients."""
-        kwargs: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap_servers,
-            "security_protocol": self.security_protocol,
-            "client_id": self.client_id,
-        }
-        if self.sasl_mechanism:
-            kwargs["sasl_mechanism"] = self.sasl_mechanism
-            kwargs["sasl_plain_username"] = self.sasl_username
-            kwargs["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
-        return kwargs
+        """Connection keyword arguments of every aiokafka producer, consumer and admin client.
+
+        One factory for all (`pipeline.kafka_client.client_options`): TLS and SASL work everywhere or nowhere.
+        """
+        from pipeline.kafka_client import client_options
+
+        return client_options(self)
 
 
 class WhatsAppSettings(_Group):
@@ -371,6 +440,20 @@ _GROUPS: dict[str, type[BaseSettings]] = {
 }
 
 
+def setting_variables() -> list[str]:
+    """Every environment variable of the settings tree, `PIPELINE_ENV` first, in declaration order.
+
+    Derived from `Settings` itself, so a group added there (in its own module) is listed with no edit here.
+    """
+    names = ["PIPELINE_ENV"]
+    for field in Settings.model_fields.values():
+        group = field.annotation
+        if isinstance(group, type) and issubclass(group, BaseSettings):
+            prefix = str(group.model_config.get("env_prefix", ""))
+            names.extend(f"{prefix}{name}".upper() for name in group.model_fields)
+    return names
+
+
 def load_settings(**overrides: dict[str, Any]) -> Settings:
     """Read every group; collect all problems before failing so the operator fixes them in one go.
 
@@ -379,6 +462,7 @@ def load_settings(**overrides: dict[str, Any]) -> Settings:
     """
     problems: list[tuple[str, str]] = []
     profile = Profile.DEVELOPMENT
+    export_otel_variables()
     try:
         profile = current_profile()
     except SettingsError as exc:
@@ -412,24 +496,38 @@ def require_sender_credentials(settings: Settings) -> None:
 
 
 def require_ingest_secrets(settings: Settings) -> None:
-    """Webhooks cannot be verified without the app secret, nor the subscription without the token.
+    """The receiver cannot verify webhooks without the app secret, nor the subscription without the token.
 
-    A consumers-only process (`INGEST_COMPONENTS=consumers`) verifies nothing and needs neither, so a
-    deployment can keep both secrets away from it."""
+    The consumers never see a webhook's signature, so `INGEST_COMPONENTS=consumers` needs neither.
+    """
     if settings.ingest.components == "consumers":
         return
     problems = []
+    consumers_only = "or run this process with INGEST_COMPONENTS=consumers (no webhook receiver)"
     if settings.whatsapp.app_secret is None:
-        problems.append(("WHATSAPP_APP_SECRET", "required to verify X-Hub-Signature-256 on Meta's webhooks"))
+        problems.append((
+            "WHATSAPP_APP_SECRET",
+            "required to verify X-Hub-Signature-256 on Meta's webhooks; set it to the App Secret of your Meta "
+            f"app (App settings > Basic), {consumers_only}",
+        ))
     if settings.whatsapp.webhook_token is None:
-        problems.append(("WHATSAPP_WEBHOOK_TOKEN", "required to answer Meta's webhook verification (hub.verify_token)"))
+        problems.append((
+            "WHATSAPP_WEBHOOK_TOKEN",
+            "required to answer Meta's webhook verification (hub.verify_token); set it to the Verify token you "
+            f"entered in the app's WhatsApp > Configuration, {consumers_only}",
+        ))
     if problems:
         raise SettingsError(problems)
 
 
 def require_production_api_keys(settings: Settings) -> None:
-    if not settings.api.api_keys():
-        raise SettingsError([("API_KEYS", "at least one API key is required in production")])
+    """In production an API without keys would start, report ready and answer 401 to every caller."""
+    if settings.profile is Profile.PRODUCTION and not settings.api.api_keys():
+        raise SettingsError([(
+            "API_KEYS",
+            "at least one API key is required in production (PIPELINE_ENV=production has no development key); "
+            'set API_KEYS=\'{"<key of 8+ characters>": "*"}\' or list the phone_number_ids each key may send from',
+        )])
 
 
 __all__ = [

@@ -39,6 +39,7 @@ class TopicName(StrEnum):
     INBOUND_MESSAGES = "inbound.messages"
     API_IDEMPOTENCY = "api.idempotency"
     ACCOUNT_EVENTS = "account.events"
+    DEAD_LETTER_REPLAYS = "dead-letters.replays"
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,13 @@ CATALOG: tuple[TopicSpec, ...] = (
         carries="AccountEvent (JSON): account, template, quality and marketing opt-out events",
         retention_ms=30 * DAY_MS,
     ),
+    TopicSpec(
+        TopicName.DEAD_LETTER_REPLAYS,
+        key="dead letter id (partition:offset)",
+        carries="one record per replayed dead letter (compacted): none is replayed twice",
+        retention_ms=-1,
+        compacted=True,
+    ),
 )
 
 
@@ -172,6 +180,10 @@ class TopicCatalog:
     @property
     def account_events(self) -> str:
         return self.name(TopicName.ACCOUNT_EVENTS)
+
+    @property
+    def dead_letter_replays(self) -> str:
+        return self.name(TopicName.DEAD_LETTER_REPLAYS)
 
 
 def topic_config(spec: TopicSpec) -> dict[str, str]:

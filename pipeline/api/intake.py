@@ -7,7 +7,9 @@
 
 Sanitation happens before validation, so limits apply to what is actually sent: control characters
 (other than tab and line breaks) are removed from every string, and the operator's forbidden-content
-patterns are checked against every text under `message`.
+patterns are checked against every text under `message`, in its matching form too (NFKC, without
+zero-width/format characters and combining marks: `pipeline.contracts.sanitation`), exactly as the
+sender checks records published straight to Kafka.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import orjson
 from pydantic import ValidationError
 
 from pipeline.config import Settings
-from pipeline.contracts import FieldError, MessageBody, SendRequest, field_errors
+from pipeline.contracts import ContentPolicy, FieldError, MessageBody, SendRequest, field_errors
 
 # C0 and C1 control characters except \t \n \r, which text bodies legitimately contain.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -111,7 +113,8 @@ def _too_deep(field: str) -> Rejection:
 class Intake:
     def __init__(self, settings: Settings) -> None:
         self._default_phone_number_id = settings.whatsapp.phone_number_id
-        self._forbidden = [re.compile(p) for p in settings.api.forbidden_patterns]
+        # The same policy checks records published straight to Kafka (the sender's intake).
+        self._policy = ContentPolicy(settings.api.forbidden_patterns)
 
     def admit(
         self, data: Any, *, idempotency_key: str | None, now: datetime, sanitise: bool = True
@@ -163,21 +166,13 @@ class Intake:
         return Admitted(request=request, stamped=stamped)
 
     def _forbidden_content(self, value: Any, path: str, depth: int) -> list[FieldError]:
-        if not self._forbidden:
+        """The one content policy (`pipeline.contracts.sanitation`) on every text, walked to a bounded depth."""
+        if not self._policy:
             return []
         if depth >= DEPTH_LIMIT and isinstance(value, dict | list):
             raise TooDeep("message")
         if isinstance(value, str):
-            for number, pattern in enumerate(self._forbidden, start=1):
-                if pattern.search(value):
-                    return [
-                        FieldError(
-                            field=path,
-                            rule="forbidden_content",
-                            message=f"matches forbidden content pattern #{number} of this API",
-                        )
-                    ]
-            return []
+            return self._policy.violations(value, path)
         if isinstance(value, dict):
             return [e for k, v in value.items() if k != "type"
                     for e in self._forbidden_content(v, f"{path}.{k}", depth + 1)]

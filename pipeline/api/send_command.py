@@ -5,13 +5,16 @@
     pipeline send --to +16505551234 --read wamid.HBgL… --typing   # mark a reply read, show typing
 
 The CSV needs a `to` column; template body parameters come from columns `param1`, `param2`, … when
-present, otherwise from every other column in file order. Each chunk of rows is posted with its own
-Idempotency-Key, so a chunk retried after a timeout, a 503 or a 504 is not sent twice.
+present, otherwise from every other column in file order. Bulk sends are resumable: each row's
+idempotency key is derived from the file's content hash and the row's line (`csv-<sha256>-<line>`), so
+re-running the same file after Ctrl-C, a crash or a 503 sends no row twice (the API answers the rows it
+already took as replays). Rejected rows are written, with their reasons, to `<file>.rejected.csv`.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import re
 import time
 import uuid
@@ -22,13 +25,22 @@ from typing import Any
 
 import httpx
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
-CHUNK = 500
+# Rows per batch request: few enough that the bar moves steadily and an interrupt loses little
+# progress, enough to amortise the HTTP round trip.
+CHUNK = 25
 ATTEMPTS = 5
 _PARAM_COLUMN = re.compile(r"^param(\d+)$")
 
-OK, REJECTED, USAGE = 0, 1, 2
+OK, REJECTED, USAGE, INTERRUPTED = 0, 1, 2, 130
 
 
 @dataclass
@@ -42,6 +54,13 @@ class Row:
 class Summary:
     accepted: int = 0
     rejected: list[tuple[int, str]] = field(default_factory=list)
+    replayed: int = 0  # accepted by an earlier run of the same file: not sent again
+    total: int = 0
+    interrupted: bool = False
+
+    @property
+    def done(self) -> int:
+        return self.accepted + self.replayed + len(self.rejected)
 
 
 class SendError(Exception):
@@ -60,6 +79,7 @@ def send_command(
     api_key: str,
     read: str | None = None,
     typing: bool = False,
+    rate: float | None = None,
 ) -> int:
     console = Console(stderr=True)
     out = Console()
@@ -70,15 +90,22 @@ def send_command(
         try:
             rows = list(read_rows(file, template, language, phone_number_id))
         except (OSError, ValueError, csv.Error) as exc:
-            console.print(f"pipeline send: cannot read {file}: {exc}")
+            console.print(f"pipeline send: cannot read {file}: {exc}", markup=False, highlight=False)
             return USAGE
-        with httpx.Client(base_url=api_url, headers=_auth(api_key), timeout=60.0) as client:
+        digest = file_digest(file)
+        with httpx.Client(base_url=api_url, headers=_auth(api_key), timeout=_timeout(60.0)) as client:
+            summary = Summary(total=len(rows))
             try:
-                summary = send_rows(client, rows, console)
+                send_rows(client, rows, console, digest=digest, summary=summary, rate=rate)
             except SendError as exc:
-                console.print(f"pipeline send: {exc}")
-                return REJECTED
-        report(summary, out)
+                console.print(f"pipeline send: {exc}", markup=False, highlight=False)
+                summary.interrupted = True
+            except KeyboardInterrupt:
+                summary.interrupted = True
+        rejected_file = write_rejected(file, rows, summary)
+        report(summary, out, rejected_file)
+        if summary.interrupted:
+            return INTERRUPTED
         return OK if not summary.rejected else REJECTED
 
     chosen = [option for option in (text, template, read) if option is not None]
@@ -96,17 +123,18 @@ def send_command(
     item: dict[str, Any] = {"to": to, "message": message}
     if phone_number_id:
         item["phone_number_id"] = phone_number_id
-    with httpx.Client(base_url=api_url, headers=_auth(api_key), timeout=30.0) as client:
+    with httpx.Client(base_url=api_url, headers=_auth(api_key), timeout=_timeout(30.0)) as client:
         try:
             response = _post(client, "/v1/messages", item, idempotency_key=f"cli-{uuid.uuid4().hex}")
         except SendError as exc:
-            console.print(f"pipeline send: {exc}")
+            console.print(f"pipeline send: {exc}", markup=False, highlight=False)
             return REJECTED
     body = response.json()
     if response.status_code == 202:
         out.print(f"accepted {body['request_id']}")
         return OK
-    console.print(f"rejected ({response.status_code}): {_reasons(body.get('error', {}))}")
+    console.print(f"rejected ({response.status_code}): {_reasons(body.get('error', {}))}", markup=False,
+                  highlight=False)
     return REJECTED
 
 
@@ -162,22 +190,41 @@ def read_rows(path: Path, template: str, language: str, phone_number_id: str | N
 # --- sending -------------------------------------------------------------------------------------
 
 
-def send_rows(client: httpx.Client, rows: list[Row], console: Console) -> Summary:
-    summary = Summary()
-    run = uuid.uuid4().hex[:16]
+def file_digest(path: Path) -> str:
+    """The file's identity for idempotency keys: the same bytes give the same keys on every run."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:24]
+
+
+def row_key(digest: str, line: int) -> str:
+    return f"csv-{digest}-{line}"
+
+
+def send_rows(
+    client: httpx.Client, rows: list[Row], console: Console, *, digest: str, summary: Summary | None = None,
+    rate: float | None = None,
+) -> Summary:
+    """Post the rows in chunks, each row with its own idempotency key; `summary` is filled as it goes,
+    so an interrupted run still reports what it did. `rate` caps rows per second."""
+    summary = summary or Summary(total=len(rows))
     progress = Progress(
-        TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        TextColumn("sending"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} rows/s"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        console=console,
     )
+    started = time.monotonic()
     with progress:
-        task = progress.add_task("rows", total=len(rows))
-        for number, chunk in enumerate(_chunks(rows, CHUNK)):
+        task = progress.add_task("rows", total=len(rows), rate="-")
+        for chunk in _chunks(rows, CHUNK):
             summary.rejected.extend((row.line, row.problem or "") for row in chunk if row.item is None)
             sendable = [row for row in chunk if row.item is not None]
             if sendable:
-                response = _post(client, "/v1/messages:batch", {"messages": [r.item for r in sendable]},
-                                 idempotency_key=f"csv-{run}-{number}")
+                items = [{**(r.item or {}), "idempotency_key": row_key(digest, r.line)} for r in sendable]
+                response = _post(client, "/v1/messages:batch", {"messages": items}, idempotency_key=None)
                 _tally(response, sendable, summary)
-            progress.advance(task, len(chunk))
+            elapsed = max(time.monotonic() - started, 1e-6)
+            progress.update(task, completed=summary.done, rate=f"{summary.done / elapsed:,.0f}")
+            if rate:
+                time.sleep(max(0.0, summary.done / rate - (time.monotonic() - started)))
     summary.rejected.sort()
     return summary
 
@@ -190,25 +237,33 @@ def _tally(response: httpx.Response, rows: list[Row], summary: Summary) -> None:
         summary.rejected.extend((row.line, f"{response.status_code}: {reason}") for row in rows)
         return
     for row, result in zip(rows, results, strict=True):
-        if result.get("status") == 202:
+        if result.get("status") == 202 and result.get("replayed"):
+            summary.replayed += 1
+        elif result.get("status") == 202:
             summary.accepted += 1
         else:
             summary.rejected.append((row.line, f"{result.get('status')}: {_reasons(result.get('error', {}))}"))
 
 
-def _post(client: httpx.Client, path: str, body: Any, idempotency_key: str) -> httpx.Response:
-    """POST, retrying what is safe to retry (same Idempotency-Key): connection errors, 409, 503 and 504."""
+def _post(client: httpx.Client, path: str, body: Any, idempotency_key: str | None) -> httpx.Response:
+    """POST, retrying what is safe to retry (same idempotency keys): 409, 503 and 504, and connection errors
+    once the API has answered at least once (an API that never answered is reported at once)."""
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     for attempt in range(1, ATTEMPTS + 1):
         try:
-            response = client.post(path, json=body, headers={"Idempotency-Key": idempotency_key})
+            response = client.post(path, json=body, headers=headers)
+        except httpx.ConnectError as exc:
+            raise SendError(f"cannot reach the API at {client.base_url}: {exc}") from None
         except httpx.TransportError as exc:
             if attempt == ATTEMPTS:
-                raise SendError(f"cannot reach the API at {client.base_url}: {exc}") from None
+                raise SendError(f"the API at {client.base_url} did not answer: {exc}") from None
             time.sleep(min(2**attempt, 10))
             continue
         if response.status_code == 401:
             raise SendError("the API refused the key (401): set --api-key or PIPELINE_API_KEY")
-        if response.status_code in (409, 503, 504) and attempt < ATTEMPTS:
+        # A 504 may have been written: only a request with an idempotency key can safely ask again.
+        retryable = (409, 503, 504) if idempotency_key else (409, 503)
+        if response.status_code in retryable and attempt < ATTEMPTS:
             time.sleep(min(float(response.headers.get("retry-after", 2)), 30))
             continue
         return response
@@ -234,8 +289,39 @@ def _auth(api_key: str) -> dict[str, str]:
 # --- reporting -----------------------------------------------------------------------------------
 
 
-def report(summary: Summary, console: Console) -> None:
+def write_rejected(file: Path, rows: list[Row], summary: Summary) -> Path | None:
+    """`<file>.rejected.csv`: the rejected rows' line, reason and recipient, to fix and re-send."""
+    target = file.with_name(f"{file.name}.rejected.csv")
+    if not summary.rejected:
+        target.unlink(missing_ok=True)
+        return None
+    by_line = {row.line: row for row in rows}
+    with target.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["line", "to", "reason"])
+        for line, reason in summary.rejected:
+            item = by_line[line].item if line in by_line else None
+            writer.writerow([line, (item or {}).get("to", ""), reason])
+    return target
+
+
+def report(summary: Summary, console: Console, rejected_file: Path | None = None) -> None:
     """The totals, then one plain line per rejected CSV line (easy to grep or fix in the file)."""
-    console.print(f"accepted: {summary.accepted}   rejected: {len(summary.rejected)}", highlight=False)
-    for line, reason in summary.rejected:
+    totals = f"accepted: {summary.accepted}   rejected: {len(summary.rejected)}"
+    if summary.replayed:
+        totals += f"   already sent by an earlier run: {summary.replayed}"
+    console.print(totals, highlight=False, markup=False)
+    for line, reason in sorted(summary.rejected):
         console.print(f"line {line}: {reason}", highlight=False, markup=False, soft_wrap=True)
+    if rejected_file is not None:
+        console.print(f"rejected rows with their reasons: {rejected_file}", highlight=False, markup=False)
+    if summary.interrupted:
+        console.print(
+            f"interrupted after {summary.done} of {summary.total} rows; run the same command again to send the "
+            "rest (rows already accepted are not sent twice)", highlight=False, markup=False,
+        )
+
+
+def _timeout(read: float) -> httpx.Timeout:
+    # Connecting to a local or nearby API takes milliseconds: fail fast when nothing listens.
+    return httpx.Timeout(read, connect=2.0)

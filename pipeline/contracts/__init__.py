@@ -31,6 +31,7 @@ from pipeline.contracts.messages import (
     new_request_id,
     utcnow,
 )
+from pipeline.contracts.sanitation import ContentPolicy, matching_form
 from pipeline.contracts.vocabulary import (
     AccountEventKind,
     ApiOutcome,
@@ -55,6 +56,7 @@ __all__ = [
     "CallbackData",
     "CircuitReason",
     "CircuitState",
+    "ContentPolicy",
     "DeadLetter",
     "DeadLetterReason",
     "DeliveryStatus",
@@ -83,6 +85,7 @@ __all__ = [
     "WebhookSkipReason",
     "describe",
     "field_errors",
+    "matching_form",
     "new_request_id",
     "utcnow",
 ]

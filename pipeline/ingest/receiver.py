@@ -196,7 +196,7 @@ class WebhookApp:
             attributes={"http.request.method": "POST", "http.route": PATH, "url.path": PATH},
         ) as span:
             try:
-                status = await self._answer(length, signature, receive, traceparent_header(span))
+                status = await self._answer(length, signature, receive, traceparent_header(span), _peer(scope))
             except ClientGone:
                 span.set_attribute("http.request.aborted", True)
                 return
@@ -206,7 +206,8 @@ class WebhookApp:
             await _respond(send, status)
 
     async def _answer(
-        self, length: int | None, signature: bytes | None, receive: Receive, traceparent: bytes | None
+        self, length: int | None, signature: bytes | None, receive: Receive, traceparent: bytes | None,
+        peer: str = "",
     ) -> int:
         if length is not None and length > self._max_body:
             WEBHOOKS.labels(outcome=WebhookOutcome.MALFORMED).inc()
@@ -217,7 +218,10 @@ class WebhookApp:
             return 413
         if not signature_matches(self._secret, body, signature):
             WEBHOOKS.labels(outcome=WebhookOutcome.BAD_SIGNATURE).inc()
-            log.info("webhook_rejected", reason="missing signature" if not signature else "bad signature")
+            # A warning: either someone other than Meta posts here, or our app secret is not Meta's.
+            log.warning(
+                "webhook_rejected", reason="missing signature" if not signature else "bad signature", source=peer
+            )
             return 401
         headers = [
             (SIGNATURE_HEADER, signature or b""),
@@ -246,12 +250,19 @@ class WebhookApp:
             WEBHOOKS.labels(outcome=WebhookOutcome.VERIFIED).inc()
             return PlainTextResponse(challenge)
         WEBHOOKS.labels(outcome=WebhookOutcome.VERIFY_FAILED).inc()
-        log.warning("webhook_verification_failed", mode=params.get("hub.mode"))
+        log.warning("webhook_verification_failed", mode=params.get("hub.mode"), source=_peer(request.scope))
         return PlainTextResponse("verification failed", status_code=403)
 
 
 class ClientGone(Exception):
     """The client hung up before sending the whole body: nothing to verify, store or answer."""
+
+
+def _peer(scope: Scope) -> str:
+    """The source address. uvicorn has already replaced a trusted proxy's address by the client's from
+    X-Forwarded-For (`forwarded_allow_ips`); an untrusted peer's header is ignored."""
+    client = scope.get("client")
+    return str(client[0]) if client else ""
 
 
 def _headers(scope: Scope) -> tuple[int | None, bytes | None, bytes | None]:

@@ -1,5 +1,7 @@
 """`pipeline demo`: realistic traffic with a mix of outcomes, so the dashboards show life.
 
+    pipeline demo                      # 60 s at 20/s; delivery outcomes live, a summary at the end or on Ctrl-C
+
 Sends through the producer API (the front door users take) to recipients from the sandbox's
 test-number table (docs/sandbox.md): mostly deliverable, some undeliverable, outside the window,
 throttled, pair-limited, slow, plus requests the API must reject. Against Meta (a real token) only
@@ -12,12 +14,15 @@ import asyncio
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import httpx
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+
+from pipeline.local.status import OUTCOMES, scrape
 
 # (share of traffic, recipient suffix from the sandbox's table, what users see)
 MIX: tuple[tuple[float, str, str], ...] = (
@@ -74,14 +79,33 @@ def request_body(rng: random.Random, invalid_share: float) -> dict[str, object]:
     return {"to": recipient(rng), "message": message, "metadata": {"source": "demo"}}
 
 
-async def run_demo(api_url: str, api_key: str, plan: DemoPlan, seed: int | None = None) -> Counter[str]:
-    """Post one batch per second at the planned rate; return the API's answers by status."""
+@dataclass
+class DemoReport:
+    """What the demo did so far: the API's answers, and delivery outcomes counted by the stages since the
+    start (read from their `/metrics`). Filled while running, so Ctrl-C still has a summary."""
+
+    answers: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    elapsed: float = 0.0
+
+    def summary(self) -> str:
+        outcomes = ", ".join(f"{k} {self.outcomes[k]}" for k in OUTCOMES)
+        answers = ", ".join(f"{status}: {count}" for status, count in sorted(self.answers.items()))
+        return f"{self.elapsed:.0f} s — outcomes: {outcomes} — API answers: {answers or 'none'}"
+
+
+async def run_demo(
+    api_url: str, api_key: str, plan: DemoPlan, seed: int | None = None, *,
+    metrics_urls: Sequence[str] = (), report: DemoReport | None = None,
+) -> DemoReport:
+    """Post one batch per second at the planned rate; show delivery outcomes as the stages count them."""
     rng = random.Random(seed)  # traffic shaping, not security
-    answers: Counter[str] = Counter()
+    report = report or DemoReport()
     console = Console(stderr=True)
     started = time.monotonic()
+    baseline = await asyncio.to_thread(scrape, metrics_urls)
     async with httpx.AsyncClient(base_url=api_url, headers={"X-API-Key": api_key}, timeout=30) as client:
-        with Live(_table(answers, 0.0), console=console, refresh_per_second=2) as live:
+        with Live(_table(report), console=console, refresh_per_second=2) as live:
             second = 0
             while (elapsed := time.monotonic() - started) < plan.duration_seconds:
                 count = int(plan.rate_per_second * (second + 1)) - int(plan.rate_per_second * second)
@@ -89,21 +113,27 @@ async def run_demo(api_url: str, api_key: str, plan: DemoPlan, seed: int | None 
                 try:
                     response = await client.post("/v1/messages:batch", json={"messages": items})
                     for item in response.json().get("results", []):
-                        answers[str(item.get("status"))] += 1
+                        report.answers[str(item.get("status"))] += 1
                     if response.status_code >= 500:
-                        answers[str(response.status_code)] += len(items)
+                        report.answers[str(response.status_code)] += len(items)
                 except httpx.HTTPError as exc:
-                    answers[type(exc).__name__] += len(items)
-                live.update(_table(answers, elapsed))
+                    report.answers[type(exc).__name__] += len(items)
+                now = await asyncio.to_thread(scrape, metrics_urls)
+                report.outcomes = Counter({k: max(0, now[k] - baseline[k]) for k in OUTCOMES})
+                report.elapsed = elapsed
+                live.update(_table(report))
                 second += 1
                 await asyncio.sleep(max(0.0, started + second - time.monotonic()))
-    return answers
+    report.elapsed = time.monotonic() - started
+    return report
 
 
-def _table(answers: Counter[str], elapsed: float) -> Table:
-    table = Table(title=f"pipeline demo — {elapsed:.0f}s (Ctrl-C to stop)")
-    table.add_column("API answer")
+def _table(report: DemoReport) -> Table:
+    table = Table(title=f"pipeline demo — {report.elapsed:.0f}s (Ctrl-C to stop)")
+    table.add_column("delivery outcome")
     table.add_column("count", justify="right")
-    for status, count in sorted(answers.items()):
-        table.add_row(status, str(count))
+    for outcome in OUTCOMES:
+        table.add_row(outcome, str(report.outcomes[outcome]))
+    rejected = sum(c for status, c in report.answers.items() if status != "202")
+    table.add_row("refused by the API", str(rejected))
     return table

@@ -22,6 +22,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.local.process import die_with_parent
+
 PROJECT_ROOT = Path(os.environ.get("PIPELINE_HOME", Path(__file__).resolve().parents[2]))
 POM = PROJECT_ROOT / "deploy" / "kafka" / "pom.xml"
 CACHE = PROJECT_ROOT / ".cache"
@@ -87,6 +89,14 @@ class LocalKafka:
     controller_port: int = 0
     heap: str = "512m"
     jars: Path | None = None
+    extra_listeners: dict[str, int] = field(default_factory=dict)
+    """More listeners on 127.0.0.1, name -> port; the name is also the protocol (SSL, SASL_SSL, SASL_PLAINTEXT)."""
+    extra_config: dict[str, str] = field(default_factory=dict)
+    """More `server.properties` entries: keystores, SASL mechanisms and their JAAS configurations."""
+    tied_to_parent: bool = False
+    """The JVM gets SIGTERM when the starting process dies (`pipeline run`; not `pipeline kafka start`)."""
+    scram_credentials: tuple[str, ...] = ()
+    """`kafka-storage format --add-scram` entries, e.g. `SCRAM-SHA-256=[name=alice,password=secret]`."""
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -110,15 +120,18 @@ class LocalKafka:
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         props = self.data_dir / "server.properties"
+        extra = "".join(f",{name}://127.0.0.1:{port}" for name, port in self.extra_listeners.items())
+        protocols = "".join(f",{name}:{name}" for name in self.extra_listeners)
         props.write_text(
             "\n".join(
                 [
                     "process.roles=broker,controller",
                     "node.id=1",
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port}{extra},CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}{extra}",
                     "controller.listener.names=CONTROLLER",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    f"listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT{protocols}",
                     f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
                     f"log.dirs={logs}",
                     "offsets.topic.replication.factor=1",
@@ -129,6 +142,7 @@ class LocalKafka:
                     "group.initial.rebalance.delay.ms=0",
                     "auto.create.topics.enable=false",
                     "num.partitions=3",
+                    *(f"{key}={value}" for key, value in self.extra_config.items()),
                     "",
                 ]
             )
@@ -162,7 +176,8 @@ class LocalKafka:
             cluster_id = _cluster_id()
             result = subprocess.run(  # noqa: S603
                 self._java(
-                    "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props), "--standalone"
+                    "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props), "--standalone",
+                    *(arg for entry in self.scram_credentials for arg in ("--add-scram", entry)),
                 ),
                 capture_output=True,
                 text=True,
@@ -177,6 +192,7 @@ class LocalKafka:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C goes to us; we stop the broker in order
+                preexec_fn=die_with_parent if self.tied_to_parent else None,
             )
         self.pid_file.write_text(str(self._process.pid))
 

@@ -28,6 +28,7 @@ import yaml
 
 from pipeline.config import Settings
 from pipeline.local.kafka import PROJECT_ROOT, free_port
+from pipeline.local.process import die_with_parent
 
 RULES_DIR = PROJECT_ROOT / "deploy" / "prometheus" / "rules"
 DEFAULT_PORT = 9090
@@ -75,8 +76,10 @@ def render_config(
     rule_files: Sequence[Path | str] = (RULES_DIR / "*.yml",),
     scrape_interval: str = "5s",
     evaluation_interval: str | None = None,
+    alertmanagers: Sequence[str] = (),
 ) -> str:
-    """prometheus.yml scraping `targets` (grouped into one job per stage) with the given rule files."""
+    """prometheus.yml scraping `targets` (grouped into one job per stage) with the given rule files,
+    sending alerts to `alertmanagers` (host:port each)."""
     jobs: dict[str, list[str]] = {}
     for target in targets:
         jobs.setdefault(target.job, []).append(target.address)
@@ -92,6 +95,8 @@ def render_config(
             for job, addresses in jobs.items()
         ],
     }
+    if alertmanagers:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]}
     return yaml.safe_dump(config, sort_keys=False)
 
 
@@ -119,6 +124,7 @@ class PrometheusServer:
     evaluation_interval: str | None = None
     port: int = 0
     retention: str = "3d"
+    alertmanagers: Sequence[str] = ()
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -138,7 +144,9 @@ class PrometheusServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "prometheus.yml"
         config.write_text(
-            render_config(self.targets, self.rule_files, self.scrape_interval, self.evaluation_interval)
+            render_config(
+                self.targets, self.rule_files, self.scrape_interval, self.evaluation_interval, self.alertmanagers
+            )
         )
         with self.log_file.open("wb") as log:
             self.process = subprocess.Popen(  # noqa: S603 — fixed argument list, no shell
@@ -153,6 +161,7 @@ class PrometheusServer:
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,
                 start_new_session=True,  # the caller stops it in order; Ctrl-C must not hit it first
             )
 
@@ -232,7 +241,9 @@ class PrometheusServer:
         raise PrometheusError(f"prometheus did not {what} within {timeout:.0f}s{last_error}; see {self.log_file}")
 
 
-def start_local_prometheus(settings: Settings, workdir: Path) -> tuple[subprocess.Popen[bytes], str] | None:
+def start_local_prometheus(
+    settings: Settings, workdir: Path, alertmanagers: Sequence[str] = ()
+) -> tuple[subprocess.Popen[bytes], str] | None:
     """For `pipeline run`: Prometheus on 9090 (or a free port if taken) scraping every local stage.
 
     Returns None when the binary is missing, so the pipeline still runs without it.
@@ -240,7 +251,7 @@ def start_local_prometheus(settings: Settings, workdir: Path) -> tuple[subproces
     if prometheus_binary() is None:
         return None
     port = DEFAULT_PORT if _port_free(DEFAULT_PORT) else free_port()
-    server = PrometheusServer(workdir, local_targets(settings), port=port)
+    server = PrometheusServer(workdir, local_targets(settings), port=port, alertmanagers=alertmanagers)
     server.start()
     try:
         server.wait_ready()

@@ -26,6 +26,7 @@ from typing import IO, Any
 from pydantic import BaseModel, SecretStr
 
 from pipeline.config import Profile, Settings
+from pipeline.local.process import die_with_parent
 
 STAGE_ORDER = ("sandbox", "ingest", "sender", "store", "notify", "api")
 SANDBOX_VERIFY_TOKEN = "sandbox-verify-token"  # noqa: S105 — a public, fake token for local runs
@@ -166,6 +167,7 @@ class LocalStack:
             stdout=output,
             stderr=subprocess.STDOUT if output else None,
             start_new_session=True,  # stopped in order by us; a terminal's Ctrl-C must not hit them first
+            preexec_fn=die_with_parent,  # and gone with us, however we die
         )
         child = Child(stage, process, f"http://{_loopback(host)}:{port}")
         self.children.append(child)

@@ -112,6 +112,23 @@ class _DropNoise(logging.Filter):
         return True
 
 
+class _ExpectedKafkaErrors(logging.Filter):
+    """aiokafka logs at error what is routine while a group's coordinator is being elected (every start
+    on a fresh broker, every coordinator move): a warning, so that an error line means an error."""
+
+    _ROUTINE = ("GroupCoordinatorNotAvailableError", "NotCoordinatorForGroupError", "NotCoordinatorError")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            record.levelno == logging.ERROR
+            and record.name == "aiokafka.consumer.group_coordinator"
+            and str(record.msg).startswith("Group Coordinator Request failed")
+            and any(name in str(record.args) for name in self._ROUTINE)
+        ):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 class _Repeats(logging.Filter):
     """A Kafka client's warning or error repeated within `window` seconds is counted, not printed:
     while a broker is down aiokafka logs each failed connection, about every 100 ms per node. The
@@ -174,6 +191,7 @@ def configure_logging(stage: str, instance: str, level: str = "INFO", stream: Te
     handler.setLevel(numeric_level)
     handler.setFormatter(formatter)
     handler.addFilter(_DropNoise(numeric_level))
+    handler.addFilter(_ExpectedKafkaErrors())
     handler.addFilter(_Repeats())
 
     root = logging.getLogger()

@@ -43,11 +43,13 @@ from opentelemetry.trace import Tracer
 from pipeline.config import Settings
 from pipeline.contracts import (
     CallbackData,
+    ContentPolicy,
     DeadLetterReason,
     ErrorClass,
     ErrorInfo,
     MessageOutcome,
     SendRequest,
+    describe,
 )
 from pipeline.sender.ambiguous import StatusWatch
 from pipeline.sender.breaker import CircuitBreaker
@@ -99,6 +101,8 @@ class Engine:
     ) -> None:
         self._settings = settings.sender
         self._default_number = settings.whatsapp.phone_number_id
+        # Records published straight to Kafka meet the API's forbidden-content rule here.
+        self._content = ContentPolicy(settings.api.forbidden_patterns)
         self._group = settings.sender.group_id
         self._client = client
         self._sink = sink
@@ -242,6 +246,10 @@ class Engine:
             derived = f"{record.topic}:{record.partition}:{record.offset}"[-64:]
             request = request.model_copy(update={"request_id": derived})
         span.set_attribute("messaging.message.id", request.request_id)
+        if self._content and (forbidden := self._content.violations(request.message.model_dump(mode="json"))):
+            rejected = Rejected(DeadLetterReason.SCHEMA_INVALID, describe(forbidden), request.request_id)
+            self._spawn(record.partition, self._dead_letter(tracker, origin, rejected, span, context))
+            return
         number = request.phone_number_id or self._default_number
         if number is None:
             rejected = Rejected(

@@ -24,6 +24,7 @@ from opentelemetry.trace import Span, SpanKind, Tracer
 from prometheus_client import Counter
 
 from pipeline.contracts import CircuitReason, CircuitState, DeadLetterReason, ErrorClass, ErrorInfo, MessageOutcome
+from pipeline.deadletters.replay import REPLAYED, REPLAYED_FROM
 from pipeline.observability import get_logger
 from pipeline.observability import metrics as m
 from pipeline.observability.context import context_from_traceparent
@@ -69,9 +70,10 @@ class SenderTelemetry:
         """The CONSUMER span `process {topic}`, parented on the record's traceparent, and its context."""
         parent = None
         for name, raw in record.headers or ():
-            if name == "traceparent":
+            if name == "traceparent" and parent is None:
                 parent = context_from_traceparent(raw.decode("ascii", "replace"))
-                break
+            elif name == REPLAYED_FROM:
+                REPLAYED.labels(stage="sender").inc()
         span = self._tracer.start_span(
             f"process {record.topic}",
             context=parent,

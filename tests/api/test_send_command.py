@@ -86,3 +86,9 @@ async def test_read_marks_a_reply_read_through_the_api(api: RunningApi, capsys: 
     value = orjson.loads(record.value)
     assert value["message"] == {"type": "read", "message_id": "wamid.HBgLREPLY", "typing_indicator": True}
     assert await run(api, to="+16505551234", read="wamid.X", text="hi") == 2  # one of --text/--template/--read
+
+
+async def test_api_errors_are_printed_verbatim(api: RunningApi, capsys: pytest.CaptureFixture[str]) -> None:
+    """No markup parsing: the brackets of a pattern in the API's message survive."""
+    assert await run(api, to="+16505551234", template="Bad-Name") == 1
+    assert "^[a-z0-9_]+$" in capsys.readouterr().err

@@ -47,8 +47,7 @@ def _container_ports(service: dict[str, Any]) -> set[int]:
 
 def test_every_service_is_there(services: dict[str, Any]) -> None:
     assert set(services) == {"kafka", "topics", "api", "sender", "ingest", "notify", "sandbox", "store", "prometheus",
-                             "grafana",
-                             "jaeger"}
+                             "alertmanager", "grafana", "jaeger"}
 
 
 def test_stages_run_the_pipeline_image(services: dict[str, Any]) -> None:
@@ -111,7 +110,7 @@ def test_every_mounted_path_exists_in_the_repository(services: dict[str, Any]) -
             if source.startswith((".", "/")):
                 assert (DEPLOY / source).resolve().exists(), f"{name}: {source} does not exist"
                 mounts += 1
-    assert mounts == 4  # prometheus.yml, rules, grafana provisioning, dashboards
+    assert mounts == 5  # prometheus.yml, rules, alertmanager.yml, grafana provisioning, dashboards
 
 
 def test_grafana_and_prometheus_mount_what_their_configs_expect(services: dict[str, Any]) -> None:
@@ -127,6 +126,13 @@ def test_grafana_and_prometheus_mount_what_their_configs_expect(services: dict[s
     (rules_glob,) = config["rule_files"]
     rules_dir = Path(rules_glob).parent.as_posix()
     assert (DEPLOY / prometheus[rules_dir]).resolve() == DEPLOY / "prometheus" / "rules"
+    (alertmanagers,) = config["alerting"]["alertmanagers"]
+    assert alertmanagers["static_configs"][0]["targets"] == ["alertmanager:9093"]
+    alertmanager = {v.split(":")[1]: v.split(":")[0] for v in services["alertmanager"]["volumes"]}
+    assert (DEPLOY / alertmanager["/etc/alertmanager/alertmanager.yml"]).resolve() == (
+        DEPLOY / "alertmanager" / "alertmanager.yml"
+    )
+    assert "ALERT_WEBHOOK_URL" in services["alertmanager"]["environment"]
 
 
 def test_compose_prometheus_scrapes_the_same_jobs_as_the_local_run() -> None:

@@ -231,6 +231,14 @@ def demo(
     typer.echo(", ".join(f"{status}: {count}" for status, count in sorted(answers.items())))
 
 
+@app.command("wamid-ref")
+def wamid_ref_command(wamid: str) -> None:
+    """Print the short reference that logs and spans carry instead of this wamid."""
+    from pipeline.observability.redaction import wamid_ref
+
+    typer.echo(wamid_ref(wamid))
+
+
 def main() -> None:
     app(prog_name="pipeline")
 

@@ -168,6 +168,9 @@ class DeadLetter(Record):
     offset: int
     key_b64: str | None = None
     value_b64: str
+    value_size: int | None = None  # bytes of the original value; value_b64 may hold only a prefix
+    value_sha256: str | None = None  # hex digest of the whole original value
+    value_truncated: bool = False
     headers: dict[str, str] = Field(default_factory=dict)
     request_id: str | None = None
     failed_at: datetime = Field(default_factory=utcnow)

@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.contracts import DeadLetter, DeadLetterReason, Stage
+from pipeline.contracts.dead_letters import build_dead_letter
 
 JSON = b"application/json"
-_MAX_ERROR = 4096  # DeadLetter.error's limit
 
 
 def header_map(record: Any) -> dict[str, str]:
@@ -50,15 +50,8 @@ def messaging_attributes(record: Any, group: str) -> dict[str, str | int]:
 
 def dead_letter(record: Any, reason: DeadLetterReason, error: str, request_id: str | None = None) -> DeadLetter:
     """Everything needed to replay `record` to its topic once the problem is fixed."""
-    return DeadLetter(
-        stage=Stage.INGEST,
-        reason=reason,
-        error=error if len(error) <= _MAX_ERROR else error[: _MAX_ERROR - 1] + "…",
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key_b64=DeadLetter.encode(record.key),
-        value_b64=DeadLetter.encode(record.value) or "",
-        headers=header_map(record),
-        request_id=request_id,
+    return build_dead_letter(
+        Stage.INGEST, reason, error,
+        topic=record.topic, partition=record.partition, offset=record.offset,
+        key=record.key, value=record.value, headers=header_map(record), request_id=request_id,
     )

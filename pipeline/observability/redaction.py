@@ -4,6 +4,7 @@
     redact({"access_token": "EAAG…", "to": "+16505551234"})
     register_secrets(settings)                         # configured secrets vanish from any text
     scrub_url("/webhooks?hub.verify_token=abc&x=1")   # "/webhooks?hub.verify_token=[redacted]&x=1"
+    wamid_ref("wamid.HBgL…")                           # "wm_3f9a1c2b7d4e" — the same in every stage
 
 Three layers, so that no single mistake leaks a secret: secret-looking *keys* are redacted wherever
 they appear; known token *shapes* (Bearer …, Meta's EAA… tokens) are cut out of free text; and the
@@ -13,6 +14,7 @@ they appear; known token *shapes* (Bearer …, Meta's EAA… tokens) are cut out
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from datetime import date, time, timedelta
@@ -30,6 +32,8 @@ _SECRET_KEY = re.compile(r"(token|secret|password|passwd|authorization|api[_-]?k
 PHONE_KEYS = frozenset({"to", "recipient_id", "from", "from_", "wa_id", "phone", "recipient", "input"})
 # Bearer tokens and Meta access tokens (EAA…) inside free text, e.g. an exception message.
 _TOKEN_IN_TEXT = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]{8,}|\bEAA[A-Za-z0-9]{20,}")
+# Keys that hold a wamid: Meta's message ids are base64 of a record that holds the recipient's number.
+WAMID_KEYS = frozenset({"wamid", "context_wamid", "message_id"})
 # A `+`-prefixed E.164 number in free text ("sending to +16505551234"). Bare digit runs are left
 # alone: business phone number ids and timestamps look the same and are needed for debugging.
 _PHONE_IN_TEXT = re.compile(r"\+\d{7,15}\b")
@@ -57,6 +61,15 @@ def mask_phone(value: str) -> str:
         return "***"
     cc = 1 if digits[:1] in _ONE_DIGIT else 2 if digits[:2] in _TWO_DIGIT else 3
     return f"+{digits[:cc]}{'*' * (len(digits) - cc - 3)}{digits[-3:]}"
+
+
+def wamid_ref(wamid: str) -> str:
+    """A stable short reference to a wamid for logs and spans: the same in every stage and process.
+
+    Unkeyed on purpose, so that an operator holding Meta's wamid can compute it (`pipeline wamid-ref`)
+    and find the log lines; 48 bits keep collisions negligible within any retention window of logs.
+    """
+    return "wm_" + hashlib.blake2b(wamid.encode("utf-8", "replace"), digest_size=6).hexdigest()
 
 
 def is_secret_key(key: str) -> bool:
@@ -145,6 +158,8 @@ def redact(value: Any, key: str | None = None) -> Any:
     if isinstance(value, str):
         if key in PHONE_KEYS:
             return mask_phone(value)
+        if key in WAMID_KEYS:
+            return wamid_ref(value)
         return scrub_text(value)
     if isinstance(value, Mapping):
         return {str(k): redact(v, str(k)) for k, v in value.items()}

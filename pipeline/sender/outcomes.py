@@ -22,7 +22,8 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Tracer
 
-from pipeline.contracts import DeadLetter, DeadLetterReason, MessageOutcome, SendResult, Stage, utcnow
+from pipeline.contracts import DeadLetterReason, MessageOutcome, SendResult, Stage, utcnow
+from pipeline.contracts.dead_letters import build_dead_letter
 from pipeline.sender.work import Origin, Work
 
 Headers = Sequence[tuple[str, bytes]]
@@ -114,15 +115,10 @@ def result_record(work: Work, outcome: MessageOutcome, *, wamid: str | None = No
 
 
 def dead_letter_record(origin: Origin, reason: DeadLetterReason, error: str, request_id: str | None) -> bytes:
-    letter = DeadLetter(
-        stage=Stage.SENDER,
-        reason=reason,
-        error=error[:4096],
-        topic=origin.topic,
-        partition=origin.partition,
-        offset=origin.offset,
-        key_b64=DeadLetter.encode(origin.key),
-        value_b64=DeadLetter.encode(origin.value) or "",
+    letter = build_dead_letter(
+        Stage.SENDER, reason, error,
+        topic=origin.topic, partition=origin.partition, offset=origin.offset,
+        key=origin.key, value=origin.value,
         headers={k: v.decode("utf-8", "replace") for k, v in origin.headers},
         request_id=request_id,
     )

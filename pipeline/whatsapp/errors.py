@@ -6,8 +6,8 @@
         err.error_class     # ErrorClass.THROTTLED — what to do about it (docs/whatsapp.md)
         err.ambiguous       # True: the request may have reached Meta; a retry may send twice
 
-`classify(code, http_status)` is the single table of Meta error codes → classes; `KNOWN_ERROR_CODES`
-keeps metric labels bounded (`error_code_label(code, KNOWN_ERROR_CODES)`).
+Meta's error table itself (`classify`, `KNOWN_ERROR_CODES`, retry-after hints, the codes that pause a
+number) lives in `pipeline.contracts.meta_errors`, so that stages read it without importing the client.
 """
 
 from __future__ import annotations
@@ -20,60 +20,8 @@ import httpx
 import orjson
 
 from pipeline.contracts import ErrorClass, ErrorInfo
+from pipeline.contracts.meta_errors import KNOWN_ERROR_CODES, MEDIA_ERROR_CODES, RETRY_AFTER_HINTS, classify
 from pipeline.observability.redaction import scrub_text
-
-# Meta's documented codes (docs/whatsapp.md). Decide on the code, never on
-# the HTTP status or the message text: the same codes arrive in failed status webhooks.
-_CODES: dict[ErrorClass, frozenset[int]] = {
-    ErrorClass.TRANSIENT: frozenset({1, 2, 131000, 131016, 131057}),
-    # 130429 per-number throughput, 4/80007 app/account call rate, 131048 spam/quality rate limit.
-    ErrorClass.THROTTLED: frozenset({130429, 4, 80007, 131048}),
-    ErrorClass.PAIR_LIMITED: frozenset({131056}),
-    ErrorClass.AUTH: frozenset({0, 190}),
-    # 133010 (number not registered) is a configuration problem: terminal per message, alert.
-    ErrorClass.PERMISSION: frozenset({3, 10, 131005, 133010, *range(200, 300)}),
-    ErrorClass.POLICY: frozenset({368, 131031}),
-    ErrorClass.INVALID: frozenset({100, 131008, 131009, 131021, 131051}),
-    # 131049/131050: per-user marketing limit, user stopped marketing — both recipient-side.
-    ErrorClass.UNDELIVERABLE: frozenset({131026, 131049, 131050}),
-    ErrorClass.WINDOW: frozenset({131047}),
-    ErrorClass.TEMPLATE: frozenset({132000, 132001, 132005, 132007, 132012, 132015, 132016}),
-    ErrorClass.MEDIA: frozenset({131052, 131053}),
-}
-_CLASS_OF: dict[int, ErrorClass] = {code: cls for cls, codes in _CODES.items() for code in codes}
-
-KNOWN_ERROR_CODES: frozenset[int] = frozenset(_CLASS_OF)
-"""Every code `classify` knows; anything else is `ErrorClass.OTHER` (and `error_code="other"`)."""
-
-MEDIA_ERROR_CODES: frozenset[int] = _CODES[ErrorClass.MEDIA]
-
-# Minimum waits the reference table asks for when Meta sends no Retry-After header. 130429 and the
-# transient codes have none: the sender's own backoff (and rate adaptation) decides.
-_RETRY_AFTER_HINTS: dict[int, float] = {
-    131056: 6.0,  # pair rate: about one message per 6 s to the same recipient
-    4: 60.0,  # app call rate: "back off minutes"
-    80007: 60.0,  # account call rate: "back off minutes"
-    131048: 300.0,  # spam/quality rate limit: "pause; no quick retry"
-}
-
-
-def classify(code: int | None, http_status: int | None = None) -> ErrorClass:
-    """The class of a Graph API error: by code when Meta gave one, by HTTP status only when it did not.
-
-    An unknown code is `OTHER` (never an exception), except on a 5xx, where it is `TRANSIENT`.
-    """
-    if code is not None and code in _CLASS_OF:
-        return _CLASS_OF[code]
-    if http_status is not None and http_status >= 500:
-        return ErrorClass.TRANSIENT
-    if code is None:
-        if http_status == 429:
-            return ErrorClass.THROTTLED
-        if http_status == 401:
-            return ErrorClass.AUTH
-        if http_status == 403:
-            return ErrorClass.PERMISSION
-    return ErrorClass.OTHER
 
 
 class GraphApiError(Exception):
@@ -171,7 +119,7 @@ def error_from_response(response: httpx.Response) -> GraphApiError:
     error_data = error.get("error_data")
     details = error_data.get("details") if isinstance(error_data, dict) else None
     if retry_after is None and code is not None:
-        retry_after = _RETRY_AFTER_HINTS.get(code)
+        retry_after = RETRY_AFTER_HINTS.get(code)
     return GraphApiError(
         _str_or_none(error.get("message")) or f"HTTP {status}",
         code=code,
@@ -244,3 +192,13 @@ def error_from_transport(exc: httpx.RequestError) -> GraphApiError:
     detail = str(exc) or "no detail"
     stage = "after the request was sent" if ambiguous else "before the request was sent"
     return GraphApiError(f"{what} {stage}: {detail}", error_class=ErrorClass.TRANSIENT, ambiguous=ambiguous)
+
+
+__all__ = [
+    "KNOWN_ERROR_CODES",
+    "MEDIA_ERROR_CODES",
+    "GraphApiError",
+    "classify",
+    "error_from_response",
+    "error_from_transport",
+]

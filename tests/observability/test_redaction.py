@@ -81,3 +81,18 @@ def test_secret_query_parameters_are_redacted_in_urls() -> None:
         f"https://graph.example/v23.0/me?access_token={REDACTED}&fields=id#frag"
     )
     assert scrub_url("/v1/messages?page=2") == "/v1/messages?page=2"
+
+
+def test_wamids_become_the_same_short_reference_wherever_they_are_logged() -> None:
+    from pipeline.observability.redaction import wamid_ref
+
+    wamid = "wamid.HBgLMTY1MDU1NTEyMzQVAgARGBI5QTNDQTVCM0Q0Q0Q2RTY3RTcA"
+    ref = wamid_ref(wamid)
+    assert ref.startswith("wm_")
+    assert len(ref) == 15
+    assert "1650555" not in ref
+    assert wamid_ref(wamid) == ref
+    assert wamid_ref(wamid + "x") != ref
+    assert redact({"wamid": wamid, "context_wamid": wamid, "message_id": wamid}) == {
+        "wamid": ref, "context_wamid": ref, "message_id": ref,
+    }

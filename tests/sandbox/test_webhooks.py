@@ -1,4 +1,4 @@
-"""Status and inbound webhooks: Meta's shape (checked against Meta's sample payloads in tests/fixtures/), signature, order,
+"""Status and inbound webhooks: Meta's shape (checked against tests/fixtures/), signature, order,
 duplicates, batching and retries — received by a real HTTP server."""
 
 from __future__ import annotations

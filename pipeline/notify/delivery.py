@@ -66,23 +66,34 @@ class Dispatcher:
             self._by_number.setdefault(subscription.phone_number_id, []).append(subscription)
         self._disabled: set[Subscription] = set()
         self._endpoints: dict[str, Endpoint] = {}
+        self._endpoint_of: dict[int, Endpoint] = {}  # id(subscription): the settings keep them alive
+        self._matching: dict[tuple[str, str], list[Subscription]] = {}
         self.buffered = 0
         self._room = asyncio.Event()
         self._room.set()
         self._sweeper: asyncio.Task[None] | None = None
 
     def endpoint(self, subscription: Subscription) -> Endpoint:
-        origin = origin_of(subscription.url)
-        endpoint = self._endpoints.get(origin)
+        endpoint = self._endpoint_of.get(id(subscription))
         if endpoint is None:
-            endpoint = self._endpoints[origin] = Endpoint(origin, self)
-            if self._sweeper is None:
-                self._sweeper = asyncio.create_task(self._sweep(), name="notify-sweep")
+            origin = origin_of(subscription.url)
+            endpoint = self._endpoints.get(origin)
+            if endpoint is None:
+                endpoint = self._endpoints[origin] = Endpoint(origin, self)
+                if self._sweeper is None:
+                    self._sweeper = asyncio.create_task(self._sweep(), name="notify-sweep")
+            self._endpoint_of[id(subscription)] = endpoint
         return endpoint
 
     def matching(self, event: CallbackEvent) -> list[Subscription]:
-        candidates = self._by_number.get(event.phone_number_id or "", []) + self._by_number.get(ALL_NUMBERS, [])
-        return [s for s in candidates if s.wants(event.type.value)]
+        key = (event.phone_number_id or "", event.type.value)
+        found = self._matching.get(key)
+        if found is None:  # per (number, type): a deployment has few of each, and this runs per event
+            candidates = self._by_number.get(key[0], []) + self._by_number.get(ALL_NUMBERS, [])
+            found = self._matching[key] = [s for s in candidates if s.wants(key[1])]
+            if len(self._matching) > 100_000:
+                self._matching.clear()
+        return found
 
     def submit(self, source: Source, event: CallbackEvent | None) -> None:
         """Queue the event's deliveries; a source with none is finished at once."""

@@ -191,7 +191,8 @@ class Endpoint:
             answer = Answer(None, error=type(exc).__name__)
         now = d.clock()
         verdict = judge(answer.status, answer.retry_after, timed_out=answer.timed_out)
-        delivery.last_answer = answer.describe()
+        if verdict.result is not CallbackAttemptResult.SUCCESS:
+            delivery.last_answer = answer.describe()  # only a dead letter ever reads it
         self.breaker.record(verdict.breaker_failure, now, verdict.after if verdict.breaker_failure else None)
         d.hooks.attempted(self.origin, verdict.result, now - started)
         self.in_flight -= 1

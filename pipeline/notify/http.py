@@ -16,7 +16,6 @@ NOTIFY_MAX_RESPONSE_BYTES of an answer read, and the whole attempt within connec
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import aiohttp
@@ -36,12 +35,14 @@ class CallbackPoster:
         self._policy = policy
         self._max_connections = max_connections
         self._max_bytes = notify.max_response_bytes
+        self._budget = notify.connect_timeout_seconds + notify.read_timeout_seconds
+        # `total` bounds the whole attempt (a server dripping bytes resets sock_read, never total).
         self._timeout = aiohttp.ClientTimeout(
-            sock_connect=notify.connect_timeout_seconds, connect=notify.connect_timeout_seconds,
+            total=self._budget, sock_connect=notify.connect_timeout_seconds, connect=notify.connect_timeout_seconds,
             sock_read=notify.read_timeout_seconds,
         )
-        self._budget = notify.connect_timeout_seconds + notify.read_timeout_seconds
         self._session: aiohttp.ClientSession | None = None
+        self._secrets: dict[int, str] = {}  # id(subscription): the settings keep them alive
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -57,10 +58,13 @@ class CallbackPoster:
     async def post(self, delivery: Delivery) -> Answer:
         session = self._session or self._open()
         subscription, event = delivery.subscription, delivery.event
+        secret = self._secrets.get(id(subscription))
+        if secret is None:
+            secret = self._secrets[id(subscription)] = subscription.secret.get_secret_value()
         headers = {
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
-            HEADER: signature_header(subscription.secret.get_secret_value(), delivery.body, int(time.time())),
+            HEADER: signature_header(secret, delivery.body, int(time.time())),
             "X-Delivery-Event-Id": event.event_id,
             "X-Delivery-Event-Type": event.type.value,
             "X-Delivery-Attempt": str(delivery.attempts),
@@ -69,7 +73,7 @@ class CallbackPoster:
         if traceparent:
             headers["traceparent"] = traceparent  # the original send's trace, for receivers that join it
         try:
-            async with asyncio.timeout(self._budget), session.post(
+            async with session.post(
                 subscription.url, data=delivery.body, headers=headers, allow_redirects=False, timeout=self._timeout,
             ) as response:
                 status = response.status

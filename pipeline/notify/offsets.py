@@ -34,7 +34,7 @@ class OffsetTracker:
             mark = self._marks[tp] = Watermark()
             self._leases[tp] = Lease()
         mark.track(record.offset)
-        headers = {k: v.decode("utf-8", "replace") for k, v in (record.headers or ())}
+        headers = {k: v.decode("utf-8", "replace") for k, v in record.headers} if record.headers else {}
         return Source(
             topic=record.topic,
             partition=record.partition,

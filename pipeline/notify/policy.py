@@ -27,12 +27,15 @@ class Verdict:
     breaker_failure: bool = False  # counts towards opening the endpoint's breaker
 
 
+_DELIVERED = Verdict(R.SUCCESS, retry=False)
+
+
 def judge(status: int | None, retry_after: str | None = None, *, timed_out: bool = False) -> Verdict:
     """What one attempt's answer means. `status` None: no HTTP answer (refused, reset, timed out)."""
     if status is None:
         return Verdict(R.TIMEOUT if timed_out else R.CONNECT_ERROR, retry=True, breaker_failure=True)
     if 200 <= status < 300:
-        return Verdict(R.SUCCESS, retry=False)
+        return _DELIVERED
     if status == 410:
         return Verdict(R.GONE, retry=False)
     after = parse_retry_after(retry_after)

@@ -26,7 +26,8 @@ from faststream.kafka.annotations import KafkaMessage
 from pydantic import ValidationError
 
 from pipeline.config import Profile, Settings, SettingsError
-from pipeline.contracts import DeadLetter, DeadLetterReason, Stage, describe, field_errors
+from pipeline.contracts import DeadLetterReason, Stage, describe, field_errors
+from pipeline.contracts.dead_letters import build_dead_letter
 from pipeline.lifecycle import release_signals, stop_on_signals
 from pipeline.notify.deliveries import Delivery, DeliveryConfig, Source, origin_of
 from pipeline.notify.delivery import Dispatcher
@@ -91,11 +92,9 @@ class KafkaDeadLetters:
     async def publish(
         self, source: Source, reason: DeadLetterReason, error: str, extra: dict[str, str], request_id: str | None
     ) -> None:
-        letter = DeadLetter(
-            stage=Stage.NOTIFY, reason=reason, error=error[:4096], topic=source.topic,
-            partition=source.partition, offset=source.offset, key_b64=DeadLetter.encode(source.key),
-            value_b64=DeadLetter.encode(source.value) or "", headers={**source.headers, **extra},
-            request_id=request_id,
+        letter = build_dead_letter(
+            Stage.NOTIFY, reason, error, topic=source.topic, partition=source.partition, offset=source.offset,
+            key=source.key, value=source.value, headers={**source.headers, **extra}, request_id=request_id,
         )
         body = letter.model_dump_json().encode()
         for attempt in range(1_000_000):

@@ -1,7 +1,9 @@
 """The records that travel on the pipeline's Kafka topics.
 
     req = SendRequest.model_validate_json(raw)      # a ValidationError names field and rule
-    req.to                                         # "+16505551234" (normalised E.164)
+    req.to                                         # "+16505551234" (normalised E.164), or None
+    req.recipient_user_id                          # "US.13491208655302741918" when addressed by BSUID
+    req.recipient_key                              # whichever of the two names the recipient
 
 Every record is JSON (UTF-8) so producers in any language can write and read them; the JSON Schemas
 are exported to docs/schemas/ by `pipeline schemas export`.
@@ -23,8 +25,11 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from pipeline.contracts.bodies import MessageBody
 from pipeline.contracts.vocabulary import DeadLetterReason, DeliveryStatus, ErrorClass, MessageOutcome, Stage
@@ -70,6 +75,23 @@ def _check_e164(value: str) -> str:
 PhoneNumber = Annotated[str, BeforeValidator(_normalise_phone), AfterValidator(_check_e164)]
 """E.164 with a leading `+`; Meta's wire format drops the `+` (the client does that)."""
 
+# Meta's format: the user's ISO 3166 alpha-2 country, a period, up to 128 letters and digits; a parent
+# BSUID (linked portfolios) has `ENT.` after the country. Kept exactly as Meta wrote it (no normalising).
+_BSUID = re.compile(r"^[A-Z]{2}\.(?:ENT\.)?[0-9A-Za-z]{1,128}$")
+
+
+def _check_bsuid(value: str) -> str:
+    if not _BSUID.match(value):
+        raise ValueError(
+            "must be a business-scoped user id (BSUID): two capital letters (the country), a period, then 1 to "
+            "128 letters and digits, e.g. US.13491208655302741918 (a parent BSUID: US.ENT.11815799212886844830)"
+        )
+    return value
+
+
+Bsuid = Annotated[str, AfterValidator(_check_bsuid)]
+"""A business-scoped user id (or parent BSUID), as Meta names a user who may hide their number."""
+
 RequestId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 PhoneNumberId = Annotated[str, StringConstraints(pattern=r"^\d{5,20}$")]
 Wamid = Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -106,7 +128,13 @@ class SendRequest(Record):
     phone_number_id: PhoneNumberId | None = Field(
         default=None, description="business number to send from; WHATSAPP_PHONE_NUMBER_ID when omitted"
     )
-    to: PhoneNumber
+    # Declared before `to` so that `to`'s check below sees it: the recipient is one of the two.
+    recipient_user_id: Bsuid | None = Field(
+        default=None, description="the recipient's BSUID (or parent BSUID), instead of `to`; Meta's `recipient`"
+    )
+    to: PhoneNumber | None = Field(
+        default=None, validate_default=True, description="the recipient's phone number; or give `recipient_user_id`"
+    )
     message: MessageBody
     reply_to: Wamid | None = Field(default=None, description="wamid of the message this one answers")
     expires_at: datetime | None = Field(default=None, description="not sent after this instant")
@@ -122,9 +150,34 @@ class SendRequest(Record):
                 raise ValueError(f"{name} must carry a timezone (RFC 3339, e.g. 2026-11-24T10:00:00Z)")
         return self
 
+    @field_validator("to")
+    @classmethod
+    def _one_recipient(cls, to: str | None, info: ValidationInfo) -> str | None:
+        """Exactly one of `to` or `recipient_user_id`. Meta takes both (and uses `to`), but a request
+        naming two people is a producer's mistake we would rather report than guess at."""
+        if "recipient_user_id" not in info.data:
+            return to  # the BSUID was given and is invalid: its own error says so
+        if to is None and info.data["recipient_user_id"] is None:
+            raise PydanticCustomError(  # `missing`, as before BSUIDs: the same rule for the same mistake
+                "missing",
+                "a message needs its recipient: a phone number in `to` or a BSUID in `recipient_user_id`",
+            )
+        if to is not None and info.data["recipient_user_id"] is not None:
+            raise PydanticCustomError(
+                "recipient_ambiguous",
+                "give the recipient once: a phone number in `to` or a BSUID in `recipient_user_id`, not both",
+            )
+        return to
+
     @property
     def message_type(self) -> str:
         return self.message.type
+
+    @property
+    def recipient_key(self) -> str:
+        """Who the message goes to, as the request names them (the phone number or the BSUID): the
+        sender's per-recipient order key. One person named both ways gets two keys, so two orders."""
+        return self.to or self.recipient_user_id or ""
 
 
 # --- outcomes -----------------------------------------------------------------------------------
@@ -147,7 +200,8 @@ class SendResult(Record):
 
     request_id: RequestId
     phone_number_id: PhoneNumberId
-    to: PhoneNumber
+    to: PhoneNumber | None = Field(default=None, description="the request's phone number, if it named one")
+    recipient_user_id: Bsuid | None = Field(default=None, description="the request's BSUID, if it named one")
     outcome: MessageOutcome
     wamid: Wamid | None = None
     error: ErrorInfo | None = None

@@ -429,7 +429,7 @@ class Engine:
             delay = verdict.delay if isinstance(verdict, Retry) else 0.0
             if error is not None:
                 self._log.info("send_retry", request_id=work.request.request_id, phone_number_id=number,
-                         to=work.request.to, error_class=error.error_class.value, error_code=error.code,
+                         to=work.recipient, error_class=error.error_class.value, error_code=error.code,
                          attempts=work.attempts, delay_s=round(delay, 3), held=isinstance(verdict, Hold),
                          trace_id=_trace_id(work))
             self.scheduler.retry(work, now + delay, now)
@@ -470,7 +470,7 @@ class Engine:
         error = work.last_error if outcome is not MessageOutcome.SENT else None
         duration_ms = round((self._now() - work.received) * 1000, 1)
         fields: dict[str, Any] = {
-            "request_id": work.request.request_id, "phone_number_id": work.number, "to": work.request.to,
+            "request_id": work.request.request_id, "phone_number_id": work.number, "to": work.recipient,
             "outcome": outcome.value, "attempts": work.attempts, "duration_ms": duration_ms,
             "trace_id": _trace_id(work),
         }

@@ -26,6 +26,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -89,7 +90,11 @@ def _check_bsuid(value: str) -> str:
     return value
 
 
-Bsuid = Annotated[str, AfterValidator(_check_bsuid)]
+Bsuid = Annotated[
+    str,
+    AfterValidator(_check_bsuid),
+    WithJsonSchema({"type": "string", "pattern": _BSUID.pattern, "examples": ["US.13491208655302741918"]}),
+]
 """A business-scoped user id (or parent BSUID), as Meta names a user who may hide their number."""
 
 RequestId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -123,6 +128,13 @@ def _bounded_metadata(value: dict[str, str]) -> dict[str, str]:
 
 class SendRequest(Record):
     """A business's request to send one message: the value on `send.requests`."""
+
+    # The schema can say "at least one recipient" (a null counts as absent, so not "exactly one").
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={"anyOf": [{"required": ["to"]}, {"required": ["recipient_user_id"]}]},
+    )
 
     request_id: RequestId = Field(default_factory=new_request_id)
     phone_number_id: PhoneNumberId | None = Field(

@@ -30,7 +30,7 @@ def message_payload(request: SendRequest, callback_data: str | None = None) -> d
     if request.to is not None:
         payload["to"] = request.to.removeprefix("+")  # Meta's wire format: E.164 digits without the +
     else:
-        # Meta's field for a business-scoped user id (docs/whatsapp.md, "Business-scoped user IDs").
+        # Meta's field for a business-scoped user id, which `to` would override (docs/whatsapp.md, Payloads).
         payload["recipient"] = request.recipient_user_id
     payload.update(request.message.model_dump(mode="json", exclude_none=True))
     if request.reply_to is not None:

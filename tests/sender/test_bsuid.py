@@ -3,7 +3,8 @@
 Meta's send call names a business-scoped user id in `recipient` instead of `to` ("Business-scoped user
 IDs", developers.facebook.com/documentation/business-messaging/whatsapp/business-scoped-user-ids;
 dualhook.com/docs/contacts-bsuid-api-changes summarises it). The sandbox refuses a BSUID in `to`, so an
-accepted send logged with its `recipient` is one that arrived in Meta's shape.
+accepted send logged with its `recipient` is one that arrived in Meta's shape. A record naming two
+recipients, or none, is dead-lettered with the field and the rule, and the records behind it are sent.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
+import orjson
 import pytest
 
 from pipeline.config import Settings
@@ -50,12 +52,17 @@ async def test_bsuid_requests_reach_the_sandbox_in_metas_shape_in_order_and_thei
                    else text_request(recipient, f"ph-{n:04d}"))
         requests.append(request)
         expected[recipient].append(request.request_id)
+    # Written straight to the topic by another producer: one names two recipients, one none.
+    both = orjson.dumps({"request_id": "bad-both", "phone_number_id": NUMBER, "to": phones[0],
+                         "recipient_user_id": bsuids[0], "message": {"type": "text", "text": {"body": "x"}}})
+    neither = orjson.dumps({"request_id": "bad-none", "phone_number_id": NUMBER,
+                            "message": {"type": "text", "text": {"body": "x"}}})
     # Spread latencies: answers come back out of order, so only the per-recipient key keeps the order.
     async with running_sandbox(rate_per_second=0, latency_median_ms=20, latency_sigma=1.0) as sandbox, \
             Outcomes(settings) as outcomes:
-        await produce(settings, requests)
+        await produce(settings, [*requests[:80], both, neither, *requests[80:]])
         async with running_sender(with_sender(settings, sandbox.base_url, rate_per_second=1000, max_in_flight=40)):
-            await outcomes.wait_for(len(requests), timeout=60)
+            await outcomes.wait_for(len(requests) + 2, timeout=60)
         sends = await sandbox.control.sends()
 
     by_id = {r.request_id: r for r in requests}
@@ -69,7 +76,11 @@ async def test_bsuid_requests_reach_the_sandbox_in_metas_shape_in_order_and_thei
             assert send["recipient"] is None
             assert send["to"] == request.to.removeprefix("+")  # type: ignore[union-attr]
     assert got == expected
-    assert outcomes.dead_letters == []
+    errors = {d["request_id"]: d["error"] for d in outcomes.dead_letters}
+    assert set(errors) == {"bad-both", "bad-none"}
+    assert errors["bad-both"].startswith("to: recipient_ambiguous")
+    assert errors["bad-none"].startswith("to: missing")
+    assert all(d["reason"] == "schema_invalid" for d in outcomes.dead_letters)
     assert {r["outcome"] for r in outcomes.results} == {"sent"}
     assert set(outcomes.per_request().values()) == {1}
     for result in outcomes.results:

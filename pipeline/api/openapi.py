@@ -53,7 +53,8 @@ def single_route(settings: Settings) -> dict[str, Any]:
         "description": (
             "202 means the request is durably in Kafka (acknowledged by all in-sync replicas) and will reach "
             "exactly one terminal outcome on `send.results`. `phone_number_id` defaults to the API's "
-            "WHATSAPP_PHONE_NUMBER_ID; phone numbers are normalised to E.164; control characters are removed "
+            "WHATSAPP_PHONE_NUMBER_ID; the recipient is a phone number in `to` (normalised to E.164) or a "
+            "BSUID in `recipient_user_id`, exactly one; control characters are removed "
             "from text; `accepted_at` is set by the API."
         ),
         "responses": {202: {"model": AcceptedMessage, "description": "Accepted."}, **_errors(

@@ -1,7 +1,9 @@
 """The records that travel on the pipeline's Kafka topics.
 
     req = SendRequest.model_validate_json(raw)      # a ValidationError names field and rule
-    req.to                                         # "+16505551234" (normalised E.164)
+    req.to                                         # "+16505551234" (normalised E.164), or None
+    req.recipient_user_id                          # "US.13491208655302741918" when addressed by BSUID
+    req.recipient_key                              # whichever of the two names the recipient
 
 Every record is JSON (UTF-8) so producers in any language can write and read them; the JSON Schemas
 are exported to docs/schemas/ by `pipeline schemas export`.
@@ -24,8 +26,12 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from pipeline.contracts.bodies import MessageBody
 from pipeline.contracts.vocabulary import DeadLetterReason, DeliveryStatus, ErrorClass, MessageOutcome, Stage
@@ -73,6 +79,27 @@ def _check_e164(value: str) -> str:
 PhoneNumber = Annotated[str, BeforeValidator(_normalise_phone), AfterValidator(_check_e164)]
 """E.164 with a leading `+`; Meta's wire format drops the `+` (the client does that)."""
 
+# Meta's format: the user's ISO 3166 alpha-2 country, a period, up to 128 letters and digits; a parent
+# BSUID (linked portfolios) has `ENT.` after the country. Kept exactly as Meta wrote it (no normalising).
+_BSUID = re.compile(r"^[A-Z]{2}\.(?:ENT\.)?[0-9A-Za-z]{1,128}$")
+
+
+def _check_bsuid(value: str) -> str:
+    if not _BSUID.match(value):
+        raise ValueError(
+            "must be a business-scoped user id (BSUID): two capital letters (the country), a period, then 1 to "
+            "128 letters and digits, e.g. US.13491208655302741918 (a parent BSUID: US.ENT.11815799212886844830)"
+        )
+    return value
+
+
+Bsuid = Annotated[
+    str,
+    AfterValidator(_check_bsuid),
+    WithJsonSchema({"type": "string", "pattern": _BSUID.pattern, "examples": ["US.13491208655302741918"]}),
+]
+"""A business-scoped user id (or parent BSUID), as Meta names a user who may hide their number."""
+
 RequestId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 # ASCII digits only, as for phone numbers (the regex engine's \d is Unicode-aware).
 PhoneNumberId = Annotated[str, StringConstraints(pattern=r"^[0-9]{5,20}$")]
@@ -106,11 +133,24 @@ def _bounded_metadata(value: dict[str, str]) -> dict[str, str]:
 class SendRequest(Record):
     """A business's request to send one message: the value on `send.requests`."""
 
+    # The schema can say "at least one recipient" (a null counts as absent, so not "exactly one").
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={"anyOf": [{"required": ["to"]}, {"required": ["recipient_user_id"]}]},
+    )
+
     request_id: RequestId = Field(default_factory=new_request_id)
     phone_number_id: PhoneNumberId | None = Field(
         default=None, description="business number to send from; WHATSAPP_PHONE_NUMBER_ID when omitted"
     )
-    to: PhoneNumber
+    # Declared before `to` so that `to`'s check below sees it: the recipient is one of the two.
+    recipient_user_id: Bsuid | None = Field(
+        default=None, description="the recipient's BSUID (or parent BSUID), instead of `to`; Meta's `recipient`"
+    )
+    to: PhoneNumber | None = Field(
+        default=None, validate_default=True, description="the recipient's phone number; or give `recipient_user_id`"
+    )
     message: MessageBody
     reply_to: Wamid | None = Field(default=None, description="wamid of the message this one answers")
     # AwareDatetime rather than a model validator: a naive time is then reported under its own field.
@@ -119,9 +159,34 @@ class SendRequest(Record):
     metadata: Annotated[dict[str, str], AfterValidator(_bounded_metadata)] = Field(default_factory=dict)
     accepted_at: AwareDatetime | None = Field(default=None, description="set by whoever accepted it first")
 
+    @field_validator("to")
+    @classmethod
+    def _one_recipient(cls, to: str | None, info: ValidationInfo) -> str | None:
+        """Exactly one of `to` or `recipient_user_id`. Meta takes both (and uses `to`), but a request
+        naming two people is a producer's mistake we would rather report than guess at."""
+        if "recipient_user_id" not in info.data:
+            return to  # the BSUID was given and is invalid: its own error says so
+        if to is None and info.data["recipient_user_id"] is None:
+            raise PydanticCustomError(  # `missing`, as before BSUIDs: the same rule for the same mistake
+                "missing",
+                "a message needs its recipient: a phone number in `to` or a BSUID in `recipient_user_id`",
+            )
+        if to is not None and info.data["recipient_user_id"] is not None:
+            raise PydanticCustomError(
+                "recipient_ambiguous",
+                "give the recipient once: a phone number in `to` or a BSUID in `recipient_user_id`, not both",
+            )
+        return to
+
     @property
     def message_type(self) -> str:
         return self.message.type
+
+    @property
+    def recipient_key(self) -> str:
+        """Who the message goes to, as the request names them (the phone number or the BSUID): the
+        sender's per-recipient order key. One person named both ways gets two keys, so two orders."""
+        return self.to or self.recipient_user_id or ""
 
 
 # --- outcomes -----------------------------------------------------------------------------------
@@ -144,7 +209,8 @@ class SendResult(Record):
 
     request_id: RequestId
     phone_number_id: PhoneNumberId
-    to: PhoneNumber
+    to: PhoneNumber | None = Field(default=None, description="the request's phone number, if it named one")
+    recipient_user_id: Bsuid | None = Field(default=None, description="the request's BSUID, if it named one")
     outcome: MessageOutcome
     wamid: Wamid | None = None
     error: ErrorInfo | None = None

@@ -1,6 +1,7 @@
 """Keep secrets and phone numbers out of everything an operator reads.
 
     mask_phone("+16505551234")                        # "+1*******234"
+    bsuid_ref("US.13491208655302741918")              # "US.bs_5c0e…" — a BSUID names a person too
     redact({"access_token": "EAAG…", "to": "+16505551234"})
     register_secrets(settings)                         # configured secrets vanish from any text
     scrub_url("/webhooks?hub.verify_token=abc&x=1")   # "/webhooks?hub.verify_token=[redacted]&x=1"
@@ -30,6 +31,15 @@ REDACTED = "[redacted]"
 _SECRET_KEY = re.compile(r"(token|secret|password|passwd|authorization|api[_-]?key|signature|cookie)", re.I)
 # Keys that hold a person's phone number.
 PHONE_KEYS = frozenset({"to", "recipient_id", "from", "from_", "wa_id", "phone", "recipient", "input"})
+# Keys that hold a business-scoped user id (BSUID): Meta's stable name for one person.
+USER_ID_KEYS = frozenset({
+    "user_id", "parent_user_id", "from_user_id", "recipient_user_id", "recipient_parent_user_id",
+    "recipient_participant_user_id",
+})
+# A BSUID (`US.13491208655302741918`, parent `US.ENT.…`), whole or in free text. In text a digit is
+# required in the id, so that words after a capitalised abbreviation ("OK.Thanks") stay readable.
+_BSUID = re.compile(r"^[A-Z]{2}\.(?:ENT\.)?[0-9A-Za-z]{1,128}$")
+_BSUID_IN_TEXT = re.compile(r"\b[A-Z]{2}\.(?:ENT\.)?(?=[A-Za-z]*[0-9])[0-9A-Za-z]{6,128}\b")
 # Bearer tokens and Meta access tokens (EAA…) inside free text, e.g. an exception message.
 _TOKEN_IN_TEXT = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]{8,}|\bEAA[A-Za-z0-9]{20,}")
 # Keys that hold a wamid: Meta's message ids are base64 of a record that holds the recipient's number.
@@ -61,6 +71,16 @@ def mask_phone(value: str) -> str:
         return "***"
     cc = 1 if digits[:1] in _ONE_DIGIT else 2 if digits[:2] in _TWO_DIGIT else 3
     return f"+{digits[:cc]}{'*' * (len(digits) - cc - 3)}{digits[-3:]}"
+
+
+def bsuid_ref(bsuid: str) -> str:
+    """A stable short reference to a BSUID for logs: its country (as a masked phone keeps it) and a hash.
+
+    Unkeyed, like `wamid_ref`, so an operator holding the BSUID can find its lines; unlike a phone
+    number, a BSUID's 20-odd characters are far too many to recover by hashing guesses.
+    """
+    country, _, _ = bsuid.partition(".")
+    return f"{country[:2]}.bs_" + hashlib.blake2b(bsuid.encode("utf-8", "replace"), digest_size=6).hexdigest()
 
 
 def wamid_ref(wamid: str) -> str:
@@ -116,6 +136,8 @@ def scrub_text(text: str) -> str:
         text = _known_pattern.sub(REDACTED, text)
     if "+" in text:
         text = _PHONE_IN_TEXT.sub(lambda m: mask_phone(m.group(0)), text)
+    if "." in text:
+        text = _BSUID_IN_TEXT.sub(lambda m: bsuid_ref(m.group(0)), text)
     return text
 
 
@@ -156,8 +178,10 @@ def redact(value: Any, key: str | None = None) -> Any:
     if isinstance(value, int | float | date | time | timedelta | UUID):
         return value  # the JSON renderer formats them
     if isinstance(value, str):
-        if key in PHONE_KEYS:
-            return mask_phone(value)
+        if key in PHONE_KEYS:  # `to`, `recipient`, `input`: a phone number or, since BSUIDs, one of those
+            return bsuid_ref(value) if _BSUID.match(value) else mask_phone(value)
+        if key in USER_ID_KEYS:
+            return bsuid_ref(value) if _BSUID.match(value) else scrub_text(value)
         if key in WAMID_KEYS:
             return wamid_ref(value)
         return scrub_text(value)

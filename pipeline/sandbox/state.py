@@ -56,6 +56,7 @@ class SendRecord(NamedTuple):
     type: str
     scenario: str
     at: float  # epoch seconds
+    recipient: str | None = None  # the body's `recipient` (a BSUID) when that, not `to`, addressed it
 
 
 @dataclass(slots=True)
@@ -268,7 +269,8 @@ class SandboxState:
         wamid = ids.outbound_wamid(message.wa_id)
         self._seq += 1
         self.sends.append(SendRecord(
-            self._seq, phone_number_id, message.to, message.request_id, wamid, message.type, scenario.name, wall
+            self._seq, phone_number_id, message.to, message.request_id, wamid, message.type, scenario.name, wall,
+            message.user_id,
         ))
         if s.webhook_url is not None:
             user_id = message.user_id or self.bsuid_of(message.wa_id)

@@ -27,7 +27,7 @@ NOT_EMULATED_INTERACTIVE = ("product", "product_list", "catalog_message", "flow"
                             "call_permission_request", "address_message")
 MEDIA_TYPES = ("image", "video", "document", "audio", "sticker")
 _TO = re.compile(r"^\+?\d{7,15}$")
-_BSUID = re.compile(r"^[A-Z]{2}\.(ENT\.)?[0-9A-Za-z]{1,64}$")  # `US.13491208655302741918`, `US.ENT.1181…`
+_BSUID = re.compile(r"^[A-Z]{2}\.(ENT\.)?[0-9A-Za-z]{1,128}$")  # `US.13491208655302741918`, `US.ENT.1181…`
 _TEMPLATE_NAME = re.compile(r"^[a-z0-9_]{1,512}$")
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(_[A-Za-z]{2,4})?$")
 

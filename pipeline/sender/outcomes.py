@@ -101,6 +101,7 @@ def result_record(work: Work, outcome: MessageOutcome, *, wamid: str | None = No
         request_id=request.request_id,
         phone_number_id=work.number,
         to=request.to,
+        recipient_user_id=request.recipient_user_id,
         outcome=outcome,
         wamid=wamid,
         error=work.last_error if outcome is not MessageOutcome.SENT else None,

@@ -173,7 +173,7 @@ class SenderTelemetry:
 
     def retrying(self, work: Work, error: GraphApiError, delay: float, *, held: bool) -> None:
         self._log.info("send_retry", request_id=work.request.request_id, phone_number_id=work.number,
-                       to=work.request.to, error_class=error.error_class.value, error_code=error.code,
+                       to=work.recipient, error_class=error.error_class.value, error_code=error.code,
                        attempts=work.attempts, delay_s=round(delay, 3), held=held, trace_id=trace_id(work))
 
     def parked(self, work: Work, window: float) -> None:
@@ -199,7 +199,7 @@ class SenderTelemetry:
         self._child(m.MESSAGES, number, outcome.value).inc(exemplar={"trace_id": tid} if tid else None)
         error: ErrorInfo | None = work.last_error if outcome is not MessageOutcome.SENT else None
         fields: dict[str, Any] = {
-            "request_id": work.request.request_id, "phone_number_id": number, "to": work.request.to,
+            "request_id": work.request.request_id, "phone_number_id": number, "to": work.recipient,
             "outcome": outcome.value, "attempts": work.attempts, "duration_ms": round(duration_ms, 1),
             "trace_id": tid,
         }

@@ -50,4 +50,5 @@ class Work:
 
     @property
     def recipient(self) -> str:
-        return self.request.to
+        """The per-recipient order key: the phone number, or the BSUID of a request addressed by one."""
+        return self.request.recipient_key

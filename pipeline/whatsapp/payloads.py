@@ -3,6 +3,7 @@
     message_payload(request, callback_data="req_01J…|00-…")
     # {"messaging_product": "whatsapp", "recipient_type": "individual", "to": "16505551234",
     #  "type": "text", "text": {"body": "hi", "preview_url": false}, "biz_opaque_callback_data": "…"}
+    # addressed by BSUID: "recipient": "US.13491208655302741918" instead of "to"
 
 Thin on purpose: message bodies already mirror Meta's JSON (pipeline/contracts/bodies.py).
 A `read` body becomes Graph's mark-as-read call instead:
@@ -32,11 +33,12 @@ def message_payload(request: SendRequest, callback_data: str | None = None) -> d
             f"callback_data: biz_opaque_callback_data must be at most {MAX_CALLBACK_DATA} characters; "
             f"got {len(callback_data)}"
         )
-    payload: dict[str, Any] = {
-        "messaging_product": "whatsapp",
-        "recipient_type": "individual",
-        "to": request.to.removeprefix("+"),  # Meta's wire format: E.164 digits without the +
-    }
+    payload: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual"}
+    if request.to is not None:
+        payload["to"] = request.to.removeprefix("+")  # Meta's wire format: E.164 digits without the +
+    else:
+        # Meta's field for a business-scoped user id, which `to` would override (docs/whatsapp.md, Payloads).
+        payload["recipient"] = request.recipient_user_id
     payload.update(request.message.model_dump(mode="json", exclude_none=True))
     if request.reply_to is not None:
         payload["context"] = {"message_id": request.reply_to}

@@ -24,7 +24,8 @@ def test_document_describes_send_requests_with_key_headers_and_schema() -> None:
     assert set(message["headers"]["properties"]) == {"traceparent", "content-type", "request-id"}
     assert "phone_number_id" in message["bindings"]["kafka"]["key"]["description"]
     send_request = document["components"]["schemas"]["SendRequest"]
-    assert {"to", "message"} <= set(send_request["required"])
+    assert "message" in send_request["required"]
+    assert {"required": ["recipient_user_id"]} in send_request["anyOf"]  # a phone number or a BSUID
     assert "prod.api.idempotency" in document["channels"]
 
 

@@ -142,3 +142,68 @@ def test_dead_letter_keeps_raw_bytes() -> None:
         partition=1, offset=42, value_b64=DeadLetter.encode(raw) or "",
     )
     assert DeadLetter.model_validate_json(letter.model_dump_json()).raw_value() == raw
+
+
+# --- recipients named by business-scoped user id (BSUID) ---------------------------------------
+# Meta's "Business-scoped user IDs" page (developers.facebook.com/documentation/business-messaging/
+# whatsapp/business-scoped-user-ids; dualhook.com/docs/contacts-bsuid-api-changes summarises it): the
+# send body's `recipient` takes a BSUID or parent BSUID; the country, a period, up to 128 letters and digits.
+
+BSUID = "US.13491208655302741918"
+
+
+@pytest.mark.parametrize("bsuid", [BSUID, "US.ENT.11815799212886844830", "PT.aZ09", "BR." + "7" * 128])
+def test_a_recipient_named_by_bsuid_is_kept_exactly(bsuid: str) -> None:
+    request = SendRequest.model_validate({"recipient_user_id": bsuid, "message": TEXT})
+    assert (request.recipient_user_id, request.to, request.recipient_key) == (bsuid, None, bsuid)
+    assert SendRequest.model_validate_json(request.model_dump_json()) == request
+
+
+@pytest.mark.parametrize(
+    "bad", ["us.13491208655302741918", "USA.1349", "US.", "US.1349-1208", "16505551234", "US.ENT.", "BR." + "7" * 129]
+)
+def test_malformed_bsuids_name_the_field_and_the_rule(bad: str) -> None:
+    data = {"recipient_user_id": bad, "message": TEXT}
+    with pytest.raises(ValidationError) as info:
+        SendRequest.model_validate(data)
+    [error] = field_errors(info.value, data)
+    assert (error.field, error.rule) == ("recipient_user_id", "value_error")
+    assert "business-scoped user id" in error.message
+    assert "US.13491208655302741918" in error.message
+
+
+@pytest.mark.parametrize(
+    ("data", "rule"),
+    [
+        ({"to": "+16505551234", "recipient_user_id": BSUID}, "recipient_ambiguous"),
+        ({}, "missing"),
+        ({"to": None}, "missing"),
+        ({"recipient_user_id": None}, "missing"),
+    ],
+)
+def test_exactly_one_of_to_or_recipient_user_id(data: dict[str, str | None], rule: str) -> None:
+    data = {**data, "message": TEXT}
+    with pytest.raises(ValidationError) as info:
+        SendRequest.model_validate(data)
+    [error] = field_errors(info.value, data)
+    assert (error.field, error.rule) == ("to", rule)
+    assert "`to`" in error.message
+    assert "`recipient_user_id`" in error.message
+
+
+def test_the_recipient_rule_is_reported_with_the_other_problems_at_once() -> None:
+    data = {"message": {"type": "text", "text": {"body": ""}}}
+    with pytest.raises(ValidationError) as info:
+        SendRequest.model_validate(data)
+    assert {(e.field, e.rule) for e in field_errors(info.value, data)} == {
+        ("to", "missing"), ("message.text.body", "string_too_short")
+    }
+
+
+def test_a_bad_phone_number_is_not_also_reported_as_a_missing_recipient() -> None:
+    data = {"to": "12", "message": TEXT}
+    with pytest.raises(ValidationError) as info:
+        SendRequest.model_validate(data)
+    [error] = field_errors(info.value, data)
+    assert error.field == "to"
+    assert "E.164" in error.message

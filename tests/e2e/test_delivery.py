@@ -108,3 +108,44 @@ async def test_a_request_published_with_kcat_is_sent_like_an_api_request(stack: 
     [result] = [r for r in results if r.request_id == request_id]
     assert result.outcome is MessageOutcome.SENT
     assert result.phone_number_id == stack.settings.whatsapp.phone_number_id
+
+
+async def test_a_request_addressed_by_bsuid_goes_to_meta_as_recipient_and_its_statuses_come_back(
+    stack: LocalStack,
+) -> None:
+    # Meta's "Business-scoped user IDs" page: a send names a BSUID in `recipient` (not `to`), and the
+    # statuses of that message name the user in `recipient_user_id`.
+    from pipeline.sandbox import ids
+
+    topics = TopicCatalog(stack.settings.kafka)
+    bsuid = ids.bsuid(stack.settings.sandbox.waba_id, "16505550142")
+    async with httpx.AsyncClient(base_url=stack.urls["api"], timeout=30) as api:
+        response = await api.post(
+            "/v1/messages",
+            headers={"Authorization": "Bearer dev-key"},
+            json={"recipient_user_id": bsuid, "message": {"type": "text", "text": {"body": "Hi, by BSUID"}}},
+        )
+    assert response.status_code == 202, response.text
+    request_id = response.json()["request_id"]
+
+    def done(values: list[bytes]) -> bool:
+        return any(SendResult.model_validate_json(v).request_id == request_id for v in values)
+
+    results = [SendResult.model_validate_json(v) for v in await collect(stack, topics.send_results, done)]
+    [result] = [r for r in results if r.request_id == request_id]
+    assert (result.outcome, result.recipient_user_id, result.to) == (MessageOutcome.SENT, bsuid, None)
+
+    async with httpx.AsyncClient(base_url=stack.urls["sandbox"], timeout=30) as sandbox:
+        sends = (await sandbox.get("/_sandbox/sends")).json()["sends"]
+    [send] = [s for s in sends if str(s["request_id"]).partition("|")[0] == request_id]
+    assert send["recipient"] == bsuid  # the body named the user in Meta's `recipient` field
+    assert send["wamid"] == result.wamid
+
+    def read(values: list[bytes]) -> bool:
+        events = [StatusEvent.model_validate_json(v) for v in values]
+        return {e.status.value for e in events if e.request_id == request_id} >= {"sent", "delivered", "read"}
+
+    events = [StatusEvent.model_validate_json(v) for v in await collect(stack, topics.status_events, read)]
+    mine = [e for e in events if e.request_id == request_id]
+    assert [e.status.value for e in mine] == ["sent", "delivered", "read"]
+    assert {e.recipient_user_id for e in mine} == {bsuid}

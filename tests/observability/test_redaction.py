@@ -96,3 +96,24 @@ def test_wamids_become_the_same_short_reference_wherever_they_are_logged() -> No
     assert redact({"wamid": wamid, "context_wamid": wamid, "message_id": wamid}) == {
         "wamid": ref, "context_wamid": ref, "message_id": ref,
     }
+
+
+def test_bsuids_become_a_stable_reference_under_their_keys_under_to_and_in_text() -> None:
+    from pipeline.observability.redaction import bsuid_ref
+
+    bsuid, parent = "US.13491208655302741918", "US.ENT.11815799212886844830"
+    ref = bsuid_ref(bsuid)
+    assert ref.startswith("US.bs_")
+    assert len(ref) == 18
+    assert "1349" not in ref
+    assert bsuid_ref(bsuid) == ref != bsuid_ref(parent)
+    logged = redact({
+        "to": bsuid, "recipient": bsuid, "recipient_user_id": bsuid, "user_id": bsuid, "parent_user_id": parent,
+        "error": f"Graph API code 131062: recipient {bsuid} is not supported", "phone": "+16505551234",
+    })
+    assert logged == {
+        "to": ref, "recipient": ref, "recipient_user_id": ref, "user_id": ref, "parent_user_id": bsuid_ref(parent),
+        "error": f"Graph API code 131062: recipient {ref} is not supported", "phone": "+1*******234",
+    }
+    # Text that only looks a little like one stays readable.
+    assert scrub_text("OK.Thanks, see US.ENT docs v1.2") == "OK.Thanks, see US.ENT docs v1.2"

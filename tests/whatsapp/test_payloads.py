@@ -74,3 +74,15 @@ def test_with_media_id_replaces_link_or_id_and_keeps_the_rest(kind: str) -> None
 def test_with_media_id_refuses_non_media_types() -> None:
     with pytest.raises(ValueError, match=r"message.type: must be one of audio, document, image, sticker, video"):
         with_media_id(message_payload(request("text")), "999")
+
+
+def test_a_request_addressed_by_bsuid_goes_to_meta_in_recipient_without_to() -> None:
+    # Meta's "Business-scoped user IDs" page: the send body names a BSUID in `recipient`; `to` would win
+    # over it, so a BSUID send must not carry one.
+    bsuid = "US.13491208655302741918"
+    payload = message_payload(SendRequest.model_validate({"recipient_user_id": bsuid, "message": BODIES["text"]}))
+    assert payload["recipient"] == bsuid
+    assert "to" not in payload
+    envelope = (payload["messaging_product"], payload["recipient_type"], payload["type"])
+    assert envelope == ("whatsapp", "individual", "text")
+    assert "recipient" not in message_payload(request("text"))

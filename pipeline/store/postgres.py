@@ -84,7 +84,6 @@ MIGRATIONS: tuple[str, ...] = (
     ),
 )
 
-_COMMON_MATCHES = 2000  # more matches than this: the time index, newest first, instead of sorting them
 PARTITIONED = {"outbound_messages": "created_at", "status_events": "occurred_at", "inbound_messages": "occurred_at"}
 _PARTITION = re.compile(r"^(outbound_messages|status_events|inbound_messages)_p(\d{8})$")
 
@@ -339,15 +338,11 @@ class PostgresBackend:
             order = f" ORDER BY created_at DESC, request_id DESC LIMIT {arg(search.limit)}"
             sql = f"SELECT {_VIEW_COLUMNS} FROM outbound_messages WHERE {' AND '.join(where)}"
             if search.words:
-                # As on SQLite, the planner cannot tell a rare term from a common one and walks the
-                # time index for both (1.4 s for an order number in 200,000 messages). A rare term is
-                # read through the GIN index first (a materialised set), a common one by the time index.
-                query = ts_query(search.words)
-                matches = await conn.fetchval(
-                    "SELECT count(*) FROM (SELECT 1 FROM outbound_messages WHERE search @@ to_tsquery('simple', $1)"
-                    f" LIMIT {_COMMON_MATCHES}) m", query)
-                if matches < _COMMON_MATCHES:
-                    sql = f"WITH hits AS MATERIALIZED ({sql}) SELECT * FROM hits"
+                # The planner walked the time index and tested every row's tsvector for a rare term
+                # (1.4-1.6 s for an order number in 200,000 messages, BENCHMARKS.md); a bounded count
+                # first was no better (it seq-scanned too). The matches are read through the GIN index
+                # first, as a materialised set, then sorted: bounded by how many rows match.
+                sql = f"WITH hits AS MATERIALIZED ({sql}) SELECT * FROM hits"
             rows = await conn.fetch(sql + order, *args)
             return [_view(r) for r in rows]
 

@@ -335,11 +335,15 @@ class PostgresBackend:
                 where.append(f"(created_at, request_id) < ({arg(search.cursor.at)}, {arg(search.cursor.id)})")
             if scope.numbers is not None:
                 where.append(f"phone_number_id = ANY({arg(scope.sorted_numbers)}::text[])")
-            rows = await conn.fetch(
-                f"SELECT {_VIEW_COLUMNS} FROM outbound_messages WHERE {' AND '.join(where)}"
-                f" ORDER BY created_at DESC, request_id DESC LIMIT {arg(search.limit)}",
-                *args,
-            )
+            order = f" ORDER BY created_at DESC, request_id DESC LIMIT {arg(search.limit)}"
+            sql = f"SELECT {_VIEW_COLUMNS} FROM outbound_messages WHERE {' AND '.join(where)}"
+            if search.words:
+                # The planner walked the time index and tested every row's tsvector for a rare term
+                # (1.4-1.6 s for an order number in 200,000 messages, BENCHMARKS.md); a bounded count
+                # first was no better (it seq-scanned too). The matches are read through the GIN index
+                # first, as a materialised set, then sorted: bounded by how many rows match.
+                sql = f"WITH hits AS MATERIALIZED ({sql}) SELECT * FROM hits"
+            rows = await conn.fetch(sql + order, *args)
             return [_view(r) for r in rows]
 
         return await self._read(scope, read)

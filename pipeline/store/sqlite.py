@@ -183,6 +183,10 @@ class SqliteBackend:
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a process crash
         conn.execute("PRAGMA secure_delete=ON")
         conn.execute("PRAGMA busy_timeout=30000")
+        # A 64 MiB page cache and memory-mapped reads: the default 2 MiB cache made every random
+        # conversation or status lookup in a large file a round of read() calls.
+        conn.execute("PRAGMA cache_size=-65536")
+        conn.execute("PRAGMA mmap_size=268435456")
         return conn
 
     async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:

@@ -100,7 +100,7 @@ def request_row(request: SendRequest, timestamp_ms: int, text: str | None) -> Ou
         request_id=request.request_id,
         created_at=created_at(request.request_id, request.accepted_at, timestamp_ms),
         phone_number_id=request.phone_number_id,
-        wa_id=wa_id(request.to),
+        wa_id=contact_of(request.to, request.recipient_user_id),
         message_type=request.message_type,
         text=text,
         metadata=orjson.dumps(request.metadata).decode() if request.metadata else None,
@@ -114,7 +114,7 @@ def result_row(result: SendResult, timestamp_ms: int) -> OutboundRow:
         request_id=result.request_id,
         created_at=created_at(result.request_id, result.accepted_at, timestamp_ms),
         phone_number_id=result.phone_number_id,
-        wa_id=wa_id(result.to),
+        wa_id=contact_of(result.to, result.recipient_user_id),
         accepted_at=result.accepted_at,
         outcome=result.outcome.value,
         wamid=result.wamid,
@@ -147,14 +147,18 @@ def status_row(event: StatusEvent) -> StatusRow:
 def inbound_row(message: InboundMessage) -> InboundRow:
     return InboundRow(
         wamid=message.wamid,
-        # A BSUID-only message (no phone number) files under the user's BSUID, its only stable handle.
-        wa_id=wa_id(message.from_) if message.from_ is not None else str(message.user_id),
+        wa_id=contact_of(message.from_, message.user_id),
         occurred_at=message.timestamp,
         phone_number_id=message.phone_number_id,
         message_type=message.type,
         text=message.text if message.text is not None else message.reply_title,
         reply_to=message.context_wamid,
     )
+
+
+def contact_of(phone: str | None, user_id: str | None) -> str:
+    """The contact a conversation is filed under: the number as Meta writes it, else the BSUID (its only handle)."""
+    return wa_id(phone) if phone is not None else str(user_id)
 
 
 def wa_id(phone: str) -> str:

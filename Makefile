@@ -20,12 +20,11 @@ $(STAMP): pyproject.toml requirements.lock
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-# Java and Maven run the Kafka broker; Debian's prometheus gives `prometheus` and `promtool`; kcat is
-# the command-line producer the publishing docs show; node runs docs/callbacks.md's Node verifier in a
-# test. Installed only when missing.
 # Java and Maven run the Kafka broker; Debian's prometheus gives `prometheus` and `promtool`,
-# prometheus-alertmanager gives `prometheus-alertmanager` and `amtool`; kcat is
-# the command-line producer the publishing docs show. Installed only when missing.
+# prometheus-alertmanager gives `prometheus-alertmanager` and `amtool`; kcat is the command-line producer
+# the publishing docs show; postgresql is the store's test server; node runs docs/callbacks.md's Node
+# verifier and the CRD checks; chromium is the browser the console's tests drive (Playwright's
+# executable_path: never a downloaded browser). Installed only when missing.
 system-deps:
 	@command -v java >/dev/null || { echo "Java 17+ is required (apt-get install openjdk-17-jre-headless)"; exit 1; }
 	@missing=""; \
@@ -35,6 +34,7 @@ system-deps:
 	command -v kcat >/dev/null || missing="$$missing kcat"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v node >/dev/null || missing="$$missing nodejs"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \

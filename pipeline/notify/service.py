@@ -39,8 +39,8 @@ from pipeline.notify.urls import UnsafeSubscription, UrlPolicy, check_subscripti
 from pipeline.observability import (
     OpsServer,
     Telemetry,
-    broker_middlewares,
     get_logger,
+    new_broker,
     setup,
     subscriber_consumers,
     track_lag,
@@ -129,11 +129,7 @@ class Notify:
         self.subscriptions = notify.subscription_list()
         self.hooks = NotifyTelemetry()
         self.hooks.declare(sorted({origin_of(s.url) for s in self.subscriptions}))
-        self.broker = KafkaBroker(
-            **_broker_kwargs(settings),
-            middlewares=broker_middlewares(telemetry.tracer_provider, Stage.NOTIFY.value),
-            graceful_timeout=5.0,
-        )
+        self.broker = new_broker(settings.kafka, telemetry.tracer_provider, Stage.NOTIFY.value, graceful_timeout=5.0)
         self.tracker = OffsetTracker()
         self.poster = CallbackPoster(notify, url_policy(settings))
         self.dead_letters = KafkaDeadLetters(self.broker, self.topics.dead_letters)
@@ -273,17 +269,6 @@ def _invalid(exc: ValidationError) -> tuple[DeadLetterReason, str]:
         return DeadLetterReason.INVALID_JSON, f"not JSON: {exc.errors()[0]['msg']}"
     return DeadLetterReason.SCHEMA_INVALID, describe(field_errors(exc))
 
-
-def _broker_kwargs(settings: Settings) -> dict[str, Any]:
-    kafka = settings.kafka
-    kwargs: dict[str, Any] = {"bootstrap_servers": kafka.bootstrap_servers, "client_id": kafka.client_id}
-    if kafka.security_protocol != "PLAINTEXT" or kafka.sasl_mechanism:
-        kwargs["security_protocol"] = kafka.security_protocol
-    if kafka.sasl_mechanism:
-        kwargs["sasl_mechanism"] = kafka.sasl_mechanism
-        kwargs["sasl_plain_username"] = kafka.sasl_username
-        kwargs["sasl_plain_password"] = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
-    return kwargs
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:

@@ -25,7 +25,6 @@ from faststream.kafka.opentelemetry.provider import (
 from faststream.message import SourceType
 from faststream.opentelemetry.middleware import TelemetryMiddleware
 from faststream.response import PublishType
-from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -34,6 +33,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from prometheus_client import CollectorRegistry
 
 from pipeline.config import KafkaSettings
+from pipeline.kafka_client import broker_options
 from pipeline.observability.context import format_traceparent, parse_traceparent
 from pipeline.observability.kafka_metrics import KafkaMetrics, kafka_metrics
 from pipeline.observability.metrics import registry
@@ -244,23 +244,10 @@ def new_broker(
     if not observed:
         options["logger"] = None
     return KafkaBroker(
-        kafka.bootstrap_servers,
-        client_id=kafka.client_id,
-        security=_security(kafka),
+        **broker_options(kafka),  # servers, client id, TLS and SASL: the one Kafka client factory
         middlewares=broker_middlewares(tracer_provider, app_name) if observed else (),
         **options,
     )
-
-
-_SASL = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
-
-
-def _security(kafka: KafkaSettings) -> BaseSecurity | None:
-    ssl = kafka.security_protocol in ("SSL", "SASL_SSL")
-    if kafka.sasl_mechanism:
-        password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""
-        return _SASL[kafka.sasl_mechanism](kafka.sasl_username or "", password, use_ssl=ssl)
-    return BaseSecurity(use_ssl=True) if ssl else None
 
 
 def broker_middlewares(tracer_provider: TracerProvider, app_name: str) -> Sequence[Any]:

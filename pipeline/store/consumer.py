@@ -27,7 +27,8 @@ from faststream.kafka.annotations import KafkaMessage
 from pipeline.config import Settings
 from pipeline.contracts import DeadLetter
 from pipeline.contracts.vocabulary import DeadLetterReason, Stage
-from pipeline.observability import Telemetry, broker_middlewares, get_logger
+from pipeline.observability import Telemetry, get_logger
+from pipeline.observability import new_broker as observed_broker
 from pipeline.store.backend import Backend, BackendUnavailable
 from pipeline.store.crypto import Sealer
 from pipeline.store.projection import PROJECTED, Record, Reject, project
@@ -122,14 +123,8 @@ class Projector:
 
 
 def new_broker(settings: Settings, telemetry: Telemetry) -> KafkaBroker:
-    return KafkaBroker(
-        settings.kafka.bootstrap_servers,
-        client_id=settings.kafka.client_id,
-        middlewares=broker_middlewares(telemetry.tracer_provider, Stage.STORE.value),
-        allow_auto_create_topics=False,
-        graceful_timeout=15.0,  # a batch in hand finishes its transaction and its ack
-        description="the pipeline's Kafka cluster",
-    )
+    # graceful_timeout: a batch in hand finishes its transaction and its ack
+    return observed_broker(settings.kafka, telemetry.tracer_provider, Stage.STORE.value, graceful_timeout=15.0)
 
 
 def subscribe(broker: KafkaBroker, projector: Projector, settings: Settings) -> Any:

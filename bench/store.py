@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from pydantic import SecretStr  # noqa: E402
 
-from pipeline.api.auth import ApiKeys  # noqa: E402
+from pipeline.auth import ApiKeys  # noqa: E402
 from pipeline.config import ApiKey  # noqa: E402
 from pipeline.local.postgres import LocalPostgres  # noqa: E402
 from pipeline.store.backend import Backend  # noqa: E402

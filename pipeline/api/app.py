@@ -35,11 +35,11 @@ from pipeline.api.responses import accepted_body, batch_body, error_response, js
 from pipeline.api.service import Accepted, ApiService, Outcome
 from pipeline.config import ApiKey
 from pipeline.contracts import FieldError
+from pipeline.contracts.read_api import ROUTES as READ_ROUTES
 from pipeline.observability import Telemetry, get_logger, ops_routes
 from pipeline.observability import metrics as m
 from pipeline.observability.context import context_from_headers
 from pipeline.observability.metrics import exemplar
-from pipeline.store.openapi import ROUTES as READ_ROUTES
 
 log = get_logger(__name__)
 

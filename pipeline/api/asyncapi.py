@@ -1,7 +1,7 @@
 """The AsyncAPI document of the pipeline's topics (what producers write, what consumers read), by FastStream.
 
     document(settings.kafka)    # dict, served at /asyncapi.json (and /asyncapi.yaml, /asyncapi as HTML)
-    python -m pipeline.api.asyncapi [--check]   # writes docs/asyncapi.yaml (a test keeps it current)
+    # python -m pipeline.api.asyncapi [--check]   writes docs/asyncapi.yaml (a test keeps it current)
 
 FastStream derives channels and payload schemas from publisher declarations on a broker that is never
 connected; the record headers and key, which FastStream does not describe, are added afterwards.

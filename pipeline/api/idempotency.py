@@ -4,9 +4,12 @@
     await store.start()                                   # replays the window; `store.ready` after
     decision = await store.claim(scope, fingerprint, request_id)
     match decision:
-        case Replay():   answer with decision.request_id / decision.accepted_at (no second message)
-        case Conflict(): 422 (same key, other request) or 409 (the first request is still in flight)
-        case Owner():    publish, then `await store.accept(decision, accepted_at)` or `store.release(decision)`
+        case Replay():    # answer with decision.request_id / decision.accepted_at (no second message)
+            ...
+        case Conflict():  # 422 (same key, other request) or 409 (the first request is still in flight)
+            ...
+        case Owner():     # publish, then `await store.accept(decision, accepted_at)` or `store.release(decision)`
+            ...
 
 How replicas agree without talking to each other: before publishing, a request appends a `claimed`
 record keyed by its scope (`<phone_number_id>:<key>`). Every record of one scope lands in one

@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.api.auth import ApiKeys
 from pipeline.api.idempotency import Decision, IdempotencyStore, Owner, Replay, request_id_scope, scope_of
 from pipeline.api.intake import Admitted, Intake, Rejection, invalid, message_type_label
 from pipeline.api.publisher import Delivery, Publisher, Unavailable
+from pipeline.auth import ApiKeys
 from pipeline.config import ApiKey, Settings
 from pipeline.contracts import ApiOutcome, FieldError, utcnow
 from pipeline.observability import Telemetry, get_logger

@@ -24,6 +24,9 @@ from pipeline.contracts.vocabulary import DeadLetterReason, Stage
 # size, whatever the topic allows; bigger records are kept whole on their source topic until retention.
 DEAD_LETTER_VALUE_LIMIT = 512 * 1024
 _HEADER_VALUE_LIMIT = 1024
+
+REPLAYED_FROM = "replayed-from"
+"""Header on a replayed record: `<dead-letters topic>:<partition>:<offset>` of the dead letter."""
 _ERROR_LIMIT = 4096  # DeadLetter.error's limit
 
 

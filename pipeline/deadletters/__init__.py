@@ -11,12 +11,10 @@ transaction: a dead letter is replayed at most once, whatever crashes in between
 `pipeline dead-letters list|show|replay` (`pipeline.deadletters.cli`); docs/operations.md has a worked example.
 """
 
-from pipeline.deadletters.replay import REPLAYED, REPLAYED_FROM, ReplayReport, read_entries, replay, replayed_ids
+from pipeline.deadletters.replay import ReplayReport, read_entries, replay, replayed_ids
 from pipeline.deadletters.select import Entry, Selection, parse_since
 
 __all__ = [
-    "REPLAYED",
-    "REPLAYED_FROM",
     "Entry",
     "ReplayReport",
     "Selection",

@@ -19,22 +19,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from prometheus_client import Counter
 from pydantic import ValidationError
 
 from pipeline.config import Settings
 from pipeline.contracts import DeadLetter, utcnow
+from pipeline.contracts.dead_letters import REPLAYED_FROM
 from pipeline.deadletters.select import Entry, Selection, parse_id
 from pipeline.topics import TopicCatalog
-
-REPLAYED_FROM = "replayed-from"
-"""Header on a replayed record: `<dead-letters topic>:<partition>:<offset>` of the dead letter."""
-
-REPLAYED = Counter(
-    "delivery_replayed_records",
-    "Records consumed that a dead-letter replay put back on their topic (header replayed-from), by stage.",
-    ["stage"],
-)
 
 
 @dataclass

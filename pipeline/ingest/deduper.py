@@ -23,6 +23,7 @@ from opentelemetry.trace import Span, SpanKind, Tracer
 from pydantic import TypeAdapter, ValidationError
 
 from pipeline.contracts import DeadLetterReason, DeliveryStatus, ErrorClass, Stage, StatusEvent, describe, field_errors
+from pipeline.contracts.meta_errors import KNOWN_ERROR_CODES
 from pipeline.ingest.bounds import phone_number_label
 from pipeline.ingest.consumer import Outbox
 from pipeline.ingest.records import dead_letter, header, outgoing_headers
@@ -41,7 +42,6 @@ from pipeline.observability.metrics import (
     error_code_label,
 )
 from pipeline.topics import TopicCatalog
-from pipeline.whatsapp.errors import KNOWN_ERROR_CODES
 
 log = get_logger(__name__)
 

@@ -37,10 +37,10 @@ from pipeline.contracts import (
     describe,
     field_errors,
 )
+from pipeline.contracts.meta_errors import classify
 from pipeline.ingest.account_events import ACCOUNT_FIELDS, account_events
 from pipeline.ingest.bounds import ITEM_BYTES, SMALL_BODY_BYTES, TooDeep, check_depth, oversize
 from pipeline.ingest.inbound import inbound_message
-from pipeline.whatsapp.errors import classify
 
 MESSAGES_FIELD = "messages"  # the `field` kind that carries statuses and user messages
 SKIPPED_FIELDS: dict[str, WebhookSkipReason] = {

@@ -2,7 +2,8 @@
 
     counts = scrape(["http://127.0.0.1:9101/metrics", "http://127.0.0.1:8081/metrics"])
     counts["sent"], counts["delivered"], counts["failed"]      # totals since the stages started
-    rates = Rates(); rates.update(counts) -> {"sent": 12.0, ...} per second since the last update
+    rates = Rates()
+    rates.update(counts)                                        # {"sent": 12.0, ...} per second since the last update
 """
 
 from __future__ import annotations

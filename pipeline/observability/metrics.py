@@ -33,6 +33,11 @@ _TRANSITION_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 24 * 
 registry: CollectorRegistry = REGISTRY
 
 # --- api ------------------------------------------------------------------------------------------
+REPLAYED = Counter(
+    "delivery_replayed_records",
+    "Records consumed that a dead-letter replay put back on their topic (header replayed-from), by stage.",
+    ["stage"],
+)
 API_REQUESTS = Counter(
     "delivery_api_requests", "Send requests received by the HTTP API, by outcome and message type.",
     ["outcome", "message_type"],

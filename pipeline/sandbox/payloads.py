@@ -1,6 +1,6 @@
 """Webhook bodies in Meta's shape (compare tests/fixtures/webhooks/*.json) and their signature.
 
-    value = status_value(metadata, [status(...), ...])
+    value = status_value(metadata, [status("wamid.…", "delivered", 1764000000, "16505551234", "req_…")])
     body = envelope(waba_id, [value])                       # {"object": "whatsapp_business_account", ...}
     headers = {"X-Hub-Signature-256": sign(secret, raw)}    # over the exact bytes posted
 """

@@ -1,6 +1,6 @@
 """How done offsets become committed: with the outcomes in one Kafka transaction, or on their own.
 
-    committer = TransactionalCommitter(producer, group_id)    # exactly one visible outcome per request
+    committer = TransactionalCommitter(producer, group_id, topic)   # exactly one visible outcome per request
     sink = committer.sink(tracer)                            # publishes inside the open transaction
     committed = await committer.commit(engine.offsets_to_commit)   # {partition: (offset, metadata)}
 

@@ -1,6 +1,6 @@
 """The sender's processing chain for the partitions this process owns, without the Kafka consumer.
 
-    engine = Engine(settings, client, sink, partitions=12)
+    engine = Engine(settings, client, sink, results_topic=results, dead_letters_topic=dead, partitions=12)
     engine.assign(0, committed=1200, metadata="o1:1200:…")   # on assignment
     engine.intake(record)                 # each fetched record: decode, route, schedule (never blocks)
     engine.offsets_to_commit()               # {partition: (offset, metadata)} that changed since last time

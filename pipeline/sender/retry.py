@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from pipeline.config import SenderSettings
 from pipeline.contracts import CircuitState, DeadLetterReason, ErrorClass, ErrorInfo, MessageOutcome
+from pipeline.contracts.meta_errors import NUMBER_PAUSE_CODES
 from pipeline.sender.breaker import CircuitBreaker, Scope, scope_of
 from pipeline.sender.limits import RateLimiter
 from pipeline.sender.work import Work
@@ -64,7 +65,6 @@ class Terminal:
 Verdict = Retry | Hold | Park | Terminal
 
 _BLOCKING = frozenset({ErrorClass.AUTH, ErrorClass.POLICY})
-_NUMBER_PAUSE_CODES = frozenset({4, 80007, 131048})
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ class RetryPolicy:
         # Meta answered with a verdict on this request: it is up, whatever the verdict.
         breaker.record_success(now, work.recipient)
         if cls is ErrorClass.THROTTLED:
-            if error.code in _NUMBER_PAUSE_CODES:
+            if error.code in NUMBER_PAUSE_CODES:
                 wait = max(error.retry_after or 60.0, self.base_delay)
                 limiter.pause(now, wait)
                 return self._retry(work, wait, now)

@@ -5,7 +5,9 @@
     telemetry.lane_created(number, rate=80.0)                    # gauges and every outcome series at 0
     telemetry.attempted(number, "sent", ErrorClass.NONE, None, seconds=0.21, waited=0.01)
     telemetry.concluded(work, MessageOutcome.SENT, wamid="wamid.…", duration_ms=230.5)
-    telemetry.circuit_changed(number, change) / .probed(number, "ok", 12.0) / .rate_decreased(number, 78.4)
+    telemetry.circuit_changed(number, change)
+    telemetry.probed(number, "ok", 12.0)
+    telemetry.rate_decreased(number, 78.4)
 
 The engine's steps call one method per event and hold no metric, span or log code of their own.
 Metric children are cached per label set: `labels()` costs a dict build and a lock per call, which
@@ -24,7 +26,7 @@ from opentelemetry.trace import Span, SpanKind, Tracer
 from prometheus_client import Counter
 
 from pipeline.contracts import CircuitReason, CircuitState, DeadLetterReason, ErrorClass, ErrorInfo, MessageOutcome
-from pipeline.deadletters.replay import REPLAYED, REPLAYED_FROM
+from pipeline.contracts.dead_letters import REPLAYED_FROM
 from pipeline.observability import get_logger
 from pipeline.observability import metrics as m
 from pipeline.observability.context import context_from_traceparent
@@ -73,7 +75,7 @@ class SenderTelemetry:
             if name == "traceparent" and parent is None:
                 parent = context_from_traceparent(raw.decode("ascii", "replace"))
             elif name == REPLAYED_FROM:
-                REPLAYED.labels(stage="sender").inc()
+                m.REPLAYED.labels(stage="sender").inc()
         span = self._tracer.start_span(
             f"process {record.topic}",
             context=parent,

@@ -1,6 +1,6 @@
 """One send request on its way through the sender, from fetch to outcome.
 
-    work = Work(request, number="106540352242922", origin=Origin(topic, 0, 42, key, headers, raw), ...)
+    work = Work(request, number="106540352242922", origin=Origin(topic, 0, 42, key, headers, raw), received=now)
 
 Times are monotonic seconds (the event loop's clock). `deadline` is the request's `expires_at`
 converted once at intake, so that every later check is a float comparison.

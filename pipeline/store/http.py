@@ -1,8 +1,8 @@
 """The read API: the routes of docs/store.md, plus /docs, /openapi.json, /metrics, /healthz, /readyz.
 
-    app = create_app(reader, keys, telemetry)        # ASGI (FastAPI)
+    app = create_app(reader, keys, telemetry, not_ready)   # ASGI (FastAPI); not_ready() lists why not
 
-Callers authenticate with the producer API's keys (`pipeline.api.auth`, the same code) and see only
+Callers authenticate with the producer API's keys (`pipeline.auth`, the same code) and see only
 their numbers: another number's message, contact or analytics is a 404, as if it did not exist. A
 database that does not answer is a 503 with `Retry-After`; it never touches the producer API, which
 runs in another process.
@@ -20,17 +20,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pipeline.api.auth import ApiKeys
+from pipeline.auth import ApiKeys
 from pipeline.config import ApiKey
 from pipeline.contracts import FieldError
 from pipeline.contracts.messages import utcnow
+from pipeline.contracts.read_api import ROUTES
 from pipeline.observability import get_logger
 from pipeline.observability.http import metrics_endpoint
 from pipeline.store import views
 from pipeline.store.analytics import summarise
 from pipeline.store.backend import Backend, BackendUnavailable, Cursor, Scope, Search
 from pipeline.store.crypto import Sealer
-from pipeline.store.openapi import ROUTES
 from pipeline.store.queries import QueryParams, normalise_wa_id
 from pipeline.store.telemetry import StoreTelemetry
 

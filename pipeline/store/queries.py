@@ -3,7 +3,7 @@
     q = QueryParams(request.query_params)
     limit = q.limit()                      # 1..200, default 50
     since = q.time("since")
-    if q.errors: return 422 with q.errors
+    if q.errors: ...                       # a 422 listing q.errors
 """
 
 from __future__ import annotations

@@ -17,10 +17,11 @@ from urllib.parse import urlsplit
 import uvicorn
 from aiokafka.errors import KafkaError
 
-from pipeline.api.auth import ApiKeys
+from pipeline.auth import ApiKeys
 from pipeline.config import Settings
 from pipeline.console import console_app
 from pipeline.contracts.messages import utcnow
+from pipeline.contracts.read_api import ROUTES
 from pipeline.contracts.vocabulary import Stage
 from pipeline.lifecycle import release_signals, stop_on_signals
 from pipeline.observability import get_logger, setup, subscriber_consumers, track_lag
@@ -31,7 +32,6 @@ from pipeline.store.backend import Backend, BackendUnavailable, open_backend
 from pipeline.store.consumer import Projector, dead_letter_sink, new_broker, subscribe
 from pipeline.store.crypto import Sealer
 from pipeline.store.http import Reader, create_app
-from pipeline.store.openapi import ROUTES
 from pipeline.store.telemetry import StoreTelemetry
 from pipeline.topics import TopicCatalog
 

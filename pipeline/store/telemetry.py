@@ -1,7 +1,7 @@
 """The store's telemetry as one hook object: the projection and the read API call it, never metrics.
 
     hooks = StoreTelemetry()
-    hooks.batch_committed(seconds=0.02, written={"outbound_messages": 3}, newest_ms={"send.results": 1764…})
+    hooks.batch_committed(seconds=0.02, written={"outbound_messages": 3}, newest_ms={"send.results": 1764000000000})
     hooks.db_error("write")
     with hooks.reading("/v1/messages/{request_id}"): ...
 """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.api.auth import ApiKeys, presented_key
+from pipeline.auth import ApiKeys, presented_key
 from pipeline.config import ApiSettings
 
 

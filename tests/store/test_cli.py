@@ -12,7 +12,7 @@ import uvicorn
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from pipeline.api.auth import ApiKeys
+from pipeline.auth import ApiKeys
 from pipeline.cli import app
 from pipeline.config import ApiKey
 from pipeline.local.kafka import free_port

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from pipeline.api.auth import ApiKeys
+from pipeline.auth import ApiKeys
 from pipeline.config import ApiKey
 from pipeline.store.backend import ALL, Backend
 from pipeline.store.crypto import Sealer

@@ -1,5 +1,8 @@
 """Who is calling: an API key from `Authorization: Bearer <key>` or `X-API-Key: <key>`.
 
+Shared by every HTTP door that takes the API keys (the producer API and the store's read API), so that
+neither stage imports the other.
+
     keys = ApiKeys(settings.api.api_keys())
     key = keys.authenticate(request.headers)     # ApiKey, or None → 401
     key.allows(phone_number_id)                  # False → 403

@@ -19,13 +19,16 @@ make on the event loop thread.
 
 Why the two layers in front (`bench/idempotency_state.py` measures them against a dict):
 - most claims are of new keys, so a lookup is usually a miss: a Bloom filter (`rbloom`, sized for
-  `expected_keys` per window at `FALSE_POSITIVE_RATE`, ≈ 1.2 bytes a key) answers "never stored"
-  without touching SQLite. A positive (a real key, or 1 % of new ones) falls through to SQLite, so
+  `expected_keys` per window at `FALSE_POSITIVE_RATE`, ≈ 1.8 bytes a key) answers "never stored"
+  without touching SQLite. A positive (a real key, or 0.1 % of new ones) falls through to SQLite, so
   answers stay exact. Bloom filters cannot delete, so there are two generations: new keys go into
   the current one, and `prune` drops the previous one once every answer it holds has been pruned
   from SQLite (its newest `at_ms` is older than the window), then starts a new one. Memory: at
   most two filters, whatever the traffic; more keys than `expected_keys` raise the false-positive
-  rate (more SQLite reads), never the memory or a wrong answer.
+  rate (more SQLite reads), never the memory or a wrong answer. On open, the keys already on disk
+  are added by a background thread reading one scan of the (covering) age index; until it is done
+  every lookup reads SQLite, exact but slower (rbloom's fast hash is Python's own, salted per
+  process, so a filter saved by one process cannot be loaded by the next).
 - retries come soon after the first request: the answers settled or read most recently are kept in
   memory, bounded by `recent_mb` (the strings' sizes plus a fixed overhead per entry; the oldest
   leave first).
@@ -37,6 +40,7 @@ import contextlib
 import sqlite3
 import sys
 import tempfile
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -54,8 +58,9 @@ CREATE TABLE IF NOT EXISTS positions (topic TEXT, partition INTEGER, next_offset
                                       PRIMARY KEY (topic, partition));
 """
 
-# One new key in a hundred pays a SQLite read; 9.6 bits a key.
-FALSE_POSITIVE_RATE = 0.01
+# One new key in a thousand pays a SQLite read (≈ 200 µs against ≈ 1 µs for the filter, so 1 % would
+# already cost a miss three times its filter check, measured); 14.4 bits a key.
+FALSE_POSITIVE_RATE = 0.001
 # Memory of one cached answer besides its four strings (`sys.getsizeof`, exact whatever the script):
 # the Answer object, its int and the OrderedDict's entry, link and table share (≈ 115 bytes, more after
 # the table grows; measured with tracemalloc in tests/api/test_answers.py, which checks the bound).
@@ -76,11 +81,16 @@ class _Generation:
     def __init__(self, expected_keys: int) -> None:
         self.keys = Bloom(expected_keys, FALSE_POSITIVE_RATE)
         self.newest_ms: int | None = None
+        self._lock = threading.Lock()  # the loader thread and the event loop both raise `newest_ms`
 
     def add(self, scope: str, at_ms: int) -> None:
         self.keys.add(scope)
-        if self.newest_ms is None or at_ms > self.newest_ms:
-            self.newest_ms = at_ms
+        self.saw(at_ms)
+
+    def saw(self, at_ms: int) -> None:
+        with self._lock:
+            if self.newest_ms is None or at_ms > self.newest_ms:
+                self.newest_ms = at_ms
 
 
 class AnswerIndex:
@@ -105,15 +115,21 @@ class AnswerIndex:
         self._recent: OrderedDict[str, Answer] = OrderedDict()
         self._recent_bytes = 0
         self.recent_limit_bytes = recent_mb * 1024 * 1024
-        # Every stored key into the filter: a restart on the same disk pays one scan of the keys.
-        for scope, at_ms in self._db.execute("SELECT scope, at_ms FROM answers"):
-            self._current.add(scope, at_ms)
+        self._closing = False
+        self.filter_ready = threading.Event()
+        self._loader: threading.Thread | None = None
+        if self._db.execute("SELECT 1 FROM answers LIMIT 1").fetchone() is None:
+            self.filter_ready.set()
+        else:
+            self._loader = threading.Thread(target=self._load_filter, name="answers-filter", daemon=True)
+            self._loader.start()
 
     def get(self, scope: str) -> Answer | None:
         answer = self._recent.get(scope)
         if answer is not None:
             return answer
-        if scope not in self._current.keys and (self._previous is None or scope not in self._previous.keys):
+        if (scope not in self._current.keys and (self._previous is None or scope not in self._previous.keys)
+                and self.filter_ready.is_set()):
             return None  # never stored (exact: every stored key is in a live generation)
         row = self._db.execute("SELECT request_id, accepted_at, fingerprint, at_ms FROM answers WHERE scope = ?",
                                (scope,)).fetchone()
@@ -152,6 +168,8 @@ class AnswerIndex:
             deleted: int = self._db.execute("DELETE FROM answers WHERE at_ms < ?", (older_than_ms,)).rowcount
         for scope in [s for s, answer in self._recent.items() if answer.at_ms < older_than_ms]:
             self._forget(scope)
+        if not self.filter_ready.is_set():
+            return deleted  # the loader is still filling the current generation: keep it
         previous = self._previous
         if previous is not None and (previous.newest_ms is None or previous.newest_ms < older_than_ms):
             self._previous = previous = None  # everything it held is gone from SQLite
@@ -174,9 +192,28 @@ class AnswerIndex:
         return int(self._db.execute("SELECT count(*) FROM answers").fetchone()[0])
 
     def close(self) -> None:
+        self._closing = True
+        if self._loader is not None:
+            self._loader.join()
         self._db.close()
         if hasattr(self, "_tmp"):
             self._tmp.cleanup()
+
+    def _load_filter(self) -> None:
+        """Add the keys on disk at open to the current generation (its own connection, one snapshot)."""
+        generation = self._current
+        reader = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            reader.execute("BEGIN")  # one snapshot; keys written after it reach the filter through `apply`
+            generation.saw(reader.execute("SELECT max(at_ms) FROM answers").fetchone()[0])
+            rows = reader.execute("SELECT scope FROM answers")  # the covering age index: the keys only
+            while not self._closing and (batch := rows.fetchmany(10_000)):
+                # A list, not a generator: no Python code runs (so no other thread) inside `update`.
+                generation.keys.update([scope for (scope,) in batch])
+            if not self._closing:
+                self.filter_ready.set()
+        finally:
+            reader.close()
 
     def _remember(self, scope: str, answer: Answer) -> None:
         cost = _cost(scope, answer)

@@ -133,3 +133,26 @@ def test_memory_stays_within_its_bounds_whatever_the_traffic(index: AnswerIndex)
     assert reads.count == 0  # recent: from memory
     assert index.get(oldest) == _answer(0)
     assert reads.count == 1  # evicted, still exact from disk
+
+
+def test_lookups_and_writes_while_the_filter_loads_stay_exact(tmp_path: Path) -> None:
+    index = AnswerIndex(tmp_path / "answers.sqlite", TOPIC, expected_keys=200_000)
+    for start in range(0, 100_000, 10_000):
+        index.apply(((_scope(n), _answer(n)) for n in range(start, start + 10_000)), {0: start + 10_000})
+    index.close()
+
+    reopened = AnswerIndex(tmp_path / "answers.sqlite", TOPIC, expected_keys=200_000)
+    reopened.recent_limit_bytes = 0
+    n = 100_000
+    while not reopened.filter_ready.is_set() and n < 200_000:  # the loader thread runs meanwhile
+        reopened.apply([(_scope(n), _answer(n))], {0: n + 1})
+        reopened.prune(0)  # prunes and rotations interleave with the loader too
+        assert reopened.get(_scope(n)) == _answer(n)
+        assert reopened.get(_scope(n % 100_000)) == _answer(n % 100_000)
+        assert reopened.get(f"absent-{n}") is None
+        n += 1
+    assert reopened.filter_ready.wait(60)
+    assert n > 100_000  # the loop ran while the filter was loading
+    reopened.prune(0)  # now it rotates: everything stays findable through the previous generation
+    assert all(reopened.get(_scope(k)) == _answer(k) for k in range(0, n, 97))
+    reopened.close()

@@ -223,6 +223,10 @@ class ApiSettings(_Group):
     # reads only the topic's tail). Unset: a temporary file, rebuilt from the window at each start.
     state_dir: Path | None = None
     state_cache_mb: int = Field(default=64, ge=1, le=65_536, description="SQLite page cache for the answers")
+    # In front of SQLite (pipeline.api.answers): a Bloom filter sized for this many answers per window
+    # (≈ 1.2 bytes each, two generations) and a cache of the most recent answers.
+    state_expected_keys: int = Field(default=10_000_000, ge=1_000, le=10_000_000_000)
+    state_recent_mb: int = Field(default=32, ge=1, le=65_536, description="memory for recent answers")
     # The store's read API, which GET /v1/messages… and /v1/contacts/… are forwarded to (docs/store.md).
     store_url: str = Field(default="http://127.0.0.1:8082", pattern=r"^https?://")
 

@@ -129,7 +129,9 @@ class IdempotencyStore:
         self._entries: dict[str, _Entry] = {}
         state_dir = settings.api.state_dir
         self._answers = AnswerIndex(None if state_dir is None else state_dir / f"{self.topic}.sqlite", self.topic,
-                                    cache_mb=settings.api.state_cache_mb)
+                                    cache_mb=settings.api.state_cache_mb,
+                                    expected_keys=settings.api.state_expected_keys,
+                                    recent_mb=settings.api.state_recent_mb)
         self._positions: dict[int, int] = {}
         self.started_at: dict[int, int] = {}
         self._loaded_at: dict[int, int] = {}

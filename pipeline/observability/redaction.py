@@ -5,7 +5,7 @@
     redact({"access_token": "EAAG…", "to": "+16505551234"})
     register_secrets(settings)                         # configured secrets vanish from any text
     scrub_url("/webhooks?hub.verify_token=abc&x=1")   # "/webhooks?hub.verify_token=[redacted]&x=1"
-    wamid_ref("wamid.HBgL…")                           # "wm_3f9a1c2b7d4e" — the same in every stage
+    wamid_ref("wamid.HBgL…")                           # "wm_…" — the same in every stage
 
 Three layers, so that no single mistake leaks a secret: secret-looking *keys* are redacted wherever
 they appear; known token *shapes* (Bearer …, Meta's EAA… tokens) are cut out of free text; and the

@@ -82,6 +82,10 @@ class Normaliser:
         self.topics = topics
         self.tracer = tracer
         self.group = group
+        # The alerted account events exist at 0 from the start: increase() cannot see the event that
+        # gives birth to a series, and an alert's expression must return data before the first one.
+        for kind, event in ALERTED_ACCOUNT_EVENTS:
+            ACCOUNT_EVENTS.labels(kind=kind, event=event)
 
     async def assigned(self, partitions: set[TopicPartition]) -> None:
         return None
@@ -172,6 +176,13 @@ class Normaliser:
         WEBHOOKS.labels(outcome=WebhookOutcome.MALFORMED).inc()
         DEAD_LETTERS.labels(stage=Stage.INGEST, reason=reason).inc()
         log.warning("webhook_dead_lettered", reason=reason, error=error[:500], offset=record.offset)
+
+
+ALERTED_ACCOUNT_EVENTS = (  # deploy/prometheus/rules/account.yml
+    ("template_status", "PAUSED"), ("template_status", "DISABLED"), ("template_quality", "RED"),
+    ("phone_number_quality", "FLAGGED"), ("account", "ACCOUNT_RESTRICTION"), ("account", "ACCOUNT_VIOLATION"),
+    ("account", "DISABLED_UPDATE"),
+)
 
 
 def _event_label(event: str | None) -> str:

@@ -102,6 +102,8 @@ class SenderTelemetry:
         # would move neither the send error ratio nor its alert.
         for outcome in MessageOutcome:
             self._child(m.MESSAGES, number, outcome.value)
+        for result in ("ok", "failed"):  # likewise the circuit's probes, for its panel and the first probe
+            self._child(m.CIRCUIT_PROBES, number, result)
 
     def lane_dropped(self, number: str) -> None:
         for gauge in (m.RATE_LIMIT, m.RATE_LIMIT_CONFIGURED, m.CIRCUIT_STATE):

@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaError
 
 from pipeline.auth import ApiKeys
 from pipeline.config import Settings
-from pipeline.console import console_app
+from pipeline.console.app import console_app
 from pipeline.contracts.messages import utcnow
 from pipeline.contracts.read_api import ROUTES
 from pipeline.contracts.vocabulary import Stage

@@ -124,6 +124,7 @@ async def open_console(browser: Browser, stack: LocalStack, key: str, width: int
         await dialog.dismiss()
 
     page.on("dialog", dismiss)
+    await page.bring_to_front()  # focus checks need the active tab
     await page.goto(f"{stack.urls['store']}/console/")
     await page.get_by_label("API key", exact=True).fill(key)
     await page.get_by_role("button", name="Open the console").click()
@@ -194,6 +195,7 @@ async def test_a_key_for_another_number_sees_none_of_it(
 
 async def test_a_wrong_key_is_told_so_and_asked_again(stack: LocalStack, browser: Browser) -> None:
     page = await browser.new_page()
+    await page.bring_to_front()
     await page.goto(f"{stack.urls['store']}/console/")
     await page.get_by_label("API key", exact=True).fill("not-a-key-at-all")
     await page.get_by_role("button", name="Open the console").click()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 from faststream.kafka import KafkaBroker, KafkaMessage
@@ -201,7 +202,10 @@ def test_a_stage_broker_takes_the_kafka_security_settings() -> None:
     from faststream.security import BaseSecurity, SASLScram512
 
     from pipeline.config import KafkaSettings
-    from pipeline.observability.kafka import _security
+    from pipeline.kafka_client import broker_options
+
+    def _security(kafka: KafkaSettings) -> Any:  # what `new_broker` hands FastStream
+        return broker_options(kafka)["security"]
 
     sasl = _security(KafkaSettings(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
                                    sasl_username="svc", sasl_password="s3cret"))

@@ -30,7 +30,8 @@ from tests.sender.kafka_helpers import (
     with_sender,
 )
 
-pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+# serial: it compares throughputs, which the other suites' load would skew (make test runs it alone).
+pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.serial]
 
 
 def failing(n: int, request_id: str) -> SendRequest:

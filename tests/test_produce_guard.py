@@ -21,11 +21,8 @@ async def test_a_lingering_record_is_withdrawn_and_never_written(settings: Setti
     producer = AIOKafkaProducer(**settings.kafka.client_kwargs(), enable_idempotence=True, linger_ms=2_000)
     await producer.start()
     try:
-        # A topic created a moment ago may not have its leader in the producer's metadata yet.
-        for _ in range(50):
-            if await leaders_reachable(producer, topic, [0]):
-                break
-            await asyncio.sleep(0.2)
+        # A topic created a moment ago is not in the producer's metadata until it asks (as a send does).
+        await producer.partitions_for(topic)
         assert await leaders_reachable(producer, topic, [0])
         assert not await leaders_reachable(producer, topic, [999])  # no such partition: no leader
         taken_back = await producer.send(topic, b"withdrawn", key=b"k", partition=0)

@@ -17,7 +17,8 @@ from pipeline.config import Settings
 from pipeline.topics import TopicCatalog
 from tests.api.conftest import PHONE_NUMBER_ID, read_topic, running_api, with_api
 
-pytestmark = pytest.mark.kafka
+# serial: it interrupts a running command a third of the way through, a moment the other suites' load shifts.
+pytestmark = [pytest.mark.kafka, pytest.mark.serial]
 
 ROWS = 300
 

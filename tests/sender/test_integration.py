@@ -21,7 +21,8 @@ from tests.sender.kafka_helpers import (
     with_sender,
 )
 
-pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+# serial: it counts calls to open the breaker and times drains, which the other suites' load would skew.
+pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.serial]
 
 
 async def test_per_recipient_order_across_50_interleaved_recipients(settings: Settings, topics: TopicCatalog) -> None:

@@ -60,7 +60,8 @@ function when(iso) {
 
 function duration(fromIso, toIso) {
   const ms = new Date(toIso) - new Date(fromIso);
-  if (!Number.isFinite(ms) || ms < 0) return "";
+  if (!Number.isFinite(ms) || ms <= -1000) return "";
+  if (ms < 0) return "+<1 s"; // Meta's status times are whole seconds; the acceptance time is not
   if (ms < 1000) return `+${ms} ms`;
   if (ms < 120000) return `+${(ms / 1000).toFixed(1)} s`;
   if (ms < 7200000) return `+${Math.round(ms / 60000)} min`;
@@ -415,8 +416,9 @@ async function route() {
   else await searchPage(params);
   const focus = params.get("focus");
   const target = focus && document.getElementById(`msg-${focus.replace(/[^A-Za-z0-9_-]/g, "")}`);
+  const main = document.getElementById("main");
   if (target) target.focus();
-  else document.getElementById("main").focus({ preventScroll: true });
+  else if (!main.contains(document.activeElement)) main.focus({ preventScroll: true });  // keep a field the page focused
 }
 
 async function start() {

@@ -18,7 +18,8 @@ from pipeline.local.kafka import LocalKafka, free_port
 from pipeline.topics import TopicCatalog, create_topics
 from tests.api.conftest import RunningApi, read_topic, running_api, text_request
 
-pytestmark = pytest.mark.slow
+# serial: it stops and starts its own broker under racing requests; the other suites' load changes the race.
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 @pytest.fixture

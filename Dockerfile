@@ -18,6 +18,6 @@ RUN pip install --constraint requirements.lock . \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin pipeline
 
 USER 10001
-EXPOSE 8080 8081 8090 9101 9102
+EXPOSE 8080 8081 8082 8090 9101 9102 9103
 ENTRYPOINT ["pipeline"]
 CMD ["--help"]

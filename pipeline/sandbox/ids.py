@@ -52,7 +52,3 @@ def bsuid(waba_id: str, wa_id: str) -> str:
 def media_id() -> str:
     # Meta's media ids are 15-16 digit numbers.
     return str(10**15 + next(_counter) * 7919 + int.from_bytes(os.urandom(3), "big") % 7919)
-
-
-def conversation_id() -> str:
-    return os.urandom(16).hex()

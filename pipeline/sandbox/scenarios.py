@@ -68,10 +68,3 @@ _BY_SUFFIX = {s.suffix: s for s in SCENARIOS}
 
 def scenario_for(wa_id: str) -> Scenario:
     return _BY_SUFFIX.get(wa_id[-4:], OK)
-
-
-def scenario_named(name: str) -> Scenario:
-    for scenario in SCENARIOS:
-        if scenario.name == name:
-            return scenario
-    raise KeyError(name)

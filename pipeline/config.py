@@ -342,6 +342,14 @@ class IngestSettings(_Group):
     state_retention_days: float = Field(
         default=8.0, gt=0, description="forget a message's dedupe state this long after its last status"
     )
+    # Where each owned partition's dedupe state lives (SQLite, one file per partition; a volume that
+    # survives restarts, so a restart reads only the status.state tail). Unset: a temporary file per
+    # assignment, rebuilt from the whole changelog each time (docs/ingest.md).
+    state_dir: Path | None = None
+    state_cache_mb: int = Field(
+        default=32, ge=1, le=65_536,
+        description="per owned partition: SQLite's page cache, and as much again for recent states",
+    )
 
 
 class SandboxSettings(_Group):

@@ -277,7 +277,10 @@ class Outbox:
         self.producer = producer
         self._builders: dict[tuple[str, int], Any] = {}
         self._pending: list[asyncio.Future[Any]] = []
+        self._counts: list[int] = []  # records in each pending batch
         self._partitions: dict[str, int] = {}
+        # (topic, partition) → the offset after the last record the latest `flush` wrote there
+        self.written: dict[tuple[str, int], int] = {}
 
     async def send(
         self,
@@ -303,15 +306,22 @@ class Outbox:
         for slot in list(self._builders):
             await self._ship(slot)
         pending, self._pending = self._pending, []
+        counts, self._counts = self._counts, []
+        self.written = {}
         if not pending:
             return
         results = await asyncio.gather(*pending, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+        for metadata, count in zip(results, counts, strict=True):  # all RecordMetadata by now
+            assert not isinstance(metadata, BaseException)
+            slot = (metadata.topic, metadata.partition)
+            self.written[slot] = max(self.written.get(slot, 0), metadata.offset + count)
 
     async def _ship(self, slot: tuple[str, int]) -> None:
         builder = self._builders.pop(slot)
+        self._counts.append(builder.record_count())
         self._pending.append(await self.producer.send_batch(builder, slot[0], partition=slot[1]))
 
     async def _partition_of(self, topic: str, key: bytes | None) -> int:

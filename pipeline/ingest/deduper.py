@@ -80,11 +80,18 @@ class Deduper:
 
     async def revoked(self, partitions: set[TopicPartition]) -> None:
         for tp in partitions:
-            self.partitions.pop(tp, None)
+            part = self.partitions.pop(tp, None)
+            if part is not None:
+                part.close()  # this batch's pending changes die with it; the file stays for next time
             self._swept_ms.pop(tp, None)
 
     async def flush(self) -> None:
+        """Outputs acknowledged first, then the states written to the local store with the changelog
+        offset they reach: the store never holds what the changelog lacks, nor a checkpoint ahead of it."""
         await self.outbox.flush()
+        for tp, part in self.partitions.items():
+            if part.pending:
+                part.persist(self.outbox.written.get((self.topics.status_state, tp.partition)))
 
     async def process(self, tp: TopicPartition, records: list[Any]) -> None:
         part = self.partitions.get(tp)
@@ -100,7 +107,7 @@ class Deduper:
                 await asyncio.sleep(0)
         # One state record per message per batch, however many of its updates the batch held.
         for wamid in changed:
-            value = part.states[wamid]
+            value = part.value(wamid)
             await self.outbox.send(self.topics.status_state, value, key=wamid.encode(), partition=tp.partition)
         if now_ms - self._swept_ms.get(tp, now_ms) >= _SWEEP_EVERY_MS:
             await self._sweep(tp, part, now_ms)
@@ -111,7 +118,7 @@ class Deduper:
         committed = await self.committed(tp) or 0
         part = await self.restorer.restore(tp.partition, committed)
         self.partitions[tp] = part
-        log.info("state_restored", partition=tp.partition, committed=committed, messages=len(part.states),
+        log.info("state_restored", partition=tp.partition, committed=committed, replayed=part.replayed,
                  rolled_back=part.rolled_back, already_emitted=len(part.emitted),
                  duration_ms=round((time.monotonic() - started) * 1000))
         return part
@@ -178,7 +185,7 @@ class Deduper:
         """Forget messages silent for longer than the retention: tombstones keep the topic bounded too."""
         self._swept_ms[tp] = now_ms
         cutoff = now_ms - self.retention_ms
-        expired = [wamid for wamid, updated_ms in part.touched.items() if updated_ms < cutoff]
+        expired = part.expired(cutoff)
         for wamid in expired:
             part.forget(wamid)
             await self.outbox.send(self.topics.status_state, None, key=wamid.encode(), partition=tp.partition)

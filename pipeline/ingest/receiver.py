@@ -172,6 +172,7 @@ class WebhookApp:
         writer: RawWebhookWriter,
         tracer: Tracer,
         ready: Callable[[], bool | Awaitable[bool]],
+        details: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._secret = app_secret_of(settings)
         token = settings.whatsapp.webhook_token
@@ -179,7 +180,7 @@ class WebhookApp:
         self._max_body = settings.ingest.max_body_bytes
         self._writer = writer
         self._tracer = tracer
-        self._other = Starlette(routes=[Route(PATH, self._verify, methods=["GET"]), *ops_routes(ready)])
+        self._other = Starlette(routes=[Route(PATH, self._verify, methods=["GET"]), *ops_routes(ready, details)])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == PATH:

@@ -17,8 +17,11 @@ co-partitioned: same key, same partition count, and the processor writes to the 
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -26,6 +29,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pipeline.config import Settings
 from pipeline.contracts import DeliveryStatus
 from pipeline.ingest.state import MessageState
+from pipeline.ingest.store import Change, StateStore
 from pipeline.topics import TopicCatalog
 
 SOURCE_OFFSET = "source-offset"  # header on status.events: the status.updates offset it came from
@@ -50,60 +54,116 @@ def new_restore_consumer(settings: Settings) -> AIOKafkaConsumer:
 
 @dataclass
 class PartitionState:
-    """The messages of one partition. States are kept encoded (their `status.state` value): a dict of
-    bytes is invisible to the garbage collector, whereas hundreds of thousands of small objects made
-    each full collection pause the event loop for a few hundred milliseconds."""
+    """The messages of one partition: on disk in `store`, with this batch's changes in `pending` until
+    their changelog records are acknowledged (`persist`). States are kept encoded (their
+    `status.state` value)."""
 
-    states: dict[str, bytes] = field(default_factory=dict)
-    touched: dict[str, int] = field(default_factory=dict)  # wamid → updated_ms, for retention
+    store: StateStore = field(default_factory=lambda: StateStore(None))
+    pending: dict[str, Change] = field(default_factory=dict)  # changed since the last `persist`
     # Events already on status.events from offsets ≥ the committed one; emptied once passed.
     emitted: set[tuple[str, DeliveryStatus]] = field(default_factory=set)
     emitted_until: int = -1  # highest source offset among `emitted`
     rolled_back: int = 0  # states that held uncommitted work (for the restore's log line)
+    replayed: int = 0  # status.state records read by the restore (the tail after the checkpoint)
 
     def get(self, wamid: str) -> MessageState | None:
-        raw = self.states.get(wamid)
+        change = self.pending.get(wamid)
+        raw = change[1] if change is not None else self.store.get(wamid)
         return MessageState.from_json(raw) if raw is not None else None
 
+    def value(self, wamid: str) -> bytes | None:
+        """The encoded value this batch changed `wamid` to (None: forgotten)."""
+        return self.pending[wamid][1]
+
     def put(self, wamid: str, state: MessageState) -> None:
-        self.states[wamid] = state.to_json()
-        self.touched[wamid] = state.updated_ms
+        top = max((seen.source_offset for seen in state.statuses.values()), default=-1)
+        self.pending[wamid] = (wamid, state.to_json(), state.updated_ms, top)
 
     def forget(self, wamid: str) -> None:
-        self.states.pop(wamid, None)
-        self.touched.pop(wamid, None)
+        self.pending[wamid] = (wamid, None, 0, 0)
+
+    def expired(self, cutoff_ms: int) -> list[str]:
+        return [w for w in self.store.expired(cutoff_ms) if w not in self.pending]
+
+    def persist(self, checkpoint: int | None) -> None:
+        """After the changelog acknowledged the pending records: write them, with the checkpoint."""
+        if self.pending or checkpoint is not None:
+            self.store.write(self.pending.values(), checkpoint)
+        self.pending.clear()
+
+    def close(self) -> None:
+        self.pending.clear()
+        self.store.close()
 
 
 class Restorer:
-    def __init__(self, consumer: AIOKafkaConsumer, topics: TopicCatalog, tail_window: int = 2000) -> None:
+    """`state_dir` None: a temporary store per assignment, rebuilt from the whole changelog each time."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, topics: TopicCatalog, tail_window: int = 2000,
+                 state_dir: Path | None = None, cache_bytes: int = 64 * 1024 * 1024) -> None:
         self.consumer = consumer  # no group: assigned by hand, never commits
         self.topics = topics
         self.tail_window = tail_window
+        self.state_dir = state_dir
+        self.cache_bytes = cache_bytes
+        # partition → (changelog records read, records to read): what /readyz reports while it runs
+        self.progress: dict[int, tuple[int, int]] = {}
 
     async def restore(self, partition: int, committed: int) -> PartitionState:
-        part = PartitionState()
-        await self._read_states(TopicPartition(self.topics.status_state, partition), committed, part)
-        await self._read_emitted(TopicPartition(self.topics.status_events, partition), committed, part)
+        part = PartitionState(StateStore.open(self.state_dir, partition, self.cache_bytes))
+        try:
+            await self._read_states(TopicPartition(self.topics.status_state, partition), committed, part)
+            await self._read_emitted(TopicPartition(self.topics.status_events, partition), committed, part)
+        except BaseException:
+            part.close()
+            raise
+        finally:
+            self.progress.pop(partition, None)
         return part
 
     async def _read_states(self, tp: TopicPartition, committed: int, part: PartitionState) -> None:
-        start = (await self.consumer.beginning_offsets([tp]))[tp]
+        """Bring the store up to the changelog's end (only the tail after its checkpoint when that is
+        valid), then undo the work from offsets ≥ `committed`: it is replayed."""
+        begin = (await self.consumer.beginning_offsets([tp]))[tp]
         end = (await self.consumer.end_offsets([tp]))[tp]
-        latest: dict[str, bytes | None] = {}
-        for record in await self._read(tp, start, end):
-            latest[record.key.decode()] = record.value  # None: a tombstone
-        for key, raw in latest.items():
-            if raw is None:
-                continue
+        checkpoint = part.store.checkpoint()
+        if checkpoint is None or not begin <= checkpoint <= end:
+            # No store, or one from another life of the topic (recreated, or truncated past it).
+            part.store.clear()
+            checkpoint = begin
+        total = end - checkpoint
+        self.progress[tp.partition] = (0, total)
+        async for records in self._chunks(tp, checkpoint, end):
+            latest: dict[str, Change] = {}
+            for record in records:
+                if record.key is None:
+                    continue
+                wamid = record.key.decode()
+                if record.value is None:
+                    latest[wamid] = (wamid, None, 0, 0)
+                else:
+                    state = MessageState.from_json(record.value)
+                    top = max((seen.source_offset for seen in state.statuses.values()), default=-1)
+                    latest[wamid] = (wamid, record.value, state.updated_ms, top)
+            part.store.write(latest.values(), records[-1].offset + 1)
+            part.replayed += len(records)
+            self.progress[tp.partition] = (part.replayed, total)
+            await asyncio.sleep(0)  # the receiver and the ops routes share the loop
+        if part.store.checkpoint() != end:
+            part.store.write((), end)  # past compacted-away offsets at the end
+        for wamid, raw in part.store.holding_from(committed):
             state = MessageState.from_json(raw)
             kept = state.rolled_back(committed)
-            if kept is not state:
-                part.rolled_back += 1
             if kept is state:
-                part.states[key] = raw
-                part.touched[key] = state.updated_ms
-            elif kept is not None:
-                part.put(key, kept)
+                continue
+            part.rolled_back += 1
+            if kept is None:
+                part.forget(wamid)
+            else:
+                part.put(wamid, kept)
+        # The undone states are the changelog's state as of `committed`: kept locally (the replay
+        # writes the same values again), the checkpoint unchanged.
+        part.persist(None)
 
     async def _read_emitted(self, tp: TopicPartition, committed: int, part: PartitionState) -> None:
         begin = (await self.consumer.beginning_offsets([tp]))[tp]
@@ -111,7 +171,7 @@ class Restorer:
         window = self.tail_window
         while True:
             start = max(begin, end - window)
-            records = await self._read(tp, start, end)
+            records = [r for chunk in [c async for c in self._chunks(tp, start, end)] for r in chunk]
             # Events are appended in source-offset order, so one older than `committed` at the start
             # of the window means the window holds every newer one.
             if start == begin or (records and _source_offset(records[0]) < committed):
@@ -125,22 +185,21 @@ class Restorer:
                     part.emitted.add((record.key.decode(), DeliveryStatus(status.decode())))
                     part.emitted_until = max(part.emitted_until, source)
 
-    async def _read(self, tp: TopicPartition, start: int, end: int) -> list[Any]:
+    async def _chunks(self, tp: TopicPartition, start: int, end: int) -> AsyncIterator[list[Any]]:
+        """The records of [start, end) as fetched, a batch at a time (never all of them in memory)."""
         if end <= start:
-            return []
+            return
         self.consumer.assign([tp])
         self.consumer.seek(tp, start)
-        records: list[Any] = []
         deadline = time.monotonic() + _STALL_SECONDS
         while await self.consumer.position(tp) < end:
             batch = await self.consumer.getmany(tp, timeout_ms=500)
-            fetched = batch.get(tp, [])
+            fetched = [r for r in batch.get(tp, []) if r.offset < end]
             if fetched:
                 deadline = time.monotonic() + _STALL_SECONDS
+                yield fetched
             elif time.monotonic() > deadline:
                 raise RestoreError(f"reading {tp.topic}[{tp.partition}] stalled before offset {end}")
-            records.extend(r for r in fetched if r.offset < end)
-        return records
 
 
 def _source_offset(record: Any) -> int:

@@ -82,7 +82,8 @@ class Ingest:
         if self.runs_receiver:
             await self._start_receiver()
         elif self.runs_consumers:
-            self._ops = OpsServer(self.settings.ingest.host, self.settings.ingest.metrics_port, self.ready)
+            self._ops = OpsServer(self.settings.ingest.host, self.settings.ingest.metrics_port, self.ready,
+                                  self.readiness_details)
             await self._ops.__aenter__()
             self.ops_port = self._ops.port
         return self
@@ -108,9 +109,25 @@ class Ingest:
             task.result()
 
     def ready(self) -> bool:
+        """A consumers-only process is not ready while it rebuilds a partition's state from the
+        changelog; one that also receives webhooks stays ready (it can store them meanwhile)."""
         receiver_ok = not self.runs_receiver or (self.writer is not None and self.writer.ready())
         consumers_ok = not self.runs_consumers or self._consumers_running
-        return receiver_ok and consumers_ok
+        rebuilding = not self.runs_receiver and bool(self._restore_progress())
+        return receiver_ok and consumers_ok and not rebuilding
+
+    def readiness_details(self) -> dict[str, Any]:
+        """/readyz's progress of each partition whose state is being read from `status.state`."""
+        progress = self._restore_progress()
+        if not progress:
+            return {}
+        return {"state_restore": {str(p): {"read": done, "of": total} for p, (done, total) in progress.items()}}
+
+    def _restore_progress(self) -> dict[int, tuple[int, int]]:
+        for batches in self.batches:
+            if isinstance(batches.processor, Deduper):
+                return batches.processor.restorer.progress
+        return {}
 
     # --- receiver ----------------------------------------------------------------------------------
 
@@ -119,7 +136,7 @@ class Ingest:
         self.writer = RawWebhookWriter(self.settings, self.topics.webhooks_raw)
         await self.writer.start()
         await self.writer.wait_connected(ingest.produce_timeout_seconds)
-        app = WebhookApp(self.settings, self.writer, self.tracer, ready=self.ready)
+        app = WebhookApp(self.settings, self.writer, self.tracer, ready=self.ready, details=self.readiness_details)
         sock = socket.create_server((ingest.host, ingest.port), family=_family(ingest.host), backlog=2048)
         self.port = sock.getsockname()[1]
         config = uvicorn_config(
@@ -228,7 +245,8 @@ def build_consumers(
     deduper = BatchHandler(
         Deduper(
             Outbox(producer), topics, tracer, f"{group}-dedupe",
-            Restorer(restore_consumer, topics, tail_window=4 * ingest.batch_max_records),
+            Restorer(restore_consumer, topics, tail_window=4 * ingest.batch_max_records,
+                     state_dir=ingest.state_dir, cache_bytes=ingest.state_cache_mb * 1024 * 1024),
             committed=committed,
             retention_ms=int(ingest.state_retention_days * DAY_MS),
         ),

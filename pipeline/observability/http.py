@@ -25,6 +25,7 @@ from starlette.routing import Route
 from pipeline.observability.metrics import registry
 
 ReadyCheck = Callable[[], bool | Awaitable[bool]]
+ReadyDetails = Callable[[], dict[str, Any]]  # extra fields of /readyz's body (e.g. a restore's progress)
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -33,14 +34,15 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(encoder(registry), headers={"Content-Type": content_type})
 
 
-def ops_routes(ready: ReadyCheck) -> list[Route]:
+def ops_routes(ready: ReadyCheck, details: ReadyDetails | None = None) -> list[Route]:
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def readyz(_: Request) -> Response:
         result = ready()
         ok = await result if inspect.isawaitable(result) else result
-        return JSONResponse({"ready": bool(ok)}, status_code=200 if ok else 503)
+        body = {"ready": bool(ok), **(details() if details is not None else {})}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     return [
         Route("/metrics", metrics_endpoint),
@@ -61,11 +63,11 @@ def uvicorn_config(app: Any, host: str, port: int, **options: Any) -> uvicorn.Co
 class OpsServer:
     """`ops_routes` on their own small server; `port` is the bound port (useful with port 0)."""
 
-    def __init__(self, host: str, port: int, ready: ReadyCheck) -> None:
+    def __init__(self, host: str, port: int, ready: ReadyCheck, details: ReadyDetails | None = None) -> None:
         self.host = host
         self._socket = socket.create_server((host, port), family=_family(host))
         self.port: int = self._socket.getsockname()[1]
-        config = uvicorn_config(Starlette(routes=ops_routes(ready)), host, self.port, access_log=False)
+        config = uvicorn_config(Starlette(routes=ops_routes(ready, details)), host, self.port, access_log=False)
         self._server = uvicorn.Server(config)
         self._task: asyncio.Task[None] | None = None
 

@@ -58,7 +58,7 @@ async def events_written(settings: Settings, topic: str) -> int:
 
 async def test_kill_9_mid_stream_then_restart_loses_and_duplicates_nothing(kafka_bootstrap: str, tmp_path: Path,
                                                                             ) -> None:
-    settings = ingest_settings(kafka_bootstrap, batch_max_records=40, port=0)
+    settings = ingest_settings(kafka_bootstrap, batch_max_records=40, port=0, state_dir=tmp_path / "state")
     await create_topics(settings.kafka)
     rng = random.Random(99)
     statuses = [status(f"wamid.kill.{i}", kind, 1764000000 + n) for i in range(MESSAGES)
@@ -96,6 +96,9 @@ async def test_kill_9_mid_stream_then_restart_loses_and_duplicates_nothing(kafka
         expected = {(f"wamid.kill.{i}", kind) for i in range(MESSAGES) for kind in KINDS}
         assert set(counts) == expected, "lost events"
         assert [pair for pair, n in counts.items() if n > 1] == [], "duplicated events"
+        # Both processes kept the state on the same disk: the second read only the changelog's tail.
+        files = sorted(p.name for p in (tmp_path / "state").glob("status.state-*.sqlite"))
+        assert files == [f"status.state-{p}.sqlite" for p in range(settings.kafka.partitions)]
         assert first is not None
         assert first.returncode == -signal.SIGKILL
         assert second is not None

@@ -127,22 +127,34 @@ async def test_silent_messages_are_forgotten_with_a_tombstone() -> None:
     clock = Clock()
     outbox = RecordingOutbox()
     d = deduper(outbox, clock)
-    await d.process(TP, [update(0, "old", "sent")])
+
+    async def batch(*records: Record) -> None:  # as the BatchHandler runs one: process, then flush
+        await d.process(TP, list(records))
+        await d.flush()
+
+    await batch(update(0, "old", "sent"))
     clock.now += 1.5 * DAY_MS / 1000
-    await d.process(TP, [update(1, "recent", "sent")])
+    await batch(update(1, "recent", "sent"))
     clock.now += 1.0 * DAY_MS / 1000  # "old" is now 2.5 days silent, "recent" 1 day
-    await d.process(TP, [update(2, "recent", "delivered")])
+    await batch(update(2, "recent", "delivered"))
     tombstones = [s[2] for s in outbox.sent if s[0] == TOPICS.status_state and s[3] is None]
     assert tombstones == [b"old"]
-    assert set(d.partitions[TP].states) == {"recent"}
+    store = d.partitions[TP].store
+    assert len(store) == 1
+    assert store.get("old") is None
+    assert store.get("recent") is not None
     # A status for a forgotten message counts as new.
-    await d.process(TP, [update(3, "old", "sent")])
+    await batch(update(3, "old", "sent"))
     assert [s[2] for s in outbox.sent if s[0] == TOPICS.status_events][-1] == b"old"
 
 
-async def test_a_record_that_is_not_a_status_event_is_dead_lettered() -> None:
-    outbox = RecordingOutbox()
-    await deduper(outbox).process(TP, [Record(0, b'{"wamid": "x"}', b"x"), update(1, "w", "sent")])
-    [letter] = [s for s in outbox.sent if s[0] == TOPICS.dead_letters]
-    assert b"schema_invalid" in (letter[3] or b"")
-    assert [s[2] for s in outbox.sent if s[0] == TOPICS.status_events] == [b"w"]
+async def test_states_reach_the_store_only_when_the_batch_is_flushed() -> None:
+    """A batch whose outputs were not acknowledged leaves the store as it was."""
+    d = deduper(RecordingOutbox())
+    await d.process(TP, [update(0, "w1", "sent")])
+    part = d.partitions[TP]
+    assert part.get("w1") is not None
+    assert part.store.get("w1") is None
+    await d.flush()
+    assert part.store.get("w1") is not None
+    assert not part.pending

@@ -1,0 +1,159 @@
+"""One partition's dedupe state on disk: SQLite, with a byte-bounded cache of recent values in front.
+
+    store = StateStore.open(state_dir, partition=2, cache_bytes=64 * 1024 * 1024)
+    store.get("wamid…")                    # the status.state value (bytes) or None
+    store.write([("wamid…", value, updated_ms, top_offset), ("gone…", None, 0, 0)], checkpoint=1042)
+    store.checkpoint()                     # next status.state offset the store reflects (None: empty/new)
+    store.expired(cutoff_ms)               # wamids silent since before cutoff_ms (retention)
+    store.holding_from(committed)          # (wamid, value) made from status.updates offsets ≥ committed
+
+Contract (docs/ingest.md, "Where the dedupe state lives"):
+- `status.state` is the changelog; this file is a local copy of it up to `checkpoint()`. The deduper
+  writes here only after the batch's changelog records were acknowledged, and the checkpoint goes in
+  the same transaction as the values, so the checkpoint never runs ahead of what the file holds and
+  the file never holds a value whose changelog record was not written. A crash loses at most the
+  last transactions (WAL, synchronous=NORMAL): the checkpoint goes back with them, and the tail
+  after it is read again.
+- Memory is SQLite's page cache (`cache_bytes`) plus the cache of recent values (`cache_bytes` as
+  well, counted as the values' and keys' sizes plus a fixed overhead per entry), whatever the traffic.
+- `path=None` keeps the file in a temporary directory removed on `close` (tests, and a replica
+  without a volume: every assignment then rebuilds from the changelog).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import sys
+import tempfile
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS state (
+    wamid TEXT PRIMARY KEY, value BLOB NOT NULL, updated_ms INTEGER NOT NULL, top_offset INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS state_by_age ON state (updated_ms);
+CREATE INDEX IF NOT EXISTS state_by_offset ON state (top_offset);
+CREATE TABLE IF NOT EXISTS checkpoint (one INTEGER PRIMARY KEY CHECK (one = 0), next_offset INTEGER NOT NULL);
+"""
+# Besides the key's and value's own sizes: the OrderedDict entry, its link and table share (measured
+# ≈ 100 to 150 bytes; tests/ingest/test_store.py checks the bound with tracemalloc).
+ENTRY_OVERHEAD_BYTES = 160
+
+Change = tuple[str, bytes | None, int, int]  # wamid, value (None: forget), updated_ms, top source offset
+
+
+class StateStore:
+    def __init__(self, path: Path | None, cache_bytes: int = 64 * 1024 * 1024) -> None:
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if path is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="ingest-state-")
+            path = Path(self._tmp.name) / "state.sqlite"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.executescript(f"PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
+                               f"PRAGMA cache_size=-{max(1, cache_bytes // 1024)}; {_SCHEMA}")
+        self._recent: OrderedDict[str, bytes] = OrderedDict()
+        self._recent_bytes = 0
+        self.cache_limit_bytes = cache_bytes
+
+    @classmethod
+    def open(cls, state_dir: Path | None, partition: int, cache_bytes: int) -> StateStore:
+        """The store of `partition` in `state_dir` (one file per partition), or a temporary one."""
+        return cls(None if state_dir is None else state_dir / f"status.state-{partition}.sqlite", cache_bytes)
+
+    def get(self, wamid: str) -> bytes | None:
+        value = self._recent.get(wamid)
+        if value is not None:
+            self._recent.move_to_end(wamid)
+            return value
+        row = self._db.execute("SELECT value FROM state WHERE wamid = ?", (wamid,)).fetchone()
+        if row is None:
+            return None
+        value = bytes(row[0])
+        self._remember(wamid, value)
+        return value
+
+    def write(self, changes: Iterable[Change], checkpoint: int | None) -> None:
+        """One transaction: the values (None deletes) and, if given, the new checkpoint."""
+        done: list[tuple[str, bytes | None]] = []
+        with self._transaction():
+            for wamid, value, updated_ms, top_offset in changes:
+                if value is None:
+                    self._db.execute("DELETE FROM state WHERE wamid = ?", (wamid,))
+                else:
+                    self._db.execute("INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?)",
+                                     (wamid, value, updated_ms, top_offset))
+                done.append((wamid, value))
+            if checkpoint is not None:
+                self._db.execute("INSERT OR REPLACE INTO checkpoint VALUES (0, ?)", (checkpoint,))
+        # Only after the commit: the cache never answers what the file does not hold.
+        for wamid, value in done:
+            self._forget(wamid)
+            if value is not None:
+                self._remember(wamid, value)
+
+    def checkpoint(self) -> int | None:
+        row = self._db.execute("SELECT next_offset FROM checkpoint").fetchone()
+        return int(row[0]) if row else None
+
+    def clear(self) -> None:
+        """Forget everything (a rebuild from the changelog's beginning follows)."""
+        with self._transaction():
+            self._db.execute("DELETE FROM state")
+            self._db.execute("DELETE FROM checkpoint")
+        self._recent.clear()
+        self._recent_bytes = 0
+
+    def expired(self, cutoff_ms: int) -> list[str]:
+        rows = self._db.execute("SELECT wamid FROM state WHERE updated_ms < ?", (cutoff_ms,))
+        return [wamid for (wamid,) in rows.fetchall()]
+
+    def holding_from(self, offset: int) -> list[tuple[str, bytes]]:
+        rows = self._db.execute("SELECT wamid, value FROM state WHERE top_offset >= ?", (offset,))
+        return [(wamid, bytes(value)) for wamid, value in rows.fetchall()]
+
+    @property
+    def cache_bytes(self) -> int:
+        """Memory charged to the cache of recent values (at most `cache_limit_bytes`)."""
+        return self._recent_bytes
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM state").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def _remember(self, wamid: str, value: bytes) -> None:
+        cost = _cost(wamid, value)
+        if cost > self.cache_limit_bytes:
+            return
+        self._recent[wamid] = value
+        self._recent_bytes += cost
+        while self._recent_bytes > self.cache_limit_bytes:
+            oldest, evicted = self._recent.popitem(last=False)
+            self._recent_bytes -= _cost(oldest, evicted)
+
+    def _forget(self, wamid: str) -> None:
+        value = self._recent.pop(wamid, None)
+        if value is not None:
+            self._recent_bytes -= _cost(wamid, value)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+
+def _cost(wamid: str, value: bytes) -> int:
+    return ENTRY_OVERHEAD_BYTES + sys.getsizeof(wamid) + sys.getsizeof(value)

@@ -232,7 +232,7 @@ STAGES: dict[str, Stage] = {
             _receiver_grace, http=True,
         ),
         Stage(
-            "delivery-ingest-consumers", "Deployment", lambda s: s.ingest.metrics_port, "pipeline/ingest/service.py",
+            "delivery-ingest-consumers", "StatefulSet", lambda s: s.ingest.metrics_port, "pipeline/ingest/service.py",
             _consumers_grace,
             # pipeline/ingest/service.py: `<group_id>-normaliser` on webhooks.raw, `<group_id>-dedupe` on status.updates
             consumes=lambda s: {

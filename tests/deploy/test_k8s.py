@@ -265,7 +265,7 @@ def test_secrets_come_only_from_secret_references(docs: list[dict[str, Any]]) ->
         assert not literal & secrets, f"{workload['metadata']['name']}: secret set literally: {literal & secrets}"
         assert set(secret_refs(workload)) <= secrets, "only secret settings come from the Secret"
     receiver = one(docs, "Deployment", "delivery-ingest-receiver")
-    consumers = one(docs, "Deployment", "delivery-ingest-consumers")
+    consumers = one(docs, "StatefulSet", "delivery-ingest-consumers")
     assert {"WHATSAPP_APP_SECRET", "WHATSAPP_WEBHOOK_TOKEN"} <= set(secret_refs(receiver))
     assert not {"WHATSAPP_APP_SECRET", "WHATSAPP_WEBHOOK_TOKEN"} & set(secret_refs(consumers)), "least privilege"
 

@@ -36,17 +36,17 @@ Why the two layers in front (`bench/idempotency_state.py` measures them against 
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 import sys
 import tempfile
 import threading
-from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from rbloom import Bloom
+
+from pipeline.disk_state import RecentCache, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -110,11 +110,7 @@ class AnswerIndex:
         self._expected_keys = expected_keys
         self._current = _Generation(expected_keys)
         self._previous: _Generation | None = None
-        # Hand-written over cachetools: an OrderedDict's C `get` keeps a hit near a dict's speed,
-        # and the bound is in bytes (keys are caller-chosen, up to the API's length limit).
-        self._recent: OrderedDict[str, Answer] = OrderedDict()
-        self._recent_bytes = 0
-        self.recent_limit_bytes = recent_mb * 1024 * 1024
+        self._recent = RecentCache[Answer](recent_mb * 1024 * 1024, _cost)
         self._closing = False
         self.filter_ready = threading.Event()
         self._loader: threading.Thread | None = None
@@ -136,13 +132,13 @@ class AnswerIndex:
         if row is None:
             return None  # a false positive, or an answer deleted since
         answer = Answer(*row)
-        self._remember(scope, answer)
+        self._recent.put(scope, answer)
         return answer
 
     def apply(self, settled: Iterable[tuple[str, Answer | None]], positions: dict[int, int]) -> None:
         """Store answers (None deletes one: its window is over) and the partitions' next offsets."""
         stored: list[tuple[str, Answer | None]] = []
-        with self._transaction():
+        with transaction(self._db):
             for scope, answer in settled:
                 if answer is None:
                     self._db.execute("DELETE FROM answers WHERE scope = ?", (scope,))
@@ -154,20 +150,20 @@ class AnswerIndex:
                                  [(self.topic, p, o) for p, o in positions.items()])
         # Only after the commit: memory never answers what the disk does not hold.
         for scope, answer in stored:
-            self._forget(scope)
-            if answer is not None:
+            if answer is None:
+                self._recent.discard(scope)
+            else:
                 self._current.add(scope, answer.at_ms)
-                self._remember(scope, answer)
+                self._recent.put(scope, answer)
 
     def positions(self) -> dict[int, int]:
         rows = self._db.execute("SELECT partition, next_offset FROM positions WHERE topic = ?", (self.topic,))
         return dict(rows.fetchall())
 
     def prune(self, older_than_ms: int) -> int:
-        with self._transaction():
+        with transaction(self._db):
             deleted: int = self._db.execute("DELETE FROM answers WHERE at_ms < ?", (older_than_ms,)).rowcount
-        for scope in [s for s, answer in self._recent.items() if answer.at_ms < older_than_ms]:
-            self._forget(scope)
+        self._recent.discard_where(lambda answer: answer.at_ms < older_than_ms)
         if not self.filter_ready.is_set():
             return deleted  # the loader is still filling the current generation: keep it
         previous = self._previous
@@ -180,7 +176,15 @@ class AnswerIndex:
     @property
     def recent_bytes(self) -> int:
         """Memory charged to the cache of recent answers (at most `recent_limit_bytes`)."""
-        return self._recent_bytes
+        return self._recent.bytes
+
+    @property
+    def recent_limit_bytes(self) -> int:
+        return self._recent.limit_bytes
+
+    @recent_limit_bytes.setter
+    def recent_limit_bytes(self, limit: int) -> None:
+        self._recent.limit_bytes = limit
 
     @property
     def filter_bytes(self) -> int:
@@ -214,31 +218,6 @@ class AnswerIndex:
                 self.filter_ready.set()
         finally:
             reader.close()
-
-    def _remember(self, scope: str, answer: Answer) -> None:
-        cost = _cost(scope, answer)
-        if cost > self.recent_limit_bytes:
-            return
-        self._recent[scope] = answer
-        self._recent_bytes += cost
-        while self._recent_bytes > self.recent_limit_bytes:
-            oldest, evicted = self._recent.popitem(last=False)
-            self._recent_bytes -= _cost(oldest, evicted)
-
-    def _forget(self, scope: str) -> None:
-        answer = self._recent.pop(scope, None)
-        if answer is not None:
-            self._recent_bytes -= _cost(scope, answer)
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
 
 def _cost(scope: str, answer: Answer) -> int:

@@ -22,13 +22,13 @@ Contract (docs/ingest.md, "Where the dedupe state lives"):
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 import sys
 import tempfile
-from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
+
+from pipeline.disk_state import RecentCache, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (
@@ -38,8 +38,8 @@ CREATE INDEX IF NOT EXISTS state_by_age ON state (updated_ms);
 CREATE INDEX IF NOT EXISTS state_by_offset ON state (top_offset);
 CREATE TABLE IF NOT EXISTS checkpoint (one INTEGER PRIMARY KEY CHECK (one = 0), next_offset INTEGER NOT NULL);
 """
-# Besides the key's and value's own sizes: the OrderedDict entry, its link and table share (measured
-# ≈ 100 to 150 bytes; tests/ingest/test_store.py checks the bound with tracemalloc).
+# Besides the key's and value's own sizes: the OrderedDict entry, its link and table share (≈ 100 to
+# 150 bytes; unlike the API's answer cache, no test checks this bound yet).
 ENTRY_OVERHEAD_BYTES = 160
 
 Change = tuple[str, bytes | None, int, int]  # wamid, value (None: forget), updated_ms, top source offset
@@ -56,9 +56,7 @@ class StateStore:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.executescript(f"PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
                                f"PRAGMA cache_size=-{max(1, cache_bytes // 1024)}; {_SCHEMA}")
-        self._recent: OrderedDict[str, bytes] = OrderedDict()
-        self._recent_bytes = 0
-        self.cache_limit_bytes = cache_bytes
+        self._recent = RecentCache[bytes](cache_bytes, _cost)
 
     @classmethod
     def open(cls, state_dir: Path | None, partition: int, cache_bytes: int) -> StateStore:
@@ -68,19 +66,19 @@ class StateStore:
     def get(self, wamid: str) -> bytes | None:
         value = self._recent.get(wamid)
         if value is not None:
-            self._recent.move_to_end(wamid)
+            self._recent.touch(wamid)
             return value
         row = self._db.execute("SELECT value FROM state WHERE wamid = ?", (wamid,)).fetchone()
         if row is None:
             return None
         value = bytes(row[0])
-        self._remember(wamid, value)
+        self._recent.put(wamid, value)
         return value
 
     def write(self, changes: Iterable[Change], checkpoint: int | None) -> None:
         """One transaction: the values (None deletes) and, if given, the new checkpoint."""
         done: list[tuple[str, bytes | None]] = []
-        with self._transaction():
+        with transaction(self._db):
             for wamid, value, updated_ms, top_offset in changes:
                 if value is None:
                     self._db.execute("DELETE FROM state WHERE wamid = ?", (wamid,))
@@ -92,9 +90,10 @@ class StateStore:
                 self._db.execute("INSERT OR REPLACE INTO checkpoint VALUES (0, ?)", (checkpoint,))
         # Only after the commit: the cache never answers what the file does not hold.
         for wamid, value in done:
-            self._forget(wamid)
-            if value is not None:
-                self._remember(wamid, value)
+            if value is None:
+                self._recent.discard(wamid)
+            else:
+                self._recent.put(wamid, value)
 
     def checkpoint(self) -> int | None:
         row = self._db.execute("SELECT next_offset FROM checkpoint").fetchone()
@@ -102,11 +101,10 @@ class StateStore:
 
     def clear(self) -> None:
         """Forget everything (a rebuild from the changelog's beginning follows)."""
-        with self._transaction():
+        with transaction(self._db):
             self._db.execute("DELETE FROM state")
             self._db.execute("DELETE FROM checkpoint")
         self._recent.clear()
-        self._recent_bytes = 0
 
     def expired(self, cutoff_ms: int) -> list[str]:
         rows = self._db.execute("SELECT wamid FROM state WHERE updated_ms < ?", (cutoff_ms,))
@@ -116,11 +114,6 @@ class StateStore:
         rows = self._db.execute("SELECT wamid, value FROM state WHERE top_offset >= ?", (offset,))
         return [(wamid, bytes(value)) for wamid, value in rows.fetchall()]
 
-    @property
-    def cache_bytes(self) -> int:
-        """Memory charged to the cache of recent values (at most `cache_limit_bytes`)."""
-        return self._recent_bytes
-
     def __len__(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM state").fetchone()[0])
 
@@ -128,31 +121,6 @@ class StateStore:
         self._db.close()
         if self._tmp is not None:
             self._tmp.cleanup()
-
-    def _remember(self, wamid: str, value: bytes) -> None:
-        cost = _cost(wamid, value)
-        if cost > self.cache_limit_bytes:
-            return
-        self._recent[wamid] = value
-        self._recent_bytes += cost
-        while self._recent_bytes > self.cache_limit_bytes:
-            oldest, evicted = self._recent.popitem(last=False)
-            self._recent_bytes -= _cost(oldest, evicted)
-
-    def _forget(self, wamid: str) -> None:
-        value = self._recent.pop(wamid, None)
-        if value is not None:
-            self._recent_bytes -= _cost(wamid, value)
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
 
 def _cost(wamid: str, value: bytes) -> int:

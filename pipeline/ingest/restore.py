@@ -76,8 +76,7 @@ class PartitionState:
         return self.pending[wamid][1]
 
     def put(self, wamid: str, state: MessageState) -> None:
-        top = max((seen.source_offset for seen in state.statuses.values()), default=-1)
-        self.pending[wamid] = (wamid, state.to_json(), state.updated_ms, top)
+        self.pending[wamid] = _change(wamid, state, state.to_json())
 
     def forget(self, wamid: str) -> None:
         self.pending[wamid] = (wamid, None, 0, 0)
@@ -142,9 +141,7 @@ class Restorer:
                 if record.value is None:
                     latest[wamid] = (wamid, None, 0, 0)
                 else:
-                    state = MessageState.from_json(record.value)
-                    top = max((seen.source_offset for seen in state.statuses.values()), default=-1)
-                    latest[wamid] = (wamid, record.value, state.updated_ms, top)
+                    latest[wamid] = _change(wamid, MessageState.from_json(record.value), record.value)
             part.store.write(latest.values(), records[-1].offset + 1)
             part.replayed += len(records)
             self.progress[tp.partition] = (part.replayed, total)
@@ -171,7 +168,7 @@ class Restorer:
         window = self.tail_window
         while True:
             start = max(begin, end - window)
-            records = [r for chunk in [c async for c in self._chunks(tp, start, end)] for r in chunk]
+            records = [r async for chunk in self._chunks(tp, start, end) for r in chunk]
             # Events are appended in source-offset order, so one older than `committed` at the start
             # of the window means the window holds every newer one.
             if start == begin or (records and _source_offset(records[0]) < committed):
@@ -200,6 +197,12 @@ class Restorer:
                 yield fetched
             elif time.monotonic() > deadline:
                 raise RestoreError(f"reading {tp.topic}[{tp.partition}] stalled before offset {end}")
+
+
+def _change(wamid: str, state: MessageState, raw: bytes) -> Change:
+    """The store's row for `state`: with its highest source offset, which a restore's rollback looks up."""
+    top = max((seen.source_offset for seen in state.statuses.values()), default=-1)
+    return (wamid, raw, state.updated_ms, top)
 
 
 def _source_offset(record: Any) -> int:

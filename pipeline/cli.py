@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.config import Settings, SettingsError, load_settings
+from pipeline.config import Settings, SettingsError, settings_for_command
 
 # Rich tracebacks print local variables, which may hold secrets: plain tracebacks only. Plain help too
 # (`rich_markup_mode=None`): Typer's rich help labels every flag `<bool>`, though a flag takes no value.
@@ -36,14 +36,6 @@ app.add_typer(importlib.import_module("pipeline.deadletters.cli").app, name="dea
 
 Host = Annotated[str | None, typer.Option(help="Interface to listen on (default from settings).")]
 Port = Annotated[int | None, typer.Option(help="Port to listen on (default from settings).")]
-
-
-def _settings(**overrides: dict[str, Any]) -> Settings:
-    try:
-        return load_settings(**{k: {f: v for f, v in o.items() if v is not None} for k, o in overrides.items()})
-    except SettingsError as exc:
-        typer.echo(f"pipeline: {exc}", err=True)
-        raise typer.Exit(2) from None
 
 
 def _run_stage(module: str, settings: Settings, check: Callable[[Settings], None] | None = None) -> None:
@@ -70,7 +62,7 @@ def api(host: Host = None, port: Port = None) -> None:
     """Producer API: accept send requests over HTTP and publish them to Kafka."""
     from pipeline.config import require_production_api_keys
 
-    _run_stage("pipeline.api", _settings(api={"host": host, "port": port}), require_production_api_keys)
+    _run_stage("pipeline.api", settings_for_command(api={"host": host, "port": port}), require_production_api_keys)
 
 
 @app.command()
@@ -78,7 +70,7 @@ def sender(host: Host = None, port: Port = None) -> None:
     """Sender: consume send requests and deliver them to the Graph API (metrics on --port)."""
     from pipeline.config import require_sender_credentials
 
-    _run_stage("pipeline.sender", _settings(sender={"host": host, "port": port}), require_sender_credentials)
+    _run_stage("pipeline.sender", settings_for_command(sender={"host": host, "port": port}), require_sender_credentials)
 
 
 @app.command()
@@ -86,7 +78,7 @@ def ingest(host: Host = None, port: Port = None) -> None:
     """Status ingest: receive Meta's webhooks and turn them into status events."""
     from pipeline.config import require_ingest_secrets
 
-    _run_stage("pipeline.ingest", _settings(ingest={"host": host, "port": port}), require_ingest_secrets)
+    _run_stage("pipeline.ingest", settings_for_command(ingest={"host": host, "port": port}), require_ingest_secrets)
 
 
 @app.command()
@@ -94,19 +86,19 @@ def notify(host: Host = None, port: Port = None) -> None:
     """Callbacks: POST every outcome, status and reply, signed, to the business's endpoint (metrics on --port)."""
     from pipeline.notify.service import require_safe_subscriptions
 
-    _run_stage("pipeline.notify", _settings(notify={"host": host, "port": port}), require_safe_subscriptions)
+    _run_stage("pipeline.notify", settings_for_command(notify={"host": host, "port": port}), require_safe_subscriptions)
 
 
 @app.command()
 def sandbox(host: Host = None, port: Port = None) -> None:
     """Sandbox: a local stand-in for Meta's Graph API, with signed status webhooks."""
-    _run_stage("pipeline.sandbox", _settings(sandbox={"host": host, "port": port}))
+    _run_stage("pipeline.sandbox", settings_for_command(sandbox={"host": host, "port": port}))
 
 
 @app.command()
 def store(host: Host = None, port: Port = None) -> None:
     """Message store: project every message, status and reply into a database and serve the read API."""
-    _run_stage("pipeline.store", _settings(store={"host": host, "port": port}))
+    _run_stage("pipeline.store", settings_for_command(store={"host": host, "port": port}))
 
 
 @app.command()
@@ -122,7 +114,7 @@ def run(
     """Everything locally: broker, topics, sandbox (without credentials) and every stage. Ctrl-C stops all."""
     from pipeline.local.run import run_local
 
-    raise typer.Exit(run_local(_settings(), data_dir=data_dir, monitoring=monitoring, logs=logs))
+    raise typer.Exit(run_local(settings_for_command(), data_dir=data_dir, monitoring=monitoring, logs=logs))
 
 
 # --- kafka ----------------------------------------------------------------------------------------
@@ -181,7 +173,7 @@ def topics_create() -> None:
     """Create every topic of the catalog that is missing (idempotent)."""
     from pipeline.topics import create_topics
 
-    settings = _settings()
+    settings = settings_for_command()
     created = asyncio.run(create_topics(settings.kafka))
     typer.echo(f"created: {', '.join(created)}" if created else "all topics exist")
 
@@ -191,7 +183,7 @@ def topics_list() -> None:
     """Print the topic catalog."""
     from pipeline.topics import CATALOG, TopicCatalog
 
-    catalog = TopicCatalog(_settings().kafka)
+    catalog = TopicCatalog(settings_for_command().kafka)
     for spec in CATALOG:
         typer.echo(f"{catalog.name(spec.name):24} key={spec.key:22} {spec.carries}")
 
@@ -209,7 +201,7 @@ def topics_export(
     if format != "strimzi":
         typer.echo(f"pipeline: --format must be strimzi; got {format!r}", err=True)
         raise typer.Exit(2)
-    typer.echo(yaml.safe_dump_all(strimzi_topics(_settings().kafka, cluster), sort_keys=False), nl=False)
+    typer.echo(yaml.safe_dump_all(strimzi_topics(settings_for_command().kafka, cluster), sort_keys=False), nl=False)
 
 
 @schemas_app.command("export")
@@ -270,7 +262,7 @@ def demo(
     from pipeline.local.demo import DemoPlan, DemoReport, run_demo
     from pipeline.local.prometheus import local_targets
 
-    settings = _settings()
+    settings = settings_for_command()
     jobs = ("delivery-sender", "delivery-ingest")
     metrics = [f"http://{t.address}/metrics" for t in local_targets(settings) if t.job in jobs]
     report = DemoReport()

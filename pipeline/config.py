@@ -19,6 +19,7 @@ import json
 import os
 import re
 import socket
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -491,6 +492,16 @@ def load_settings(**overrides: dict[str, Any]) -> Settings:
     if problems:
         raise SettingsError(problems)
     return Settings(profile=profile, **groups)
+
+
+def settings_for_command(**overrides: dict[str, Any]) -> Settings:
+    """`load_settings` for a command line: `None` overrides (options not given) are dropped, and bad
+    settings print their problems to stderr and exit 2 instead of raising a traceback."""
+    try:
+        return load_settings(**{k: {f: v for f, v in o.items() if v is not None} for k, o in overrides.items()})
+    except SettingsError as exc:
+        print(f"pipeline: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def require_sender_credentials(settings: Settings) -> None:

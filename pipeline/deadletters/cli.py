@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from pipeline.config import settings_for_command
 from pipeline.contracts import DeadLetterReason, Stage
 
 app = typer.Typer(
@@ -47,13 +48,12 @@ def list_(
     limit: Annotated[int, typer.Option(help="At most this many (the most recent).", min=1)] = 50,
 ) -> None:
     """One line per dead letter: id, time, stage, reason, origin topic, error."""
-    from pipeline.cli import _settings
     from pipeline.deadletters.replay import read_entries
     from pipeline.deadletters.select import Selection, summary_line
 
     selection = _selection(stage, reason, since)
     assert isinstance(selection, Selection)
-    entries = asyncio.run(read_entries(_settings(), selection, limit))
+    entries = asyncio.run(read_entries(settings_for_command(), selection, limit))
     for entry in entries:
         typer.echo(summary_line(entry))
     typer.echo(f"{len(entries)} dead letter(s)", err=True)
@@ -62,12 +62,11 @@ def list_(
 @app.command("show")
 def show(entry_id: Annotated[str, typer.Argument(metavar="ID", help="PARTITION:OFFSET, as `list` prints.")]) -> None:
     """One dead letter, decoded: original key, headers, reason, error and value."""
-    from pipeline.cli import _settings
     from pipeline.deadletters.replay import read_entry
     from pipeline.deadletters.select import describe
 
     try:
-        entry = asyncio.run(read_entry(_settings(), entry_id))
+        entry = asyncio.run(read_entry(settings_for_command(), entry_id))
     except ValueError as exc:
         typer.echo(f"pipeline: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -84,13 +83,12 @@ def replay_(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be replayed; send nothing.")] = False,
 ) -> None:
     """Send matching dead letters back to their origin topic (header `replayed-from`), each at most once."""
-    from pipeline.cli import _settings
     from pipeline.deadletters.replay import read_entries, replay
     from pipeline.deadletters.select import Selection
 
     selection = _selection(stage, reason, since)
     assert isinstance(selection, Selection)
-    settings = _settings()
+    settings = settings_for_command()
 
     async def run() -> tuple[int, list[str], list[str]]:
         entries = await read_entries(settings, selection, limit)

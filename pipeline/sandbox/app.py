@@ -22,10 +22,11 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from pipeline.config import SandboxSettings, Settings
+from pipeline.config import Settings
 from pipeline.sandbox import control, graph
 from pipeline.sandbox.graph import STATE
 from pipeline.sandbox.media import MAX_UPLOAD_BYTES
+from pipeline.sandbox.settings import SandboxSettings
 from pipeline.sandbox.state import SandboxState
 
 log = logging.getLogger("pipeline.sandbox")

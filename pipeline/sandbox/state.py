@@ -20,13 +20,13 @@ from typing import Any, NamedTuple
 
 from pydantic import SecretStr, ValidationError
 
-from pipeline.config import SandboxSettings
 from pipeline.sandbox import ids
 from pipeline.sandbox.errors import GraphError
 from pipeline.sandbox.limits import PairLimiter, SlidingWindow
 from pipeline.sandbox.media import MediaStore
 from pipeline.sandbox.metrics import SandboxMetrics
 from pipeline.sandbox.scenarios import Answer, Scenario
+from pipeline.sandbox.settings import SandboxSettings
 from pipeline.sandbox.statuses import Accepted, plan_statuses
 from pipeline.sandbox.validation import Message
 from pipeline.sandbox.webhooks import WebhookDispatcher

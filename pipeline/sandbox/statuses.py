@@ -14,10 +14,10 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.config import SandboxSettings
 from pipeline.sandbox import payloads
 from pipeline.sandbox.errors import status_error
 from pipeline.sandbox.scenarios import Scenario, Statuses
+from pipeline.sandbox.settings import SandboxSettings
 
 _FAILURE_DETAILS = {
     131026: "Message could not be delivered: the recipient cannot receive this message.",

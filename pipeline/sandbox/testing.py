@@ -26,8 +26,8 @@ from typing import Any
 import aiohttp
 from pydantic import SecretStr
 
-from pipeline.config import SandboxSettings
 from pipeline.sandbox.app import create_app, start
+from pipeline.sandbox.settings import SandboxSettings
 
 
 class SandboxControl:

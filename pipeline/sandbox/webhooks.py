@@ -29,9 +29,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from pipeline.config import SandboxSettings
 from pipeline.sandbox import payloads
 from pipeline.sandbox.metrics import SandboxMetrics
+from pipeline.sandbox.settings import SandboxSettings
 
 log = logging.getLogger(__name__)
 

@@ -121,8 +121,8 @@ def test_the_sandbox_never_imports_the_client_or_the_contracts() -> None:
 def test_docs_list_every_test_number_and_setting() -> None:
     from pathlib import Path
 
-    from pipeline.config import SandboxSettings
     from pipeline.sandbox.scenarios import SCENARIOS
+    from pipeline.sandbox.settings import SandboxSettings
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "sandbox.md").read_text()
     for scenario in SCENARIOS:

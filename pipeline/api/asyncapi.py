@@ -9,7 +9,6 @@ connected; the record headers and key, which FastStream does not describe, are a
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from functools import cache
@@ -24,6 +23,7 @@ from faststream.specification.asyncapi.site import get_asyncapi_html
 from pipeline.api.idempotency import IdempotencyRecord
 from pipeline.config import KafkaSettings
 from pipeline.contracts import AccountEvent, DeadLetter, InboundMessage, SendRequest, SendResult, StatusEvent
+from pipeline.generated import write_or_check
 from pipeline.topics import TopicCatalog
 
 DOCS_FILE = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.yaml"
@@ -157,20 +157,10 @@ def html(kafka: KafkaSettings) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.api.asyncapi", description=__doc__.splitlines()[0])
-    parser.add_argument("path", nargs="?", type=Path, default=DOCS_FILE)
-    parser.add_argument("--check", action="store_true", help="fail if the file differs instead of writing it")
-    args = parser.parse_args(argv)
-    text = yaml_text(KafkaSettings(bootstrap_servers="127.0.0.1:9092", topic_prefix=""))
-    if args.check:
-        current = args.path.read_text() if args.path.exists() else ""
-        if current != text:
-            print(f"{args.path} is stale: run `python -m pipeline.api.asyncapi`", file=sys.stderr)
-            return 1
-        return 0
-    args.path.write_text(text)
-    print(f"wrote {args.path}")
-    return 0
+    return write_or_check(
+        "python -m pipeline.api.asyncapi", __doc__, DOCS_FILE,
+        lambda: yaml_text(KafkaSettings(bootstrap_servers="127.0.0.1:9092", topic_prefix="")), argv,
+    )
 
 
 if __name__ == "__main__":

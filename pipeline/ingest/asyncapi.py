@@ -10,7 +10,6 @@ handler reads raw records) nor any record key, so those are added from the topic
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 
 from pipeline.config import KafkaSettings, load_settings
+from pipeline.generated import write_or_check
 from pipeline.ingest.consumer import BatchHandler
 from pipeline.ingest.service import declare
 from pipeline.topics import CATALOG
@@ -91,20 +91,10 @@ def yaml_text(kafka: KafkaSettings) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.ingest.asyncapi", description=__doc__.splitlines()[0])
-    parser.add_argument("path", nargs="?", type=Path, default=DOCS_FILE)
-    parser.add_argument("--check", action="store_true", help="fail if the file differs instead of writing it")
-    args = parser.parse_args(argv)
-    text = yaml_text(KafkaSettings(bootstrap_servers="127.0.0.1:9092", topic_prefix=""))
-    if args.check:
-        current = args.path.read_text() if args.path.exists() else ""
-        if current != text:
-            print(f"{args.path} is stale: run `python -m pipeline.ingest.asyncapi`", file=sys.stderr)
-            return 1
-        return 0
-    args.path.write_text(text)
-    print(f"wrote {args.path}")
-    return 0
+    return write_or_check(
+        "python -m pipeline.ingest.asyncapi", __doc__, DOCS_FILE,
+        lambda: yaml_text(KafkaSettings(bootstrap_servers="127.0.0.1:9092", topic_prefix="")), argv,
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
+import importlib
 import os
 import shutil
 import subprocess
@@ -209,10 +209,6 @@ class Stage:
     shutdown_grace: Callable[[Any], float]  # seconds the stage itself may take after SIGTERM
     consumes: Callable[[Any], set[tuple[str, str]]] = lambda s: set()
     http: bool = False                     # serves traffic (HPA on CPU) rather than consuming (KEDA on lag)
-    pending_module: str | None = None      # built on another branch: its settings exist once it is merged
-
-    def pending(self) -> bool:
-        return self.pending_module is not None and importlib.util.find_spec(self.pending_module) is None
 
 
 def _topics(s: Any) -> TopicCatalog:
@@ -246,7 +242,6 @@ STAGES: dict[str, Stage] = {
                 (s.store.group_id, _topics(s).name(topic))
                 for topic in importlib.import_module("pipeline.store.projection").PROJECTED
             },
-            pending_module="pipeline.store",
         ),
         Stage(
             "delivery-notify", "Deployment", lambda s: s.notify.port, "pipeline/notify/service.py", _notify_grace,
@@ -255,24 +250,9 @@ STAGES: dict[str, Stage] = {
                 (s.notify.group_id, topic)
                 for topic in (_topics(s).send_results, _topics(s).status_events, _topics(s).inbound_messages)
             },
-            pending_module="pipeline.notify",
         ),
     )
 }
-
-
-# Variables whose settings live on a branch not merged here yet: the test names them instead of failing.
-_PENDING_VARIABLES = {"STORE_": "pipeline.store", "NOTIFY_": "pipeline.notify", "API_STORE_URL": "pipeline.store"}
-
-
-def pending_variables(names: set[str]) -> dict[str, str]:
-    """{variable: the module that will define it} for those whose module is not here yet."""
-    return {
-        name: module
-        for name in names
-        for prefix, module in _PENDING_VARIABLES.items()
-        if name.startswith(prefix) and importlib.util.find_spec(module) is None
-    }
 
 
 def secret_variables() -> set[str]:
@@ -293,7 +273,6 @@ __all__ = [
     "is_core",
     "kubectl",
     "one",
-    "pending_variables",
     "render",
     "secret_refs",
     "secret_variables",

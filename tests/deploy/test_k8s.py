@@ -35,7 +35,6 @@ from tests.deploy.k8scheck import (
     find,
     is_core,
     one,
-    pending_variables,
     render,
     secret_refs,
     secret_variables,
@@ -49,16 +48,6 @@ from tests.deploy.k8scheck import (
 # schema kubernetes-validate ships.
 KUBERNETES_VERSIONS = ("1.30", kubernetes_validate.utils.latest_version())
 CRD_VALIDATOR = K8S / "crd-validation"
-
-
-def _pending_marks(workload: str) -> list[pytest.MarkDecorator]:
-    stage = STAGES[workload]
-    if not stage.pending():
-        return []
-    return [pytest.mark.xfail(strict=True, reason=f"{stage.pending_module} is on another branch until it is merged")]
-
-
-STAGE_PARAMS = [pytest.param(name, marks=_pending_marks(name), id=name) for name in STAGES]
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -168,7 +157,7 @@ def test_crd_validation_rejects_unknown_fields() -> None:
 # --- workloads -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", STAGE_PARAMS)
+@pytest.mark.parametrize("name", list(STAGES))
 def test_probes_hit_the_stage_ops_routes_on_its_port(name: str, docs: list[dict[str, Any]]) -> None:
     stage = STAGES[name]
     workload = one(docs, stage.kind, name)
@@ -198,7 +187,7 @@ def test_stages_that_connect_before_listening_have_a_startup_probe(docs: list[di
         assert probe["periodSeconds"] * probe["failureThreshold"] >= 60
 
 
-@pytest.mark.parametrize("name", STAGE_PARAMS)
+@pytest.mark.parametrize("name", list(STAGES))
 def test_termination_grace_outlasts_the_stage_shutdown(name: str, docs: list[dict[str, Any]]) -> None:
     stage = STAGES[name]
     workload = one(docs, stage.kind, name)
@@ -245,22 +234,17 @@ def test_sender_requests_what_the_benchmark_measured(docs: list[dict[str, Any]])
     assert _cores(resources["limits"]["cpu"]) == 1, "one event loop uses one core"
 
 
-@pytest.mark.parametrize("name", list(STAGES))  # pending settings are named by the test itself
+@pytest.mark.parametrize("name", list(STAGES))
 def test_every_environment_variable_is_a_real_setting(name: str, docs: list[dict[str, Any]]) -> None:
     workload = one(docs, STAGES[name].kind, name)
     unknown = env_names(docs, workload) - set(setting_variables())
-    pending = pending_variables(unknown)
-    assert sorted(unknown - set(pending)) == [], f"{name}: not variables of the settings tree: {sorted(unknown)}"
-    if pending:
-        named = ", ".join(f"{variable} ({module})" for variable, module in sorted(pending.items()))
-        pytest.xfail(f"{name}: settings of unmerged branches: {named}")
+    assert sorted(unknown) == [], f"{name}: not variables of the settings tree: {sorted(unknown)}"
 
 
 def test_secrets_come_only_from_secret_references(docs: list[dict[str, Any]]) -> None:
     secrets = secret_variables()
     assert {"API_KEYS", "WHATSAPP_ACCESS_TOKEN", "WHATSAPP_APP_SECRET", "KAFKA_SASL_PASSWORD"} <= secrets
-    # A stage still on its own branch has no settings here yet; its variables are checked per stage above.
-    for workload in [w for w in workloads(docs) if not STAGES[w["metadata"]["name"]].pending()]:
+    for workload in workloads(docs):
         literal = env_names(docs, workload) - set(secret_refs(workload))
         assert not literal & secrets, f"{workload['metadata']['name']}: secret set literally: {literal & secrets}"
         assert set(secret_refs(workload)) <= secrets, "only secret settings come from the Secret"
@@ -304,7 +288,7 @@ def test_http_stages_scale_on_cpu_and_consumers_on_lag_never_both(docs: list[dic
         assert target["kind"] == STAGES[target["name"]].kind
 
 
-@pytest.mark.parametrize("name", [p for p in STAGE_PARAMS if not STAGES[p.values[0]].http])
+@pytest.mark.parametrize("name", [name for name in STAGES if not STAGES[name].http])
 def test_scaled_objects_watch_the_groups_and_topics_the_stage_uses(name: str, docs: list[dict[str, Any]]) -> None:
     stage = STAGES[name]
     workload = one(docs, stage.kind, name)

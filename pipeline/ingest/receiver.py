@@ -22,7 +22,6 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
-from aiokafka.partitioner import DefaultPartitioner
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -36,17 +35,35 @@ from pipeline.observability import get_logger, ops_routes
 from pipeline.observability.context import context_from_traceparent, traceparent_header
 from pipeline.observability.metrics import WEBHOOKS
 from pipeline.produce_guard import leaders_reachable, withdraw
+from pipeline.topics import partition_for
 
 log = get_logger(__name__)
 
 PATH = "/webhooks/whatsapp"
-_PARTITIONER = DefaultPartitioner()  # a random partition for keyless records, as `send()` would pick
 SIGNATURE_HEADER = "x-hub-signature-256"
 _CONNECT_BACKOFF = (0.5, 1.0, 2.0, 5.0)
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+# One counter child per outcome, looked up once: `labels()` costs a lock and a dict per call, and
+# every POST counts. Created on first use, so an outcome that never happened has no series.
+_OUTCOMES: dict[WebhookOutcome, Any] = {}
+
+
+def _count(outcome: WebhookOutcome) -> None:
+    child = _OUTCOMES.get(outcome)
+    if child is None:
+        child = _OUTCOMES[outcome] = WEBHOOKS.labels(outcome=outcome)
+    child.inc()
+
+
+def partition_of(key: bytes | None, partitions: list[int]) -> int:
+    """The partition a raw webhook goes to: the project's partitioner (`topics.partition_for`, the one
+    every stage uses) over the partitions the producer knows. The receiver writes bodies unkeyed (it
+    does not parse them), so today this spreads them at random, as Kafka's default would."""
+    return partitions[partition_for(key, len(partitions))]
 
 
 def app_secret_of(settings: Settings) -> bytes:
@@ -134,8 +151,7 @@ class RawWebhookWriter:
             async with asyncio.timeout(self.timeout):
                 # A 503 should mean "not written": hand the body over only while its partition's
                 # leader is connected, and take it back on the deadline if it was not sent yet.
-                partitions = sorted(await producer.partitions_for(self.topic))
-                partition = _PARTITIONER(None, partitions, partitions)
+                partition = partition_of(None, sorted(await producer.partitions_for(self.topic)))
                 if not await leaders_reachable(producer, self.topic, [partition]):
                     raise KafkaConnectionError("no connection to the partition's leader")
                 future = await producer.send(self.topic, body, headers=headers, partition=partition)
@@ -211,14 +227,14 @@ class WebhookApp:
         peer: str = "",
     ) -> int:
         if length is not None and length > self._max_body:
-            WEBHOOKS.labels(outcome=WebhookOutcome.MALFORMED).inc()
+            _count(WebhookOutcome.MALFORMED)
             return 413
         body = await _read_body(receive, self._max_body)
         if body is None:
-            WEBHOOKS.labels(outcome=WebhookOutcome.MALFORMED).inc()
+            _count(WebhookOutcome.MALFORMED)
             return 413
         if not signature_matches(self._secret, body, signature):
-            WEBHOOKS.labels(outcome=WebhookOutcome.BAD_SIGNATURE).inc()
+            _count(WebhookOutcome.BAD_SIGNATURE)
             # A warning: either someone other than Meta posts here, or our app secret is not Meta's.
             log.warning(
                 "webhook_rejected", reason="missing signature" if not signature else "bad signature", source=peer
@@ -232,9 +248,9 @@ class WebhookApp:
         if traceparent:
             headers.append(("traceparent", traceparent))
         if not await self._writer.write(body, headers):
-            WEBHOOKS.labels(outcome=WebhookOutcome.UNAVAILABLE).inc()
+            _count(WebhookOutcome.UNAVAILABLE)
             return 503
-        WEBHOOKS.labels(outcome=WebhookOutcome.ACCEPTED).inc()
+        _count(WebhookOutcome.ACCEPTED)
         return 200
 
     async def _verify(self, request: Request) -> Response:
@@ -248,9 +264,9 @@ class WebhookApp:
             and hmac.compare_digest(given, self._verify_token)
             and challenge is not None
         ):
-            WEBHOOKS.labels(outcome=WebhookOutcome.VERIFIED).inc()
+            _count(WebhookOutcome.VERIFIED)
             return PlainTextResponse(challenge)
-        WEBHOOKS.labels(outcome=WebhookOutcome.VERIFY_FAILED).inc()
+        _count(WebhookOutcome.VERIFY_FAILED)
         log.warning("webhook_verification_failed", mode=params.get("hub.mode"), source=_peer(request.scope))
         return PlainTextResponse("verification failed", status_code=403)
 
@@ -302,10 +318,20 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
 _REASONS = {200: b"ok", 401: b"invalid signature", 413: b"body too large", 503: b"try again later"}
 
 
-async def _respond(send: Send, status: int) -> None:
+def _response_start(status: int) -> dict[str, Any]:
     body = _REASONS.get(status, b"")
     headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
     if status == 503:
         headers.append((b"retry-after", b"5"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    return {"type": "http.response.start", "status": status, "headers": headers}
+
+
+# Built once: the answers are constant, and the server only reads these messages.
+_ANSWERS = {status: (_response_start(status), {"type": "http.response.body", "body": body})
+            for status, body in _REASONS.items()}
+
+
+async def _respond(send: Send, status: int) -> None:
+    start, body = _ANSWERS.get(status) or (_response_start(status), {"type": "http.response.body", "body": b""})
+    await send(start)
+    await send(body)

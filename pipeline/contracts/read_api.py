@@ -21,6 +21,7 @@ _MESSAGE = {
         {"status": "delivered", "at": "2026-11-24T19:44:16Z", "pricing_category": "utility", "error": None},
         {"status": "read", "at": "2026-11-24T19:44:20Z", "pricing_category": "utility", "error": None},
     ],
+    "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
 }
 _CONVERSATION = {
     "wa_id": "16505551234",

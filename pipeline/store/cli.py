@@ -60,7 +60,7 @@ def show(request_id: str, api_url: ApiUrl = _URL, api_key: ApiKeyOption = _KEY) 
     summary = Table(show_header=False, title=f"request {body['request_id']}")
     summary.add_column("field", style="bold")
     summary.add_column("value")
-    for field in ("phone_number_id", "to", "type", "text", "accepted_at", "outcome", "status", "wamid"):
+    for field in ("phone_number_id", "to", "type", "text", "accepted_at", "outcome", "status", "wamid", "trace_id"):
         summary.add_row(field, str(body.get(field) or ""))
     error = body.get("error")
     if error:

@@ -82,6 +82,8 @@ MIGRATIONS: tuple[str, ...] = (
         f" CREATE POLICY by_number ON {t} USING ({_POLICY}) WITH CHECK ({_POLICY});"
         for t in ("outbound_messages", "status_events", "inbound_messages")
     ),
+    # 3: the send's trace id, for the console's trace link.
+    "ALTER TABLE outbound_messages ADD COLUMN trace_id text;",
 )
 
 PARTITIONED = {"outbound_messages": "created_at", "status_events": "occurred_at", "inbound_messages": "occurred_at"}
@@ -90,12 +92,13 @@ _PARTITION = re.compile(r"^(outbound_messages|status_events|inbound_messages)_p(
 _OUTBOUND_COLUMNS = (
     "request_id", "created_at", "phone_number_id", "wa_id", "message_type", "text", "metadata", "accepted_at",
     "outcome", "wamid", "attempts", "error_code", "error_title", "error_class", "error_message", "completed_at",
+    "trace_id",
 )
 _UPSERT_OUTBOUND = (
     f"INSERT INTO outbound_messages ({', '.join(_OUTBOUND_COLUMNS)})"
     f" SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],"
     f" $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::int[], $12::int[], $13::text[], $14::text[],"
-    f" $15::text[], $16::timestamptz[])"
+    f" $15::text[], $16::timestamptz[], $17::text[])"
     f" ON CONFLICT (request_id, created_at) DO UPDATE SET "
     + ", ".join(f"{c} = COALESCE(excluded.{c}, outbound_messages.{c})" for c in _OUTBOUND_COLUMNS[2:])
 )
@@ -129,7 +132,7 @@ WHERE o.wamid = t.wamid
 
 _VIEW_COLUMNS = (
     "request_id, created_at, phone_number_id, wa_id, message_type, text, metadata, accepted_at, outcome, wamid,"
-    " error_code, error_title, error_class, error_message, status_rank"
+    " error_code, error_title, error_class, error_message, status_rank, trace_id"
 )
 # A server away, starting, shutting down or full: retry later. Other errors are about the data.
 _TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.OperatorInterventionError,
@@ -457,7 +460,7 @@ def _view(r: asyncpg.Record) -> MessageView:
         wa_id=r["wa_id"], message_type=r["message_type"], text=r["text"], metadata=r["metadata"],
         accepted_at=r["accepted_at"], outcome=r["outcome"], wamid=r["wamid"], error_code=r["error_code"],
         error_title=r["error_title"], error_class=r["error_class"], error_message=r["error_message"],
-        status=RANK_STATUS[r["status_rank"]],
+        status=RANK_STATUS[r["status_rank"]], trace_id=r["trace_id"],
     )
 
 

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from pipeline.contracts import InboundMessage, SendRequest, SendResult, StatusEvent
 from pipeline.contracts.vocabulary import DeadLetterReason
+from pipeline.observability.context import parse_traceparent
 from pipeline.store.rows import Changes, InboundRow, OutboundRow, StatusRow
 from pipeline.store.text import searchable_text
 from pipeline.topics import TopicName
@@ -108,6 +109,12 @@ def request_row(request: SendRequest, timestamp_ms: int, text: str | None) -> Ou
     )
 
 
+def trace_id_of(traceparent: str | None) -> str | None:
+    """The trace id a valid `traceparent` names, as the 32 hex digits trace UIs take; else None."""
+    context = parse_traceparent(traceparent)
+    return None if context is None else format(context.trace_id, "032x")
+
+
 def result_row(result: SendResult, timestamp_ms: int) -> OutboundRow:
     error = result.error
     return OutboundRow(
@@ -124,6 +131,7 @@ def result_row(result: SendResult, timestamp_ms: int) -> OutboundRow:
         error_class=error.error_class.value if error else None,
         error_message=error.message if error else None,
         completed_at=result.completed_at,
+        trace_id=trace_id_of(result.traceparent),
     )
 
 

@@ -39,6 +39,7 @@ class OutboundRow:
     error_class: str | None = None
     error_message: str | None = None
     completed_at: datetime | None = None
+    trace_id: str | None = None  # 32 hex digits of the send's W3C trace, for the console's trace link
 
 
 @dataclass(slots=True, frozen=True)
@@ -140,6 +141,7 @@ class MessageView:
     error_class: str | None
     error_message: str | None
     status: str
+    trace_id: str | None = None
 
 
 @dataclass(slots=True, frozen=True)

@@ -35,7 +35,7 @@ from pipeline.store.rows import (
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: outbound_messages.trace_id
 _COMMON_MATCHES = 2000  # more matches than this: walk the time index instead of sorting them
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbound_messages (
@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS outbound_messages (
     phone_number_id TEXT, wa_id TEXT, message_type TEXT, text TEXT, metadata TEXT,
     accepted_at INTEGER, outcome TEXT, wamid TEXT, attempts INTEGER,
     error_code INTEGER, error_title TEXT, error_class TEXT, error_message TEXT, completed_at INTEGER,
+    trace_id TEXT,
     status_rank INTEGER NOT NULL DEFAULT 0,
     sent_at INTEGER, delivered_at INTEGER, read_at INTEGER, played_at INTEGER, failed_at INTEGER
 );
@@ -88,14 +89,16 @@ END;
 
 _UPSERT_OUTBOUND = """
 INSERT INTO outbound_messages (request_id, created_at, phone_number_id, wa_id, message_type, text, metadata,
-    accepted_at, outcome, wamid, attempts, error_code, error_title, error_class, error_message, completed_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    accepted_at, outcome, wamid, attempts, error_code, error_title, error_class, error_message, completed_at,
+    trace_id)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (request_id) DO UPDATE SET
 """ + ",\n".join(
     f"    {c} = COALESCE(excluded.{c}, {c})"
     for c in (
         "phone_number_id", "wa_id", "message_type", "text", "metadata", "accepted_at", "outcome", "wamid",
         "attempts", "error_code", "error_title", "error_class", "error_message", "completed_at",
+        "trace_id",
     )
 )
 
@@ -131,7 +134,7 @@ WHERE outbound_messages.wamid = t.wamid
 
 _VIEW_COLUMNS = (
     "request_id, created_at, phone_number_id, wa_id, message_type, text, metadata, accepted_at, outcome, wamid,"
-    " error_code, error_title, error_class, error_message, status_rank"
+    " error_code, error_title, error_class, error_message, status_rank, trace_id"
 )
 
 
@@ -218,6 +221,7 @@ class SqliteBackend:
         def setup() -> None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._wconn = self._connect()
+            self._upgrade(self._wconn)
             self._wconn.executescript(_SCHEMA)
             self._wconn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._rconn = self._connect()
@@ -226,6 +230,14 @@ class SqliteBackend:
             await asyncio.get_running_loop().run_in_executor(self._writer, setup)
         except sqlite3.Error as exc:
             raise BackendUnavailable(f"sqlite: {exc}") from exc
+
+    @staticmethod
+    def _upgrade(conn: sqlite3.Connection) -> None:
+        """Bring a file written by an older version up to `SCHEMA_VERSION` (a new file has no tables yet)."""
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        exists = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'outbound_messages'").fetchone()
+        if exists and version < 2:
+            conn.execute("ALTER TABLE outbound_messages ADD COLUMN trace_id TEXT")
 
     async def close(self) -> None:
         def shut(conn: sqlite3.Connection | None) -> None:
@@ -246,7 +258,7 @@ class SqliteBackend:
         outbound = [
             (r.request_id, ms(r.created_at), r.phone_number_id, r.wa_id, r.message_type, r.text, r.metadata,
              ms(r.accepted_at), r.outcome, r.wamid, r.attempts, r.error_code, r.error_title, r.error_class,
-             r.error_message, ms(r.completed_at))
+             r.error_message, ms(r.completed_at), r.trace_id)
             for r in changes.outbound.values()
         ]
         statuses = [
@@ -485,5 +497,5 @@ def _view(r: Sequence[Any]) -> MessageView:
     return MessageView(
         request_id=r[0], created_at=_dt(r[1]), phone_number_id=r[2], wa_id=r[3], message_type=r[4], text=r[5],
         metadata=r[6], accepted_at=dt(r[7]), outcome=r[8], wamid=r[9], error_code=r[10], error_title=r[11],
-        error_class=r[12], error_message=r[13], status=RANK_STATUS[r[14]],
+        error_class=r[12], error_message=r[13], status=RANK_STATUS[r[14]], trace_id=r[15],
     )

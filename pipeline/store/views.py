@@ -63,6 +63,7 @@ def message_body(view: MessageView, timeline: Sequence[StatusRow]) -> dict[str, 
         "status": view.status,
         "error": error,
         "timeline": steps,
+        "trace_id": view.trace_id,
     }
 
 

@@ -31,6 +31,7 @@ KEY = "console-key-a-0123456789"
 OTHER_KEY = "console-key-b-0123456789"
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
 XSS = "<img src=x onerror=alert(1)>"
+TRACE_URL = "http://jaeger.example:16686/trace/{trace_id}"
 
 
 def chromium() -> str:
@@ -49,6 +50,7 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
             "port": free_port(),
             "database_url": keys_secret(f"sqlite:///{tmp_path_factory.mktemp('store')}/store.db"),
         }),
+        "console": settings.console.model_copy(update={"trace_url": TRACE_URL}),
     })
     asyncio.run(create_topics(settings.kafka))
     log_dir = tmp_path_factory.mktemp("console-stack-logs")
@@ -82,11 +84,11 @@ async def conversation(stack: LocalStack) -> dict[str, str]:
             assert answer.status_code == 202, answer.text
             ids.append(answer.json()["request_id"])
         deadline = time.monotonic() + 90
-        wamid = None
+        wamid = trace_id = None
         while time.monotonic() < deadline:
             views = [await http.get(f"{store}/v1/messages/{i}", headers={"X-API-Key": KEY}) for i in ids]
             if all(v.status_code == 200 and v.json()["status"] == "read" for v in views):
-                wamid = views[0].json()["wamid"]
+                wamid, trace_id = views[0].json()["wamid"], views[0].json()["trace_id"]
                 break
             await asyncio.sleep(0.5)
         assert wamid, f"the messages did not reach read in the store: {[v.text for v in views]}"
@@ -102,7 +104,9 @@ async def conversation(stack: LocalStack) -> dict[str, str]:
             await asyncio.sleep(0.5)
         else:
             pytest.fail("the reply never reached the store")
-    return {"recipient": recipient, "request_id": ids[0], "xss_request_id": ids[1], "wamid": wamid}
+    assert trace_id, "the store kept no trace id of the send"
+    return {"recipient": recipient, "request_id": ids[0], "xss_request_id": ids[1], "wamid": wamid,
+            "trace_id": trace_id}
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +161,8 @@ async def test_an_operator_follows_a_message_from_search_to_read_and_the_reply(
     await expect(timeline).to_have_count(4)
     await expect(timeline.locator(".badge")).to_have_text(["accepted", "sent", "delivered", "read"])
     assert "+" in (await timeline.nth(3).inner_text())  # the read step shows its delay after acceptance
+    trace = page.get_by_role("link", name=conversation["trace_id"])  # CONSOLE_TRACE_URL filled with the send's trace
+    await expect(trace).to_have_attribute("href", TRACE_URL.format(trace_id=conversation["trace_id"]))
     await page.screenshot(path=SCREENSHOTS / "message.png", full_page=True)
 
     await page.get_by_role("link", name="(conversation)").click()
@@ -172,6 +178,8 @@ async def test_an_operator_follows_a_message_from_search_to_read_and_the_reply(
     await page.get_by_role("button", name="Show").click()
     funnel = page.get_by_role("img", name="Delivery funnel")
     await expect(funnel).to_be_visible()
+    # all_text_contents does not wait: let the page finish drawing the five bars of this number's funnel first
+    await expect(funnel.locator("g text:nth-of-type(2)")).to_have_count(5)
     counts = await funnel.locator("g text:nth-of-type(2)").all_text_contents()
     assert [int(c) for c in counts][:4] >= [2, 2, 2, 2], counts  # accepted, sent, delivered, read
     await expect(page.get_by_text("Response rate")).to_be_visible()

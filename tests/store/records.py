@@ -34,9 +34,9 @@ def request(request_id: str | None = None, *, number: str = NUMBER_A, to: str = 
 
 
 def result(request_id: str, wamid: str | None, *, number: str = NUMBER_A, to: str = CONTACT, outcome: str = "sent",
-           accepted: datetime = T0, error: dict[str, Any] | None = None) -> Record:
+           accepted: datetime = T0, error: dict[str, Any] | None = None, traceparent: str | None = None) -> Record:
     body: dict[str, Any] = {"request_id": request_id, "phone_number_id": number, "to": f"+{to}", "outcome": outcome,
-                            "wamid": wamid, "attempts": 1, "accepted_at": iso(accepted)}
+                            "wamid": wamid, "attempts": 1, "accepted_at": iso(accepted), "traceparent": traceparent}
     if error is not None:
         body["error"] = error
     return Record(TopicName.SEND_RESULTS, orjson.dumps(body))

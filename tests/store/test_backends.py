@@ -39,6 +39,17 @@ async def test_a_delivered_message_has_its_outcome_and_timeline(backend: Backend
     assert timeline[0].pricing_category == "utility"
 
 
+async def test_the_send_s_trace_id_is_kept_for_the_trace_link(backend: Backend) -> None:
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    await _apply(backend, [request("req_t"), result("req_t", "wamid.T", traceparent=f"00-{trace}-00f067aa0ba902b7-01"),
+                           result("req_u", "wamid.U", traceparent="00-" + "0" * 32 + "-00f067aa0ba902b7-01")])
+    traced, untraced = await backend.message("req_t", ALL), await backend.message("req_u", ALL)
+    assert traced is not None
+    assert untraced is not None
+    assert traced[0].trace_id == trace
+    assert untraced[0].trace_id is None  # an all-zero trace id is invalid (W3C): no link to nowhere
+
+
 async def test_any_order_and_any_replay_end_in_the_same_row(backend: Backend) -> None:
     records = delivered_chain("req_b", "wamid.B")
     shuffled = records * 3

@@ -56,7 +56,7 @@ async def test_a_message_answers_in_the_documented_shape(backend: Backend, clien
     assert response.status_code == 200
     body = response.json()
     assert set(body) == {"request_id", "phone_number_id", "to", "wa_id", "type", "text", "metadata", "accepted_at",
-                         "outcome", "wamid", "status", "error", "timeline"}
+                         "outcome", "wamid", "status", "error", "timeline", "trace_id"}
     assert (body["to"], body["wa_id"], body["status"], body["outcome"]) == (f"+{CONTACT}", CONTACT, "read", "sent")
     assert [(s["status"], s["at"]) for s in body["timeline"]] == [
         ("accepted", "2026-12-01T10:00:00Z"), ("sent", "2026-12-01T10:00:01Z"), ("delivered", "2026-12-01T10:00:03Z"),

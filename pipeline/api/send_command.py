@@ -4,8 +4,10 @@
     pipeline send --file recipients.csv --template order_update --language en_US
     pipeline send --to +16505551234 --read wamid.HBgL… --typing   # mark a reply read, show typing
 
-The CSV needs a `to` column; template body parameters come from columns `param1`, `param2`, … when
-present, otherwise from every other column in file order. Bulk sends are resumable: each row's
+The CSV names each row's recipient in a `to` column (phone number) or a `recipient_user_id` column
+(Meta's business-scoped user id, BSUID), one of the two per row; template body parameters come from
+columns `param1`, `param2`, … when present, otherwise from every other column in file order.
+Bulk sends are resumable: each row's
 idempotency key is derived from the file's content hash and the row's line (`csv-<sha256>-<line>`), so
 re-running the same file after Ctrl-C, a crash or a 503 sends no row twice (the API answers the rows it
 already took as replays). Rejected rows are written, with their reasons, to `<file>.rejected.csv`.
@@ -156,16 +158,21 @@ def template_message(name: str, language: str, params: list[str]) -> dict[str, A
     return {"type": "template", "template": template}
 
 
+# A row's recipient: a phone number, or a BSUID where Meta accepts one (pipeline.contracts.messages).
+_RECIPIENT_COLUMNS = ("to", "recipient_user_id")
+
+
 def read_rows(path: Path, template: str, language: str, phone_number_id: str | None) -> Iterator[Row]:
     """One Row per CSV record, with the line it starts on (quoted fields may span lines)."""
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         header = [name.strip() for name in next(reader, [])]
-        if "to" not in header:
-            raise ValueError(f"no `to` column (columns: {', '.join(header) or 'none'})")
-        to_index = header.index("to")
+        recipients = {name: header.index(name) for name in _RECIPIENT_COLUMNS if name in header}
+        if not recipients:
+            raise ValueError(f"no `to` or `recipient_user_id` column (columns: {', '.join(header) or 'none'})")
         numbered = sorted((int(m.group(1)), i) for i, name in enumerate(header) if (m := _PARAM_COLUMN.match(name)))
-        param_indexes = [i for _, i in numbered] if numbered else [i for i in range(len(header)) if i != to_index]
+        others = [i for i in range(len(header)) if i not in recipients.values()]
+        param_indexes = [i for _, i in numbered] if numbered else others
         while True:
             start = reader.line_num + 1
             record = next(reader, None)
@@ -176,12 +183,13 @@ def read_rows(path: Path, template: str, language: str, phone_number_id: str | N
             if len(record) != len(header):
                 yield Row(start, None, f"has {len(record)} columns, the header has {len(header)}")
                 continue
-            to = record[to_index].strip()
-            if not to:
-                yield Row(start, None, "to: missing")
+            named = {name: value for name, i in recipients.items() if (value := record[i].strip())}
+            if len(named) != 1:
+                problem = "missing" if not named else "give one of them, not both"
+                yield Row(start, None, f"{' or '.join(recipients)}: {problem}")
                 continue
             params = [record[i] for i in param_indexes]
-            item: dict[str, Any] = {"to": to, "message": template_message(template, language, params)}
+            item: dict[str, Any] = {**named, "message": template_message(template, language, params)}
             if phone_number_id:
                 item["phone_number_id"] = phone_number_id
             yield Row(start, item)
@@ -301,7 +309,8 @@ def write_rejected(file: Path, rows: list[Row], summary: Summary) -> Path | None
         writer.writerow(["line", "to", "reason"])
         for line, reason in summary.rejected:
             item = by_line[line].item if line in by_line else None
-            writer.writerow([line, (item or {}).get("to", ""), reason])
+            item = item or {}
+            writer.writerow([line, item.get("to") or item.get("recipient_user_id", ""), reason])
     return target
 
 

@@ -59,6 +59,26 @@ async def test_csv_bulk_reports_rejected_lines(
     assert {t["name"] for t in templates} == {"order_update"}
 
 
+async def test_csv_rows_name_their_recipient_by_number_or_by_bsuid(
+    api: RunningApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = ["to,recipient_user_id,name", "+16505551234,,Ana", ",US.13491208655302741918,Bo",
+            "+16505551235,US.13491208655302741919,Cy", ",,Dee"]
+    path = tmp_path / "recipients.csv"
+    path.write_text("\n".join(rows) + "\n")
+    code = await run(api, file=path, template="order_update", phone_number_id=PHONE_NUMBER_ID)
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "accepted: 2   rejected: 2" in out
+    rejected = [row for row in out.splitlines() if row.startswith("line ")]
+    assert [row.split(":")[0] for row in rejected] == ["line 4", "line 5"]
+    assert "not both" in rejected[0]
+    assert "missing" in rejected[1]
+    records = await read_topic(api.service.settings, api.topics.send_requests, at_least=2)
+    recipients = {(v.get("to"), v.get("recipient_user_id")) for v in map(orjson.loads, (r.value for r in records))}
+    assert recipients == {(None, "US.13491208655302741918"), ("+16505551234", None)}
+
+
 def test_numbered_param_columns_win_and_a_missing_to_column_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "r.csv"
     path.write_text("param2,to,note,param1\nsecond,+16505551234,ignored,first\n")
@@ -68,7 +88,7 @@ def test_numbered_param_columns_win_and_a_missing_to_column_is_an_error(tmp_path
     assert [p["text"] for p in row.item["message"]["template"]["components"][0]["parameters"]] == ["first", "second"]
 
     path.write_text("phone,name\n+16505551234,Ana\n")
-    with pytest.raises(ValueError, match="no `to` column"):
+    with pytest.raises(ValueError, match="no `to` or `recipient_user_id` column"):
         list(read_rows(path, "t", "en_US", None))
 
 

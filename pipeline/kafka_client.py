@@ -18,10 +18,11 @@ import os
 import socket
 import ssl
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
     from faststream.security import BaseSecurity
 
     from pipeline.config import KafkaSettings
@@ -163,3 +164,18 @@ def check_tls(kafka: KafkaSettings, timeout: float = 5.0) -> None:
 
 
 __all__ = ["broker_options", "check_tls", "client_options", "faststream_security", "ssl_context", "uses_tls"]
+
+
+async def seek_to_first(consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition]) -> None:
+    """Put each partition's position at its first offset now, and return once it is there.
+
+        consumer.assign(tps)
+        await seek_to_first(consumer, tps)   # then getmany() reads each partition from its start
+
+    Not `consumer.seek_to_beginning`: that reset is lazy, and when it follows a fresh `assign` the
+    reset the assignment already sent (to the consumer's `auto_offset_reset`, "latest" by default)
+    can answer it, leaving the consumer at the end of a full partition (aiokafka 0.14).
+    """
+    partitions = list(partitions)
+    for tp, first in (await consumer.beginning_offsets(partitions)).items():
+        consumer.seek(tp, first)

@@ -25,6 +25,7 @@ from pipeline.config import Settings
 from pipeline.contracts import DeadLetter, utcnow
 from pipeline.contracts.dead_letters import REPLAYED_FROM
 from pipeline.deadletters.select import Entry, Selection, parse_id
+from pipeline.kafka_client import seek_to_first
 from pipeline.topics import TopicCatalog
 
 
@@ -51,7 +52,7 @@ async def _read_topic(settings: Settings, topic: str) -> list[Any]:
         if not tps:
             return []
         consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        await seek_to_first(consumer, tps)
         ends = await consumer.end_offsets(tps)
         records: list[Any] = []
         pending = {tp for tp in tps if ends[tp] > 0}

@@ -32,6 +32,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
 from pipeline.config import Settings
+from pipeline.kafka_client import seek_to_first
 from pipeline.observability import get_logger
 from pipeline.topics import partition_for
 
@@ -198,7 +199,7 @@ class BatchHandler:
                 try:
                     committed = await consumer.committed(tp)
                     if committed is None:
-                        await consumer.seek_to_beginning(tp)
+                        await seek_to_first(consumer, [tp])
                     else:
                         consumer.seek(tp, committed)
                     break

@@ -25,6 +25,7 @@ from pipeline.api.app import create_app
 from pipeline.api.service import ApiService
 from pipeline.config import Settings
 from pipeline.contracts import Stage
+from pipeline.kafka_client import seek_to_first
 from pipeline.local.kafka import free_port
 from pipeline.observability import setup
 from pipeline.topics import TopicCatalog
@@ -99,7 +100,7 @@ async def read_topic(settings: Settings, topic: str, at_least: int = 0, timeout:
         async with asyncio.timeout(timeout):
             while True:
                 ends = await consumer.end_offsets(tps)
-                await consumer.seek_to_beginning(*tps)
+                await seek_to_first(consumer, tps)
                 records = []
                 while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
                     for batch in (await consumer.getmany(timeout_ms=500)).values():

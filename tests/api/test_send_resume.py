@@ -32,8 +32,6 @@ def send(base_url: str, path: Path, *extra: str) -> subprocess.Popen[str]:
     )
 
 
-@pytest.mark.xfail(strict=False, reason="known: on the integrated main the final topic read comes back short; "
-                   "under investigation (closing note of session 3). It still runs and reports.")
 async def test_rerun_after_ctrl_c_sends_every_row_exactly_once(
     settings: Settings, topics: TopicCatalog, tmp_path: Path
 ) -> None:
@@ -41,7 +39,9 @@ async def test_rerun_after_ctrl_c_sends_every_row_exactly_once(
     lines = ["to,order", *(f"+1650555{n:04d},A-{n}" for n in range(ROWS)), "not-a-number,A-bad"]
     path.write_text("\n".join(lines) + "\n")
     async with running_api(with_api(settings, publish_timeout_seconds=3.0)) as api:
-        first = await asyncio.to_thread(send, api.base_url, path, "--rate", "60")
+        # 20 rows/s: the file takes 15 s, so the interrupt lands mid-file even though each look at the topic
+        # below costs a consumer start (at 60 rows/s the whole file was sent before the test saw a third).
+        first = await asyncio.to_thread(send, api.base_url, path, "--rate", "20")
         deadline = time.monotonic() + 60
         while len(await read_topic(settings, topics.send_requests)) < ROWS // 3:
             assert first.poll() is None, first.communicate()

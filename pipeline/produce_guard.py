@@ -11,11 +11,17 @@ been answered 503 (60 of 60 in the outage probe of issue 13). Two things close t
 
 - a record is handed over only when the leader of its partition has a live connection (checked
   without a round trip when connected; one connection attempt when not), so during an outage the
-  answer is an immediate, true 503;
+  answer is an immediate, true 503, and once the broker is back the next requests are accepted;
 - on the deadline, every batch that still waits in the producer's accumulator and was never drained
   (no sequence number assigned, never on a socket) is removed and failed with `Withdrawn`; its
   records are not written, ever. Batches that were drained may already be on a broker: for those
   the answer must say "unknown", not "not written".
+
+A guarded producer must also never expire a batch itself: aiokafka fails a batch that outlived
+`request_timeout_ms` with no known leader *after* taking its sequence number, and the idempotent
+producer then gets `OutOfOrderSequenceNumber` for every later batch of that partition, for the rest
+of its life (seen after a broker restart: every request 503, for good). `request_timeout_ms(deadline)`
+keeps that expiry far behind the deadline at which `withdraw` takes the batch back.
 
 The accumulator is aiokafka's internal state (`_message_accumulator._batches`, `retry_count`):
 there is no public API to take a record back. aiokafka is pinned in requirements.lock, and
@@ -38,15 +44,27 @@ class Withdrawn(KafkaTimeoutError):  # type: ignore[misc]  # aiokafka's errors a
 
 
 async def leaders_reachable(producer: AIOKafkaProducer, topic: str, partitions: Collection[int]) -> bool:
-    """True when every partition's leader is known and connected (connecting to it if needed)."""
+    """True when every partition's leader is known and connected (connecting to it if needed).
+
+    An unknown leader also asks for fresh metadata, in the background so the answer stays immediate:
+    a broker going down leaves leader -1 in the metadata, and as nothing is handed to the producer
+    while the leader is unknown, nothing else would refresh it before `metadata_max_age_ms` (5 min).
+    """
     client = producer.client
     leaders = {client.cluster.leader_for_partition(TopicPartition(topic, p)) for p in partitions}
     if None in leaders or -1 in leaders:
+        client.force_metadata_update()  # a shielded future: not awaiting it is fine
         return False
     for leader in leaders:
         if not await client.ready(leader):
             return False
     return True
+
+
+def request_timeout_ms(deadline_seconds: float) -> int:
+    """The producer's `request_timeout_ms` (also its batch TTL) for callers that withdraw at `deadline_seconds`:
+    four deadlines, and never below aiokafka's default of 40 s."""
+    return int(max(40.0, 4 * deadline_seconds) * 1000)
 
 
 def withdraw(producer: AIOKafkaProducer, pending: Iterable[asyncio.Future[Any]]) -> int:

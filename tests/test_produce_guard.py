@@ -9,9 +9,11 @@ import asyncio
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import LeaderNotAvailableError, OutOfOrderSequenceNumber
+from aiokafka.structs import TopicPartition
 
 from pipeline.config import Settings
-from pipeline.produce_guard import Withdrawn, leaders_reachable, withdraw
+from pipeline.produce_guard import Withdrawn, leaders_reachable, request_timeout_ms, withdraw
 from pipeline.topics import TopicCatalog
 from tests.api.conftest import read_topic
 
@@ -44,3 +46,45 @@ async def test_a_lingering_record_is_withdrawn_and_never_written(settings: Setti
         await producer.stop()
     values = [r.value for r in await read_topic(settings, topic, at_least=2)]
     assert values == [b"kept", b"next"]
+
+
+@pytest.mark.parametrize("guarded", [False, True], ids=["aiokafka-expires-the-batch", "withdrawn-first"])
+async def test_a_batch_that_waits_for_a_leader_is_withdrawn_before_aiokafka_expires_it(
+    settings: Settings, topics: TopicCatalog, monkeypatch: pytest.MonkeyPatch, guarded: bool
+) -> None:
+    """Why guarded producers take `request_timeout_ms(deadline)`: an expired batch breaks the partition.
+
+    aiokafka expires a batch whose leader stays unknown past `request_timeout_ms` after giving it a
+    sequence number, so every later batch of that partition fails `OutOfOrderSequenceNumber`. With the
+    guard's TTL the batch is withdrawn at the deadline (no sequence taken) and the next one lands.
+    """
+    deadline = 1.5
+    timeout_ms = request_timeout_ms(deadline) if guarded else 500  # unguarded: its TTL ends first
+    producer = AIOKafkaProducer(**settings.kafka.client_kwargs(), enable_idempotence=True,
+                                request_timeout_ms=timeout_ms)
+    await producer.start()
+    try:
+        topic = topics.send_requests
+        # The broker knows the producer's sequence once it wrote a batch (before that any sequence goes).
+        await asyncio.wait_for(await producer.send(topic, b"before", partition=0), 30)
+        cluster = producer.client.cluster
+        known = cluster.leader_for_partition
+        monkeypatch.setattr(cluster, "leader_for_partition",
+                            lambda tp: -1 if tp == TopicPartition(topic, 0) else known(tp))  # a broker restarting
+        waiting = await producer.send(topic, b"during", partition=0)
+        done, _ = await asyncio.wait([waiting], timeout=deadline)
+        if not done:
+            withdraw(producer, [waiting])
+        monkeypatch.setattr(cluster, "leader_for_partition", known)  # the broker is back
+        after = await producer.send(topic, b"after", partition=0)
+        if guarded:
+            with pytest.raises(Withdrawn):
+                await waiting
+            assert (await asyncio.wait_for(after, 30)).offset >= 0
+        else:
+            with pytest.raises(LeaderNotAvailableError):
+                await waiting
+            with pytest.raises(OutOfOrderSequenceNumber):
+                await asyncio.wait_for(after, 30)
+    finally:
+        await producer.stop()

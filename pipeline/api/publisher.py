@@ -33,7 +33,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from pipeline.config import Settings
 from pipeline.contracts import SendRequest
 from pipeline.observability import current_traceparent, get_logger
-from pipeline.produce_guard import leaders_reachable, withdraw
+from pipeline.produce_guard import leaders_reachable, request_timeout_ms, withdraw
 from pipeline.topics import TopicCatalog
 
 log = get_logger(__name__)
@@ -93,9 +93,10 @@ class Publisher:
                 enable_idempotence=True,  # implies acks=all and no duplicates on the producer's retries
                 acks="all",
                 linger_ms=self._linger_ms,
-                # Bounds one produce request; a batch that timed out on a broker is retried by the
-                # idempotent producer (written once), and its request answered 504, not 503.
-                request_timeout_ms=int(self._timeout * 1000),
+                # Well past the deadline: a batch must be withdrawn (503) or sent, never expired by
+                # aiokafka (module docstring of produce_guard). A drained batch is retried by the
+                # idempotent producer (written once) and its request answered 504 at the deadline.
+                request_timeout_ms=request_timeout_ms(self._timeout),
                 max_batch_size=256 * 1024,
             )
             try:

@@ -34,7 +34,7 @@ from pipeline.ingest.signature import signature_matches
 from pipeline.observability import get_logger, ops_routes
 from pipeline.observability.context import context_from_traceparent, traceparent_header
 from pipeline.observability.metrics import WEBHOOKS
-from pipeline.produce_guard import leaders_reachable, withdraw
+from pipeline.produce_guard import leaders_reachable, request_timeout_ms, withdraw
 from pipeline.topics import partition_for
 
 log = get_logger(__name__)
@@ -118,6 +118,7 @@ class RawWebhookWriter:
                 # Meta's bodies may reach 3 MB; gzip (stdlib, no measurable CPU per webhook here)
                 # keeps typical JSON far below the topic's limit.
                 compression_type="gzip",
+                request_timeout_ms=request_timeout_ms(self.timeout),  # never expire a batch (produce_guard)
             )
             try:
                 await producer.start()

@@ -4,6 +4,7 @@
     topics.send_requests            # "send.requests" (with the configured prefix)
     await create_topics(settings.kafka)   # idempotent
     partition_for(b"wamid.HBg…", 12)  # where Kafka's default partitioner puts that key
+    AIOKafkaProducer(..., partitioner=kafka_partitioner)   # the same choice, made by aiokafka
 
 docs/topics.md describes each topic for people; this module is what the code uses.
 `strimzi_topics(settings.kafka, cluster="delivery")` gives the same catalog as Strimzi KafkaTopic resources.
@@ -263,6 +264,16 @@ def partition_for(key: bytes | None, partitions: int) -> int:
     if key is None:
         return random.randrange(partitions)
     return _positive_murmur2(key) % partitions
+
+
+def kafka_partitioner(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+    """`partition_for` in the shape of aiokafka's `partitioner=` (its DefaultPartitioner, cached).
+
+    A keyless record goes to any available partition, as aiokafka's own would send it.
+    """
+    if key is None:
+        return random.choice(available or all_partitions)
+    return all_partitions[_positive_murmur2(key) % len(all_partitions)]
 
 
 # aiokafka's murmur2 is pure Python (several µs per key); keys repeat (numbers, a message's statuses).

@@ -25,7 +25,6 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import RecordMetadata
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -34,7 +33,7 @@ from pipeline.config import Settings
 from pipeline.contracts import SendRequest
 from pipeline.observability import current_traceparent, get_logger
 from pipeline.produce_guard import leaders_reachable, request_timeout_ms, withdraw
-from pipeline.topics import TopicCatalog
+from pipeline.topics import TopicCatalog, partition_for
 
 log = get_logger(__name__)
 
@@ -49,9 +48,6 @@ class Delivery(StrEnum):
 
 LateOutcome = Callable[[int, bool], None]
 """Told `(index, acknowledged)` for a record whose acknowledgement came after the answer."""
-
-
-_PARTITIONER = DefaultPartitioner()
 
 
 class _Record:
@@ -197,11 +193,8 @@ class Publisher:
         `send(key=...)` would put them), so the leaders can be checked before anything is handed over."""
         partitions = sorted(await producer.partitions_for(self.topic))
         by_partition: dict[int, list[int]] = {}
-        partition_of: dict[bytes, int] = {}
         for index, record in enumerate(records):
-            partition = partition_of.get(record.key)
-            if partition is None:
-                partition = partition_of[record.key] = _PARTITIONER(record.key, partitions, partitions)
+            partition = partitions[partition_for(record.key, len(partitions))]
             by_partition.setdefault(partition, []).append(index)
         return by_partition
 
@@ -256,7 +249,7 @@ class Publisher:
         try:
             async with asyncio.timeout(self._timeout):
                 partitions = sorted(await producer.partitions_for(topic))
-                partition = _PARTITIONER(key, partitions, partitions)
+                partition = partitions[partition_for(key, len(partitions))]
                 if not await leaders_reachable(producer, topic, [partition]):
                     raise Unavailable("no connection to the partition's leader")
                 future = await producer.send(topic, value=value, key=key, partition=partition,

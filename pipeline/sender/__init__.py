@@ -27,8 +27,8 @@ from pipeline.sender.commits import TransactionalCommitter
 from pipeline.sender.consumer import KafkaSource
 from pipeline.sender.engine import Engine
 from pipeline.sender.health import BrokerCheck
-from pipeline.sender.outcomes import KafkaSink, KeyCachingPartitioner
-from pipeline.topics import TopicCatalog, create_topics
+from pipeline.sender.outcomes import KafkaSink
+from pipeline.topics import TopicCatalog, create_topics, kafka_partitioner
 from pipeline.whatsapp import WhatsAppClient
 
 log = get_logger(__name__)
@@ -50,7 +50,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         enable_idempotence=True,
         acks="all",
         linger_ms=5,
-        partitioner=KeyCachingPartitioner(),
+        partitioner=kafka_partitioner,
         transactional_id=(sender.transactional_id or f"{sender.group_id}-{socket.gethostname()}-{os.getpid()}")
         if exactly_once else None,
         transaction_timeout_ms=int(sender.transaction_timeout_seconds * 1000),

@@ -1,8 +1,6 @@
-"""Bytes from `send.requests` → a `SendRequest`, or the reason it cannot be one; and who owns it.
+"""Bytes from `send.requests` → a `SendRequest`, or the reason it cannot be one.
 
     decoded = decode(record.value)           # SendRequest | Rejected(reason, error, request_id)
-    number = sending_number(request, default="106540352242922")   # None: nobody can send it
-    owner_partition(number, partitions=12)   # the partition Kafka's default partitioner picks
 
 A record that does not decode is dead-lettered with the reason (`invalid_json`,
 `schema_invalid`) and the raw bytes, and its offset completes like any other: one poison message
@@ -11,12 +9,10 @@ never stops a partition.
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass
 
 import orjson
-from aiokafka.partitioner import murmur2
 from pydantic import ValidationError
 
 from pipeline.contracts import DeadLetterReason, SendRequest, describe, field_errors
@@ -55,18 +51,3 @@ def _rejected(value: bytes, exc: ValidationError) -> Rejected:
         # would make the dead letter itself too large to publish (issue 13, finding 2).
         request_id if isinstance(request_id, str) and _REQUEST_ID.fullmatch(request_id) else None,
     )
-
-
-def sending_number(request: SendRequest, default: str | None) -> str | None:
-    """The business number that sends `request`: its own, else WHATSAPP_PHONE_NUMBER_ID."""
-    return request.phone_number_id or default
-
-
-@functools.lru_cache(maxsize=4096)
-def owner_partition(number: str, partitions: int) -> int:
-    """The partition a record keyed by `number` lands on with Kafka's default partitioner.
-
-    Cached: a deployment has few numbers, and aiokafka's murmur2 is pure Python.
-    """
-    hashed: int = murmur2(number.encode())
-    return (hashed & 0x7FFFFFFF) % partitions

@@ -53,7 +53,7 @@ from pipeline.contracts import (
 )
 from pipeline.sender.ambiguous import StatusWatch
 from pipeline.sender.breaker import CircuitBreaker
-from pipeline.sender.decode import Rejected, decode, owner_partition
+from pipeline.sender.decode import Rejected, decode
 from pipeline.sender.limits import RateLimiter
 from pipeline.sender.offsets import OffsetTracker
 from pipeline.sender.outcomes import Sink, dead_letter_record, result_record, traceparent_of
@@ -61,6 +61,7 @@ from pipeline.sender.retry import Hold, Park, Retry, RetryPolicy, Terminal, Verd
 from pipeline.sender.scheduler import Lane, Scheduler
 from pipeline.sender.telemetry import SenderTelemetry
 from pipeline.sender.work import Origin, Work
+from pipeline.topics import partition_for
 from pipeline.whatsapp import GraphApiError, MessageSender
 
 _JSON_HEADERS = (("content-type", b"application/json"),)
@@ -180,7 +181,7 @@ class Engine:
         """Forget idle lanes of numbers this process no longer owns: their gauges go, their breakers too."""
         for number in [n for n, lane in self.scheduler.lanes.items()
                        if not lane.queued and not lane.in_flight
-                       and owner_partition(n, self.partitions) not in self.trackers]:
+                       and partition_for(n.encode(), self.partitions) not in self.trackers]:
             self.scheduler.drop_lane(number)
             self.telemetry.lane_dropped(number)
 
@@ -259,7 +260,7 @@ class Engine:
             )
             self._spawn(record.partition, self._dead_letter(tracker, origin, rejected, span, context))
             return
-        if owner_partition(number, self.partitions) != record.partition:
+        if partition_for(number.encode(), self.partitions) != record.partition:
             self._spawn(record.partition, self._reroute(tracker, origin, request, number, span, context))
             return
         now = self._now()
@@ -507,8 +508,8 @@ class Engine:
         published = await self._publish(tracker, origin, origin.topic, number.encode(), value, headers, context)
         if published:
             tracker.done(origin.offset)
-        self.telemetry.rerouted(request.request_id, number, origin, owner_partition(number, self.partitions), span,
-                                published=published)
+        home = partition_for(number.encode(), self.partitions)
+        self.telemetry.rerouted(request.request_id, number, origin, home, span, published=published)
 
     async def _publish(
         self, tracker: OffsetTracker, origin: Origin, topic: str, key: bytes | None, value: bytes,

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Tracer
@@ -27,7 +26,6 @@ from pipeline.contracts.dead_letters import build_dead_letter
 from pipeline.sender.work import Origin, Work
 
 Headers = Sequence[tuple[str, bytes]]
-_DEFAULT_PARTITIONER = DefaultPartitioner()
 
 
 class Sink(Protocol):
@@ -64,27 +62,6 @@ class KafkaSink:
             raise
         finally:
             span.end()
-
-
-class KeyCachingPartitioner:
-    """Kafka's default partitioner, remembering each key's partition (outcomes are keyed by a few numbers).
-
-    aiokafka's murmur2 is pure Python and showed up in the sender's profile once per published outcome.
-    """
-
-    def __init__(self, limit: int = 10_000) -> None:
-        self._cache: dict[tuple[bytes, int], int] = {}
-        self._limit = limit
-
-    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
-        if key is None:
-            return int(_DEFAULT_PARTITIONER(key, all_partitions, available))
-        cached = self._cache.get((key, len(all_partitions)))
-        if cached is None:
-            if len(self._cache) >= self._limit:
-                self._cache.clear()
-            cached = self._cache[(key, len(all_partitions))] = int(_DEFAULT_PARTITIONER(key, all_partitions, available))
-        return cached
 
 
 def traceparent_of(span: trace.Span) -> str:

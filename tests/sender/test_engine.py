@@ -17,15 +17,15 @@ from pipeline.config import Settings, load_settings
 from pipeline.contracts import CallbackData, ErrorClass, MessageOutcome, Stage
 from pipeline.observability import metrics, setup
 from pipeline.sender.ambiguous import StatusWatch
-from pipeline.sender.decode import owner_partition
 from pipeline.sender.engine import Engine
 from pipeline.sender.offsets import OffsetTracker
+from pipeline.topics import partition_for
 from pipeline.whatsapp import GraphApiError
 from tests.sender.fakes import FakeMeta, MemorySink, Record, request_bytes
 
 NUMBER = "106540352242922"
 PARTITIONS = 3
-HOME = owner_partition(NUMBER, PARTITIONS)
+HOME = partition_for(NUMBER.encode(), PARTITIONS)
 REQUESTS, RESULTS, DLQ = "x.send.requests", "x.send.results", "x.dead-letters"
 
 
@@ -117,7 +117,7 @@ async def test_every_outcome_series_exists_from_a_numbers_first_message() -> Non
 
     assert sample("failed") is None
     h.feed(request_bytes("+16505551234", "req-fresh", phone_number_id=fresh),
-           partition=owner_partition(fresh, PARTITIONS), key=fresh.encode())
+           partition=partition_for(fresh.encode(), PARTITIONS), key=fresh.encode())
     await h.until(lambda: len(h.results()) == 1)
     assert {o.value: sample(o.value) for o in MessageOutcome} == {
         "sent": 1.0, "failed": 0.0, "dead_lettered": 0.0, "expired": 0.0,
@@ -372,18 +372,18 @@ async def test_a_record_without_request_id_gets_one_from_its_place_even_if_metad
 async def test_a_revoked_numbers_lane_and_its_gauges_are_dropped() -> None:
     """Issue 20: a replica must not keep publishing rate gauges (or keep breakers) for numbers it lost."""
     other = next(f"10654035224{n:04d}" for n in range(10_000)
-                 if owner_partition(f"10654035224{n:04d}", PARTITIONS) != HOME)
+                 if partition_for(f"10654035224{n:04d}".encode(), PARTITIONS) != HOME)
     h = Harness(FakeMeta())
     h.feed(request_bytes("+16505551234", "req-home"))
     h.feed(request_bytes("+16505551235", "req-other", phone_number_id=other),
-           partition=owner_partition(other, PARTITIONS), key=other.encode())
+           partition=partition_for(other.encode(), PARTITIONS), key=other.encode())
     await h.until(lambda: len(h.results()) == 2)
 
     def gauge(number: str) -> float | None:
         return metrics.registry.get_sample_value("delivery_rate_limit_per_second", {"phone_number_id": number})
 
     assert gauge(other) is not None
-    await h.engine.revoke([owner_partition(other, PARTITIONS)], grace=1.0)
+    await h.engine.revoke([partition_for(other.encode(), PARTITIONS)], grace=1.0)
     assert set(h.engine.scheduler.lanes) == {NUMBER}
     assert gauge(other) is None
     assert gauge(NUMBER) is not None

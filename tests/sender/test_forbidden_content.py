@@ -8,8 +8,8 @@ import asyncio
 from pipeline.config import load_settings
 from pipeline.contracts import Stage
 from pipeline.observability import setup
-from pipeline.sender.decode import owner_partition
 from pipeline.sender.engine import Engine
+from pipeline.topics import partition_for
 from tests.sender.fakes import FakeMeta, MemorySink, Record, request_bytes
 
 NUMBER = "106540352242922"
@@ -26,7 +26,7 @@ async def test_forbidden_text_from_kafka_is_dead_lettered_and_the_rest_sent() ->
     meta, sink = FakeMeta(), MemorySink()
     engine = Engine(settings, meta, sink, results_topic="r", dead_letters_topic="dlq", partitions=1,
                     tracer=telemetry.tracer("test"))
-    engine.assign(owner_partition(NUMBER, 1), 0, None)
+    engine.assign(partition_for(NUMBER.encode(), 1), 0, None)
     engine.intake(Record("send.requests", 0, 0, NUMBER.encode(), request_bytes("+16505551234", "req-bad",
                                                                               body="S\u200bPAM offer"), ()))
     engine.intake(Record("send.requests", 0, 1, NUMBER.encode(), request_bytes("+16505551235", "req-ok",

@@ -166,10 +166,10 @@ async def test_poison_messages_are_dead_lettered_and_later_ones_sent(settings: S
 async def test_a_rebalance_moves_partitions_without_losing_or_repeating_outcomes(
     settings: Settings, topics: TopicCatalog
 ) -> None:
-    from pipeline.sender.decode import owner_partition
+    from pipeline.topics import partition_for
 
     numbers = [str(106540352242922 + i) for i in range(40)]
-    homes = {owner_partition(n, settings.kafka.partitions) for n in numbers}
+    homes = {partition_for(n.encode(), settings.kafka.partitions) for n in numbers}
     assert len(homes) > 1  # the traffic spans partitions, so the second sender gets some
     rng = random.Random(5)
     requests = []

@@ -13,9 +13,9 @@ from pipeline.contracts import (
     SendRequest,
     SendResult,
 )
-from pipeline.sender.decode import owner_partition
-from pipeline.sender.outcomes import KeyCachingPartitioner, dead_letter_record, result_record
+from pipeline.sender.outcomes import dead_letter_record, result_record
 from pipeline.sender.work import Origin, Work
+from pipeline.topics import kafka_partitioner, partition_for
 
 
 def test_result_records_validate_against_the_contract() -> None:
@@ -45,11 +45,11 @@ def test_dead_letters_keep_the_raw_bytes_key_and_headers_for_replay() -> None:
     assert letter.reason is DeadLetterReason.INVALID_JSON
 
 
-def test_the_caching_partitioner_agrees_with_kafkas_default() -> None:
-    cached, default = KeyCachingPartitioner(limit=3), DefaultPartitioner()
+def test_the_project_partitioner_agrees_with_kafkas_default() -> None:
+    default = DefaultPartitioner()
     for n in range(50):
         key = str(106540352242922 + n).encode()
         for partitions in ([0, 1, 2], list(range(12))):
-            assert cached(key, partitions, partitions) == default(key, partitions, partitions)
-            assert cached(key, partitions, partitions) == owner_partition(key.decode(), len(partitions))
-    assert cached(None, [0, 1, 2], [1]) == 1  # no key: any available partition
+            assert kafka_partitioner(key, partitions, partitions) == default(key, partitions, partitions)
+            assert kafka_partitioner(key, partitions, partitions) == partition_for(key, len(partitions))
+    assert kafka_partitioner(None, [0, 1, 2], [1]) == 1  # no key: any available partition

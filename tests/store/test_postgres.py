@@ -6,10 +6,11 @@ from datetime import timedelta
 
 import asyncpg
 
-from pipeline.store.postgres import MIGRATIONS, PostgresBackend
+from pipeline.store.backend import Scope, Search
+from pipeline.store.postgres import MIGRATIONS, PostgresBackend, search_sql
 from pipeline.store.projection import project
 from tests.store.conftest import PostgresServer
-from tests.store.records import NUMBER_A, NUMBER_B, T0, delivered_chain
+from tests.store.records import CONTACT, NUMBER_A, NUMBER_B, T0, delivered_chain
 
 
 async def _partitions(conn: asyncpg.Connection) -> set[str]:
@@ -73,3 +74,48 @@ async def test_migrations_run_once_and_a_second_open_changes_nothing(postgres_se
         assert versions == list(range(1, len(MIGRATIONS) + 1))
     finally:
         await conn.close()
+
+
+async def test_text_search_reads_its_gin_index_under_row_level_security(postgres_server: PostgresServer) -> None:
+    """A policy keeps `@@` out of index scans on its table; the search must not become a full scan."""
+    dsn = postgres_server.dsn(postgres_server.new_database())
+    backend = PostgresBackend(dsn)
+    await backend.open()
+    try:
+        await backend.apply(project([*delivered_chain("req_a", "wamid.a", number=NUMBER_A),
+                                     *delivered_chain("req_b", "wamid.b", number=NUMBER_B)])[0])
+        for search in (Search(words=("order",)), Search(words=("order",), status_rank=1)):
+            sql, args = search_sql(search, Scope(frozenset({NUMBER_A})))
+            conn = await asyncpg.connect(dsn)
+            try:
+                async with conn.transaction():
+                    await conn.execute("SET LOCAL enable_seqscan = off")
+                    await conn.execute("SELECT set_config('store.numbers', $1, true)", NUMBER_A)
+                    plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {sql}", *args))
+            finally:
+                await conn.close()
+            assert "Bitmap Index Scan on outbound_search_p" in plan, plan
+    finally:
+        await backend.close()
+
+
+async def test_a_search_sees_only_the_callers_numbers_and_follows_erasure(postgres_server: PostgresServer) -> None:
+    dsn = postgres_server.dsn(postgres_server.new_database())
+    backend = PostgresBackend(dsn)
+    await backend.open()
+    try:
+        await backend.apply(project([*delivered_chain("req_a", "wamid.a", number=NUMBER_A),
+                                     *delivered_chain("req_b", "wamid.b", number=NUMBER_B, to="16505550000")])[0])
+        words = Search(words=("order",))
+        assert [m.request_id for m in await backend.search(words, Scope(frozenset({NUMBER_A})))] == ["req_a"]
+        assert {m.request_id for m in await backend.search(words, Scope(None))} == {"req_a", "req_b"}
+        conn = await asyncpg.connect(dsn)
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM outbound_search") == 2
+            await backend.erase(CONTACT, Scope(None))
+            assert await conn.fetchval("SELECT count(*) FROM outbound_search") == 1
+        finally:
+            await conn.close()
+        assert [m.request_id for m in await backend.search(words, Scope(None))] == ["req_b"]
+    finally:
+        await backend.close()

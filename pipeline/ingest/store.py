@@ -79,13 +79,17 @@ class StateStore:
         """One transaction: the values (None deletes) and, if given, the new checkpoint."""
         done: list[tuple[str, bytes | None]] = []
         with transaction(self._db):
-            for wamid, value, updated_ms, top_offset in changes:
-                if value is None:
-                    self._db.execute("DELETE FROM state WHERE wamid = ?", (wamid,))
-                else:
-                    self._db.execute("INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?)",
-                                     (wamid, value, updated_ms, top_offset))
-                done.append((wamid, value))
+            # In runs of one kind, in order (a wamid may be forgotten and written again in one batch):
+            # one `executemany` per run costs a fraction of a call per row.
+            run: list[Change] = []
+            for change in changes:
+                if run and (run[-1][1] is None) != (change[1] is None):
+                    self._write_run(run)
+                    run = []
+                run.append(change)
+                done.append((change[0], change[1]))
+            if run:
+                self._write_run(run)
             if checkpoint is not None:
                 self._db.execute("INSERT OR REPLACE INTO checkpoint VALUES (0, ?)", (checkpoint,))
         # Only after the commit: the cache never answers what the file does not hold.
@@ -94,6 +98,12 @@ class StateStore:
                 self._recent.discard(wamid)
             else:
                 self._recent.put(wamid, value)
+
+    def _write_run(self, run: list[Change]) -> None:
+        if run[0][1] is None:
+            self._db.executemany("DELETE FROM state WHERE wamid = ?", [(c[0],) for c in run])
+        else:
+            self._db.executemany("INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?)", run)
 
     def checkpoint(self) -> int | None:
         row = self._db.execute("SELECT next_offset FROM checkpoint").fetchone()

@@ -245,17 +245,17 @@ def _quietly(console: Console, message: str) -> None:
 def _start_monitoring(settings: Settings, data_dir: Path, table: Table) -> list[subprocess.Popen[bytes]]:
     """Alertmanager and Prometheus with the repo's routes and rules, if the machine has them (make installs
     Debian's packages). Alerts go to ALERT_WEBHOOK_URL when set; otherwise only Alertmanager's UI lists them."""
-    from pipeline.local.alertmanager import DEFAULT_PORT, NOWHERE, AlertmanagerServer, alertmanager_binary
-    from pipeline.local.kafka import free_port
-    from pipeline.local.prometheus import _port_free, start_local_prometheus
+    from pipeline.local.alertmanager import DEFAULT_PORT, NOWHERE, AlertmanagerServer
+    from pipeline.local.prometheus import start_local_prometheus
+    from pipeline.local.server import preferred_port
 
     processes: list[subprocess.Popen[bytes]] = []
     alertmanagers: list[str] = []
-    if alertmanager_binary() is not None:
+    if AlertmanagerServer.binary() is not None:
         alertmanager = AlertmanagerServer(
             data_dir / "alertmanager",
             webhook_url=os.environ.get("ALERT_WEBHOOK_URL") or NOWHERE,
-            port=DEFAULT_PORT if _port_free(DEFAULT_PORT) else free_port(),
+            port=preferred_port(DEFAULT_PORT),
         )
         alertmanager.start()
         assert alertmanager.process is not None

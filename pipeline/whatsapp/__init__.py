@@ -8,12 +8,11 @@ docs/whatsapp.md has the error-code table, ambiguity semantics and the transport
 """
 
 from pipeline.whatsapp.client import MessageSender, SentMessage, WhatsAppClient
-from pipeline.whatsapp.errors import KNOWN_ERROR_CODES, MEDIA_ERROR_CODES, GraphApiError, classify
+from pipeline.whatsapp.errors import KNOWN_ERROR_CODES, GraphApiError, classify
 from pipeline.whatsapp.payloads import message_payload
 
 __all__ = [
     "KNOWN_ERROR_CODES",
-    "MEDIA_ERROR_CODES",
     "GraphApiError",
     "MessageSender",
     "SentMessage",

@@ -3,11 +3,11 @@
     async with WhatsAppClient(settings.whatsapp) as client:
         sent = await client.send_message(request, phone_number_id="106540352242922", callback_data=cb)
         sent.wamid                                   # "wamid.HBgL…"
-        media_id = await client.upload_media("106540352242922", png_bytes, "image/png")   # cached
         await client.check_health("106540352242922")   # raises GraphApiError on a bad token/number
 
 Every failure is a `GraphApiError` (see errors.py). The client never retries a send: whether to
-retry, and how soon, is the sender's decision (it knows the rate limits and the breaker).
+retry, and how soon, is the sender's decision (it knows the rate limits and the breaker). Media goes by
+the id or link in the request's body; uploading it is the business's, outside the pipeline.
 
 Requests are httpx `Request`s handed straight to an httpx transport (aiohttp's pool by default, any
 `httpx.AsyncBaseTransport` such as `httpx.MockTransport` in tests). `httpx.AsyncClient` is skipped on
@@ -18,8 +18,7 @@ does nothing for the Graph API and cost about 40% of the client's CPU per call (
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -34,8 +33,7 @@ from pipeline.config import SANDBOX_ACCESS_TOKEN, WhatsAppSettings
 from pipeline.contracts import ErrorClass, SendRequest
 from pipeline.observability.redaction import register_secrets, wamid_ref
 from pipeline.whatsapp.errors import GraphApiError, error_from_response, error_from_transport
-from pipeline.whatsapp.media import MediaCache, MediaKey, check_media
-from pipeline.whatsapp.payloads import MEDIA_TYPES, message_payload, with_media_id
+from pipeline.whatsapp.payloads import message_payload
 from pipeline.whatsapp.transport import AiohttpTransport
 
 _PHONE_NUMBER_ID = re.compile(r"^\d{5,20}$")
@@ -74,9 +72,8 @@ class MessageSender(Protocol):
 class WhatsAppClient:
     """Graph API calls over an httpx transport (aiohttp's connection pool unless told otherwise).
 
-    Create one per process and share it: it holds the connection pool (up to `max_connections`)
-    and the media cache. `clock` is for tests of media expiry; `tracer_provider` defaults to the
-    global one (set by `pipeline.observability.setup`).
+    Create one per process and share it: it holds the connection pool (up to `max_connections`).
+    `tracer_provider` defaults to the global one (set by `pipeline.observability.setup`).
     """
 
     def __init__(
@@ -85,7 +82,6 @@ class WhatsAppClient:
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 400,
         *,
-        clock: Callable[[], float] = time.time,
         tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self._base_url = f"{settings.api_base_url.rstrip('/')}/{settings.api_version}"
@@ -96,7 +92,6 @@ class WhatsAppClient:
         self._auth = ("authorization", f"Bearer {token}")
         self._timeout = httpx.Timeout(settings.timeout_seconds).as_dict()
         self._endpoints: dict[tuple[str, str, str], _Endpoint] = {}
-        self._media = MediaCache(clock)
         self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
 
     def __repr__(self) -> str:
@@ -119,45 +114,7 @@ class WhatsAppClient:
         """Send one message; `phone_number_id` defaults to the request's, then the settings'."""
         number = self._number(phone_number_id or request.phone_number_id)
         payload = message_payload(request, callback_data)
-        try:
-            return await self._post_message(number, payload)
-        except GraphApiError as err:
-            media_id = _media_id(payload)
-            if err.is_media_error and media_id:
-                self._media.invalidate(media_id)  # the next upload_media of this content uploads anew
-            raise
-
-    async def send_media(
-        self,
-        request: SendRequest,
-        content: bytes,
-        mime_type: str,
-        *,
-        phone_number_id: str | None = None,
-        callback_data: str | None = None,
-        filename: str | None = None,
-    ) -> SentMessage:
-        """Upload `content` (once; cached) and send the request's media message with its id.
-
-        The id or link already in the request's body is replaced. When Meta answers 131052/131053
-        (media download/upload error), the media is uploaded again and the message sent once more.
-        """
-        number = self._number(phone_number_id or request.phone_number_id)
-        payload = message_payload(request, callback_data)
-        if payload["type"] not in MEDIA_TYPES:
-            raise ValueError(
-                f"message.type: send_media needs one of {', '.join(sorted(MEDIA_TYPES))}; got {payload['type']!r}"
-            )
-        check_media(content, mime_type)
-        for attempt in (1, 2):
-            media_id = await self.upload_media(number, content, mime_type, filename=filename)
-            try:
-                return await self._post_message(number, with_media_id(payload, media_id))
-            except GraphApiError as err:
-                if not err.is_media_error or attempt == 2:
-                    raise
-                self._media.invalidate(media_id)
-        raise AssertionError("unreachable")
+        return await self._post_message(number, payload)
 
     async def _post_message(self, number: str, payload: dict[str, Any]) -> SentMessage:
         endpoint = self._endpoint("POST", number, "messages")
@@ -181,52 +138,6 @@ class WhatsAppClient:
                 )
             span.set_attribute("whatsapp.wamid_ref", wamid_ref(wamid))  # the wamid holds the recipient's number
             return SentMessage(wamid=wamid, wa_id=_first(body, "contacts", "wa_id"), http_status=response.status_code)
-
-    # --- media ------------------------------------------------------------------------------------
-
-    async def upload_media(
-        self, phone_number_id: str, content: bytes, mime_type: str, *, filename: str | None = None
-    ) -> str:
-        """The media id for `content`: uploaded once, reused until it nears Meta's 30-day expiry.
-
-        An upload answered with 131052/131053 is tried once more before the error is raised.
-        """
-        number = self._number(phone_number_id)
-        check_media(content, mime_type)
-
-        async def upload() -> str:
-            for attempt in (1, 2):
-                try:
-                    return await self._upload_once(number, content, mime_type, filename or "file")
-                except GraphApiError as err:
-                    if not err.is_media_error or attempt == 2:
-                        raise
-            raise AssertionError("unreachable")
-
-        return await self._media.get_or_upload(MediaKey.of(number, content, mime_type), upload)
-
-    async def _upload_once(self, number: str, content: bytes, mime_type: str, filename: str) -> str:
-        endpoint = self._endpoint("POST", number, "media")
-        with self._span(endpoint) as span:
-            request = httpx.Request(
-                "POST",
-                endpoint.url,
-                headers=endpoint.headers,
-                data={"messaging_product": "whatsapp", "type": mime_type},
-                files={"file": (filename, content, mime_type)},
-                extensions={"timeout": self._timeout},
-            )
-            request.read()  # a fixed Content-Length rather than a chunked upload
-            response = await self._exchange(request, span)
-            media_id = _success_body(response).get("id")
-            if not isinstance(media_id, str) or not media_id:
-                raise GraphApiError(
-                    f"HTTP {response.status_code} media upload without an id",
-                    error_class=ErrorClass.TRANSIENT,
-                    http_status=response.status_code,
-                )
-            span.set_attribute("whatsapp.media_id", media_id)
-            return media_id
 
     # --- health -----------------------------------------------------------------------------------
 
@@ -348,12 +259,6 @@ def _first(body: dict[str, Any], list_key: str, field: str) -> str | None:
     items = body.get(list_key)
     value = items[0].get(field) if isinstance(items, list) and items and isinstance(items[0], dict) else None
     return value if isinstance(value, str) and value else None
-
-
-def _media_id(payload: dict[str, Any]) -> str | None:
-    media = payload.get(payload["type"]) if payload["type"] in MEDIA_TYPES else None
-    media_id = media.get("id") if isinstance(media, dict) else None
-    return media_id if isinstance(media_id, str) else None
 
 
 def _error_attributes(err: GraphApiError) -> dict[str, str | int | bool]:

@@ -20,7 +20,7 @@ import httpx
 import orjson
 
 from pipeline.contracts import ErrorClass, ErrorInfo
-from pipeline.contracts.meta_errors import KNOWN_ERROR_CODES, MEDIA_ERROR_CODES, RETRY_AFTER_HINTS, classify
+from pipeline.contracts.meta_errors import KNOWN_ERROR_CODES, RETRY_AFTER_HINTS, classify
 from pipeline.observability.redaction import scrub_text
 
 
@@ -80,10 +80,6 @@ class GraphApiError(Exception):
             f"GraphApiError(code={self.code!r}, error_class={self.error_class.value!r}, "
             f"http_status={self.http_status!r}, ambiguous={self.ambiguous!r}, message={self.message!r})"
         )
-
-    @property
-    def is_media_error(self) -> bool:
-        return self.code in MEDIA_ERROR_CODES
 
     def to_error_info(self) -> ErrorInfo:
         return ErrorInfo(
@@ -196,7 +192,6 @@ def error_from_transport(exc: httpx.RequestError) -> GraphApiError:
 
 __all__ = [
     "KNOWN_ERROR_CODES",
-    "MEDIA_ERROR_CODES",
     "GraphApiError",
     "classify",
     "error_from_response",

@@ -22,9 +22,6 @@ from pipeline.contracts import ReadMessage, SendRequest
 # Meta's documented limit for `biz_opaque_callback_data`.
 MAX_CALLBACK_DATA = 512
 
-MEDIA_TYPES = frozenset({"image", "video", "document", "audio", "sticker"})
-
-
 def message_payload(request: SendRequest, callback_data: str | None = None) -> dict[str, Any]:
     if isinstance(request.message, ReadMessage):
         return read_payload(request.message)  # Meta takes no callback data, context or recipient here
@@ -45,15 +42,6 @@ def message_payload(request: SendRequest, callback_data: str | None = None) -> d
     if callback_data:
         payload["biz_opaque_callback_data"] = callback_data
     return payload
-
-
-def with_media_id(payload: dict[str, Any], media_id: str) -> dict[str, Any]:
-    """The payload with its media (image, video, …) pointing at an uploaded id instead of id/link."""
-    kind = payload.get("type")
-    if kind not in MEDIA_TYPES:
-        raise ValueError(f"message.type: must be one of {', '.join(sorted(MEDIA_TYPES))} to attach media; got {kind!r}")
-    media = {k: v for k, v in payload[kind].items() if k not in ("id", "link")}
-    return {**payload, kind: {"id": media_id, **media}}
 
 
 def read_payload(message: ReadMessage) -> dict[str, Any]:

@@ -33,11 +33,10 @@ DATASOURCE_UID = "delivery-prometheus"
 GRAFANA_INTERVALS = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "5m"}
 _VARIABLE_MATCH = re.compile(r'=~"\$\{?(\w+)\}?"')
 _LABEL_VALUES = re.compile(r"^label_values\((?:(.+),\s*)?(\w+)\)$", re.S)
-# Our metric families, the recording rules' names, and `up{...}`. Our expressions only (promtool has
-# already parsed them), so a pattern over names is enough here — not a general PromQL parser.
-_SELECTOR = re.compile(
-    r"(?<![\w:])((?:delivery|faststream|sandbox)_\w+|delivery:[\w:]+|up(?=\{))(\{[^}]*\})?"
-)
+# Our metric families, the recording rules' names, and `up{...}`: all the dashboards and rules chart
+# (FastStream's `faststream_*` and the sandbox's `sandbox_*` are scraped, not charted). Our expressions only
+# (promtool has already parsed them), so a pattern over names is enough here — not a general PromQL parser.
+_SELECTOR = re.compile(r"(?<![\w:])(delivery_\w+|delivery:[\w:]+|up(?=\{))(\{[^}]*\})?")
 
 
 @dataclass(frozen=True)

@@ -28,16 +28,12 @@ from aiokafka import AIOKafkaProducer
 
 from pipeline.config import Settings, load_settings
 from pipeline.local.kafka import free_port
-from pipeline.local.prometheus import PrometheusServer, ScrapeTarget, prometheus_binary
+from pipeline.local.prometheus import PrometheusServer, ScrapeTarget
 from pipeline.local.stack import LocalStack
 from pipeline.topics import TopicCatalog
 from tests.deploy.promcheck import collect_expressions, selectors
 
-pytestmark = [
-    pytest.mark.kafka,
-    pytest.mark.slow,
-    pytest.mark.skipif(prometheus_binary() is None, reason="prometheus missing (Debian package `prometheus`)"),
-]
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 APP_SECRET = "e2e-app-secret"
 VERIFY_TOKEN = "e2e-verify-token"

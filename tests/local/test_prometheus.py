@@ -18,13 +18,8 @@ from pipeline.local.prometheus import (
     PrometheusServer,
     ScrapeTarget,
     local_targets,
-    prometheus_binary,
     render_config,
     start_local_prometheus,
-)
-
-needs_prometheus = pytest.mark.skipif(
-    prometheus_binary() is None, reason="prometheus missing: install Debian's `prometheus` package (make setup does)"
 )
 
 
@@ -75,7 +70,6 @@ def exporter() -> Iterator[tuple[str, Counter, Gauge]]:
         thread.join(timeout=5)
 
 
-@needs_prometheus
 def test_scrapes_evaluates_the_repo_rules_and_answers_queries(
     tmp_path: Path, exporter: tuple[str, Counter, Gauge]
 ) -> None:
@@ -104,7 +98,6 @@ def test_scrapes_evaluates_the_repo_rules_and_answers_queries(
     assert server.process.poll() is not None, "stopped on exit"
 
 
-@needs_prometheus
 def test_a_bad_query_names_the_problem(tmp_path: Path) -> None:
     with PrometheusServer(tmp_path, [], scrape_interval="1s") as server, pytest.raises(
         PrometheusError, match="bad_data"
@@ -112,7 +105,6 @@ def test_a_bad_query_names_the_problem(tmp_path: Path) -> None:
         server.query("sum(rate(x[1m])")
 
 
-@needs_prometheus
 def test_start_local_prometheus_takes_another_port_when_the_default_is_busy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exporter: tuple[str, Counter, Gauge]
 ) -> None:
@@ -135,7 +127,6 @@ def test_start_local_prometheus_takes_another_port_when_the_default_is_busy(
         process.wait(timeout=15)
 
 
-@needs_prometheus
 def test_a_rule_file_prometheus_rejects_is_reported_with_its_log(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yml"
     bad.write_text("groups:\n  - name: x\n    rules:\n      - alert: Broken\n        expr: sum(rate(x[1m])\n")

@@ -196,5 +196,4 @@ def test_graph_api_error_is_an_exception_the_sender_can_catch_broadly() -> None:
     with pytest.raises(GraphApiError) as info:
         raise error_from_response(response(400, meta_error(100)))
     assert info.value.error_class is ErrorClass.INVALID
-    assert info.value.is_media_error is False
-    assert error_from_response(response(400, meta_error(131053))).is_media_error is True
+    assert error_from_response(response(400, meta_error(131053))).error_class is ErrorClass.MEDIA

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.contracts import CallbackData, SendRequest
-from pipeline.whatsapp.payloads import MAX_CALLBACK_DATA, message_payload, with_media_id
+from pipeline.whatsapp.payloads import MAX_CALLBACK_DATA, message_payload
 from tests.whatsapp.conftest import BODIES, USER, request
 
 
@@ -59,21 +59,6 @@ def test_empty_reaction_emoji_is_sent_to_remove_the_reaction() -> None:
 def test_callback_data_over_meta_limit_names_field_and_rule() -> None:
     with pytest.raises(ValueError, match=r"callback_data: .*at most 512 characters; got 513"):
         message_payload(request(), callback_data="x" * (MAX_CALLBACK_DATA + 1))
-
-
-@pytest.mark.parametrize("kind", ["image", "video", "document", "audio", "sticker"])
-def test_with_media_id_replaces_link_or_id_and_keeps_the_rest(kind: str) -> None:
-    payload = with_media_id(message_payload(request(kind)), "999")
-    media = payload[kind]
-    assert media["id"] == "999"
-    assert "link" not in media
-    original = {k: v for k, v in BODIES[kind][kind].items() if k not in ("id", "link")}
-    assert {k: v for k, v in media.items() if k != "id"} == original
-
-
-def test_with_media_id_refuses_non_media_types() -> None:
-    with pytest.raises(ValueError, match=r"message.type: must be one of audio, document, image, sticker, video"):
-        with_media_id(message_payload(request("text")), "999")
 
 
 def test_a_request_addressed_by_bsuid_goes_to_meta_in_recipient_without_to() -> None:

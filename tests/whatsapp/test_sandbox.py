@@ -1,5 +1,6 @@
 """The client against the sandbox over real HTTP: every message type, every error class the sandbox
-produces, media caching and expiry, timeouts and outages, the health check.
+produces, media ids the sandbox expired, timeouts and outages, the health check. The pipeline takes media
+by id or link; `upload` here posts to the sandbox's media endpoint as a business's own uploader would.
 
 One sandbox for the module (reset before each test); latency 0 unless a test sets it.
 """
@@ -7,20 +8,20 @@ One sandbox for the module (reset before each test); latency 0 unless a test set
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 from aiohttp import web
 
 from pipeline.contracts import CallbackData, ErrorClass, SendRequest
 from pipeline.sandbox.testing import SandboxHandle, running_sandbox
 from pipeline.whatsapp import GraphApiError, WhatsAppClient, classify
+from pipeline.whatsapp.errors import error_from_response
 from tests.whatsapp.conftest import BODIES, NUMBER, request, wa_settings
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"sandbox image" * 50
-DAY = 86_400.0
 
 
 @pytest.fixture(scope="module")
@@ -36,28 +37,28 @@ async def fresh(sandbox: SandboxHandle) -> SandboxHandle:
     return sandbox
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-def client_for(sandbox: SandboxHandle, clock: Clock | None = None, **settings: Any) -> WhatsAppClient:
+def client_for(sandbox: SandboxHandle, **settings: Any) -> WhatsAppClient:
     values = {"access_token": sandbox.access_token, **settings}
-    return WhatsAppClient(wa_settings(sandbox.base_url, **values), clock=clock or Clock())
+    return WhatsAppClient(wa_settings(sandbox.base_url, **values))
 
 
 @pytest.fixture
-async def client(fresh: SandboxHandle, clock: Clock) -> AsyncIterator[WhatsAppClient]:
-    async with client_for(fresh, clock) as c:
+async def client(fresh: SandboxHandle) -> AsyncIterator[WhatsAppClient]:
+    async with client_for(fresh) as c:
         yield c
+
+
+async def upload(sandbox: SandboxHandle, content: bytes = PNG, mime_type: str = "image/png") -> str:
+    """The media id of `content`, uploaded as Meta documents it; the sandbox's refusal as a `GraphApiError`."""
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            sandbox.media_url(NUMBER), headers={"authorization": f"Bearer {sandbox.access_token}"},
+            data={"messaging_product": "whatsapp", "type": mime_type}, files={"file": ("file", content, mime_type)},
+        )
+    if response.status_code != 200:
+        raise error_from_response(response)
+    media_id: str = response.json()["id"]
+    return media_id
 
 
 async def expect_error(client: WhatsAppClient, send: SendRequest, **kwargs: Any) -> GraphApiError:
@@ -71,7 +72,7 @@ async def expect_error(client: WhatsAppClient, send: SendRequest, **kwargs: Any)
 
 async def test_every_message_type_is_accepted_with_callback_data(client: WhatsAppClient,
                                                                  fresh: SandboxHandle) -> None:
-    media_id = await client.upload_media(NUMBER, PNG, "image/png")
+    media_id = await upload(fresh)
     bodies = dict(BODIES)
     for kind in ("video", "audio", "sticker"):  # ids the sandbox knows: our own upload
         bodies[kind] = {"type": kind, kind: {**bodies[kind][kind], "id": media_id}}
@@ -249,53 +250,26 @@ async def test_nothing_listening_is_not_ambiguous() -> None:
 # --- media ------------------------------------------------------------------------------------------
 
 
-async def test_upload_once_then_reuse(client: WhatsAppClient, fresh: SandboxHandle) -> None:
-    ids = {await client.upload_media(NUMBER, PNG, "image/png") for _ in range(3)}
-    ids |= set(await asyncio.gather(*(client.upload_media(NUMBER, PNG, "image/png") for _ in range(5))))
-    media = await fresh.control.media()
+async def test_sending_an_id_the_sandbox_expired_is_a_media_error(client: WhatsAppClient,
+                                                                 fresh: SandboxHandle) -> None:
+    def image(media_id: str) -> SendRequest:
+        return SendRequest.model_validate({"to": "+16505551234", "message": {"type": "image",
+                                                                              "image": {"id": media_id}}})
 
-    assert len(ids) == 1
-    assert media["uploads_by_sha256"] == {hashlib.sha256(PNG).hexdigest(): 1}
-
-
-async def test_client_side_expiry_uploads_again(client: WhatsAppClient, fresh: SandboxHandle, clock: Clock) -> None:
-    first = await client.upload_media(NUMBER, PNG, "image/png")
-    clock.now += 29 * DAY
-    second = await client.upload_media(NUMBER, PNG, "image/png")
-
-    assert second != first
-    assert (await fresh.control.media())["uploads_by_sha256"] == {hashlib.sha256(PNG).hexdigest(): 2}
-
-
-async def test_media_meta_expired_early_is_uploaded_again_and_sent(client: WhatsAppClient,
-                                                                  fresh: SandboxHandle) -> None:
-    image = SendRequest.model_validate({"to": "+16505551234", "message": {"type": "image",
-                                                                          "image": {"id": "pending"}}})
-    await client.send_media(image, PNG, "image/png")
-    stale = await client.upload_media(NUMBER, PNG, "image/png")
-    await fresh.control.expire_media(stale)  # Meta forgot it before our 29 days were up
-
-    sent = await client.send_media(image, PNG, "image/png")
-
-    assert sent.wamid.startswith("wamid.")
-    assert (await fresh.control.media())["uploads"] == 2
-    assert len(await fresh.control.sends()) == 2
-
-
-async def test_sending_an_expired_id_directly_is_a_media_error(client: WhatsAppClient, fresh: SandboxHandle) -> None:
-    media_id = await client.upload_media(NUMBER, PNG, "image/png")
-    await fresh.control.expire_media(media_id)
-    image = SendRequest.model_validate({"to": "+16505551234", "message": {"type": "image", "image": {"id": media_id}}})
-    err = await expect_error(client, image)
+    media_id = await upload(fresh)
+    await fresh.control.expire_media(media_id)  # Meta forgot it (its 30 days, or earlier)
+    err = await expect_error(client, image(media_id))
 
     assert (err.code, err.error_class) == (131053, ErrorClass.MEDIA)
-    assert await client.upload_media(NUMBER, PNG, "image/png") != media_id  # the cache let go of it
+    uploaded_again = await upload(fresh)
+    assert uploaded_again != media_id
+    assert (await client.send_message(image(uploaded_again))).wamid.startswith("wamid.")
 
 
-async def test_unsupported_media_type_is_invalid(client: WhatsAppClient) -> None:
+async def test_unsupported_media_type_is_invalid(fresh: SandboxHandle) -> None:
     with pytest.raises(GraphApiError) as info:
-        await client.upload_media(NUMBER, b"GIF89a....", "image/gif")
-    assert info.value.error_class is ErrorClass.INVALID
+        await upload(fresh, b"GIF89a....", "image/gif")
+    assert (info.value.code, info.value.error_class) == (100, ErrorClass.INVALID)
 
 
 # --- health -----------------------------------------------------------------------------------------

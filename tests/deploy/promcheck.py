@@ -171,15 +171,17 @@ def selectors(expressions: list[Expression]) -> dict[str, list[str]]:
     return found
 
 
-def promtool() -> str | None:
-    return shutil.which("promtool")
+def promtool() -> str:
+    """promtool's path; missing is a failure, since `make setup` installs it (Debian's `prometheus`)."""
+    binary = shutil.which("promtool")
+    if binary is None:
+        raise RuntimeError("promtool is not installed: `make setup` installs Debian's `prometheus` package")
+    return binary
 
 
 def promtool_parse(expressions: list[Expression]) -> list[str]:
     """Parse every expression (and its probe) with promtool, Prometheus' own parser; return the problems."""
     binary = promtool()
-    if binary is None:
-        raise RuntimeError("promtool is not installed (apt-get install prometheus)")
     groups, sources = [], {}
     for index, e in enumerate(expressions):
         for variant, text in (("expr", e.promql), ("probe", e.probe)):

@@ -28,11 +28,6 @@ RULE_TESTS = sorted((ROOT / "deploy" / "prometheus" / "tests").glob("*.yml"))
 PROVISIONING = ROOT / "deploy" / "grafana" / "provisioning"
 OPERATIONS = ROOT / "docs" / "operations.md"
 
-needs_promtool = pytest.mark.skipif(
-    promtool() is None, reason="promtool missing: install Debian's `prometheus` package (make setup does)"
-)
-
-
 def _yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
 
@@ -52,13 +47,11 @@ def _anchors() -> set[str]:
     return {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in headings}
 
 
-@needs_promtool
 def test_promtool_check_rules() -> None:
     result = subprocess.run([promtool(), "check", "rules", *map(str, RULE_FILES)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@needs_promtool
 def test_promtool_rule_unit_tests() -> None:
     assert RULE_TESTS, "deploy/prometheus/tests/*.yml"
     result = subprocess.run([promtool(), "test", "rules", *map(str, RULE_TESTS)], capture_output=True, text=True)
@@ -199,7 +192,6 @@ def test_dashboard_provider_points_at_the_mounted_folder() -> None:
 # --- every expression parses ----------------------------------------------------------------------
 
 
-@needs_promtool
 def test_every_expression_parses_with_promtool() -> None:
     expressions = collect_expressions()
     kinds = {e.kind for e in expressions}
@@ -208,7 +200,6 @@ def test_every_expression_parses_with_promtool() -> None:
     print(f"{len(expressions)} expressions parsed by promtool")
 
 
-@needs_promtool
 def test_the_parse_check_reports_bad_expressions_by_source() -> None:
     bad = Expression("dashboards/x.json | Broken | A", "panel", "sum(rate(delivery_messages_total[$__rate_interval])")
     problems = promtool_parse([bad, Expression("ok", "panel", "up")])

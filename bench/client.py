@@ -112,7 +112,7 @@ def start_server(kind: str, latency_ms: float) -> tuple[subprocess.Popen[bytes],
 def sandbox_env(latency_ms: float) -> dict[str, str]:
     """Sandbox settings for a benchmark: fixed latency, no throughput or pair limits, no webhooks."""
     return {
-        "SANDBOX_LATENCY_MEDIAN_MS": str(latency_ms),
+        "SANDBOX_LATENCY_MEDIAN_SECONDS": str(latency_ms / 1000),
         "SANDBOX_LATENCY_SIGMA": "0",
         "SANDBOX_RATE_PER_SECOND": "0",
         "SANDBOX_PAIR_INTERVAL_SECONDS": "0",

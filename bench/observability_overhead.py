@@ -153,7 +153,7 @@ async def one_round(bootstrap: str, mode: str, webhooks: int, exporter: InMemory
     await preload(settings, raw)
     expected = 3 * webhooks
     telemetry = telemetry_for(mode, settings, exporter)
-    producer = new_producer(settings, settings.ingest.linger_ms)
+    producer = new_producer(settings, settings.ingest.linger_seconds)
     restore_consumer = new_restore_consumer(settings)
     await producer.start()
     await restore_consumer.start()

@@ -179,7 +179,7 @@ async def run(args: argparse.Namespace) -> None:
     latency = args.latency_ms / 1000
     results: list[Result] = []
     path = f"/v23.0/{NUMBER}/messages"
-    sandbox_settings = {"latency_median_ms": args.latency_ms, "latency_sigma": 0.0, "rate_per_second": 0}
+    sandbox_settings = {"latency_median_seconds": latency, "latency_sigma": 0.0, "rate_per_second": 0}
 
     async with script_server(_BASELINE, str(latency)) as (port, pid):
         results.append(await drive("baseline", f"http://127.0.0.1:{port}{path}", pid, "x", args.in_flight,
@@ -201,8 +201,8 @@ async def run(args: argparse.Namespace) -> None:
 
     if not args.skip_webhooks:
         async with script_server(_RECEIVER) as (hook_port, _), running_sandbox(
-            in_subprocess=True, webhook_url=f"http://127.0.0.1:{hook_port}/hook", sent_after_ms=50,
-            delivered_after_ms=150, read_after_ms=300, **sandbox_settings,
+            in_subprocess=True, webhook_url=f"http://127.0.0.1:{hook_port}/hook", sent_after_seconds=0.05,
+            delivered_after_seconds=0.15, read_after_seconds=0.3, **sandbox_settings,
         ) as sandbox:
             assert sandbox.pid is not None
             result = await drive("webhooks", sandbox.base_url + path, sandbox.pid, sandbox.access_token,

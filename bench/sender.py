@@ -198,6 +198,7 @@ async def open_loop(bootstrap: str, topic: str, rate: float, seconds: float, tag
 
 
 async def run(args: argparse.Namespace) -> None:
+    latency = args.latency_ms / 1000  # the sandbox's latency_median_seconds
     if args.nice:
         os.setpriority(os.PRIO_PROCESS, 0, -10)  # inherited by the broker, sandbox and sender processes
     data = Path(tempfile.mkdtemp(prefix="bench-sender-"))
@@ -211,7 +212,7 @@ async def run(args: argparse.Namespace) -> None:
             await create_topics(load_settings(kafka={"bootstrap_servers": bootstrap, "topic_prefix": p,
                                                      "partitions": 3}).kafka)
         catalog = TopicCatalog(load_settings(kafka={"topic_prefix": prefix}).kafka)
-        async with running_sandbox(in_subprocess=True, rate_per_second=args.rate, latency_median_ms=args.latency_ms,
+        async with running_sandbox(in_subprocess=True, rate_per_second=args.rate, latency_median_seconds=latency,
                                    send_log_limit=max(100_000, args.messages * 2)) as sandbox:
             # 1. naive baseline
             naive_topic = TopicCatalog(load_settings(kafka={"topic_prefix": prefix_naive}).kafka).send_requests
@@ -225,7 +226,7 @@ async def run(args: argparse.Namespace) -> None:
             print(f"naive sequential consumer: {naive_result['sent']} sent in {naive_result['seconds']:.1f} s "
                   f"= {naive_rate:.1f}/s", flush=True)
             await sandbox.control.reset()
-            await sandbox.control.configure(rate_per_second=args.rate, latency_median_ms=args.latency_ms,
+            await sandbox.control.configure(rate_per_second=args.rate, latency_median_seconds=latency,
                                             send_log_limit=max(100_000, args.messages * 2))
 
             # 2. throughput
@@ -284,7 +285,7 @@ async def run(args: argparse.Namespace) -> None:
 
                 # 3. latency, open loop at 90 % of the rate
                 await sandbox.control.reset()
-                await sandbox.control.configure(rate_per_second=args.rate, latency_median_ms=args.latency_ms)
+                await sandbox.control.configure(rate_per_second=args.rate, latency_median_seconds=latency)
                 produced = await open_loop(bootstrap, catalog.send_requests, args.rate * 0.9, args.latency_seconds,
                                            "lat")
                 lat_results = await count_results(bootstrap, catalog.send_results, produced, "lat", timeout=120)

@@ -219,7 +219,7 @@ class ApiSettings(_Group):
     publish_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     retry_after_seconds: int = Field(default=5, ge=1, le=3600, description="Retry-After on 503")
     # The producer waits this long to batch concurrent requests into one Kafka request.
-    linger_ms: int = Field(default=2, ge=0, le=1000)
+    linger_seconds: float = Field(default=0.002, ge=0, le=1)
     # Where the settled idempotency answers live (SQLite; a volume that survives restarts, so a restart
     # reads only the topic's tail). Unset: a temporary file, rebuilt from the window at each start.
     state_dir: Path | None = None
@@ -335,11 +335,11 @@ class IngestSettings(_Group):
         default=5.0, gt=0, le=60, description="how long a webhook POST waits for Kafka before answering 503"
     )
     batch_max_records: int = Field(default=500, ge=1, le=10_000, description="records per consumer batch")
-    linger_ms: int = Field(default=5, ge=0, le=1000, description="consumers' producer batching delay")
+    linger_seconds: float = Field(default=0.005, ge=0, le=1, description="consumers' producer batching delay")
     commit_interval_seconds: float = Field(
         default=0.5, gt=0, le=60, description="consumers commit acknowledged offsets at most this often"
     )
-    session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
+    session_timeout_seconds: float = Field(default=10.0, ge=6, le=300)
     state_retention_days: float = Field(
         default=8.0, gt=0, description="forget a message's dedupe state this long after its last status"
     )

@@ -76,7 +76,7 @@ class Publisher:
     def __init__(self, settings: Settings, tracer_provider: TracerProvider) -> None:
         self._kafka = settings.kafka
         self._timeout = settings.api.publish_timeout_seconds
-        self._linger_ms = settings.api.linger_ms
+        self._linger_seconds = settings.api.linger_seconds
         self.topic = TopicCatalog(settings.kafka).send_requests
         self._tracer = tracer_provider.get_tracer("pipeline.api")
         self._producer: AIOKafkaProducer | None = None
@@ -88,7 +88,7 @@ class Publisher:
                 **self._kafka.client_kwargs(),
                 enable_idempotence=True,  # implies acks=all and no duplicates on the producer's retries
                 acks="all",
-                linger_ms=self._linger_ms,
+                linger_ms=round(self._linger_seconds * 1000),
                 # Well past the deadline: a batch must be withdrawn (503) or sent, never expired by
                 # aiokafka (module docstring of produce_guard). A drained batch is retried by the
                 # idempotent producer (written once) and its request answered 504 at the deadline.

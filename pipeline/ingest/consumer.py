@@ -78,8 +78,8 @@ def subscribe(
         # (per-batch costs dominate small ones), at most 50 ms more latency when traffic is thin.
         fetch_min_bytes=64 * 1024,
         fetch_max_wait_ms=50,
-        session_timeout_ms=ingest.session_timeout_ms,
-        heartbeat_interval_ms=max(1000, ingest.session_timeout_ms // 5),
+        session_timeout_ms=round(ingest.session_timeout_seconds * 1000),
+        heartbeat_interval_ms=max(1000, round(ingest.session_timeout_seconds * 200)),
         max_partition_fetch_bytes=4 * 1024 * 1024,
         decoder=_undecoded,
         title=f"{topic}:{group}",
@@ -95,13 +95,13 @@ async def _undecoded(msg: Any) -> None:
     return None
 
 
-def new_producer(settings: Settings, linger_ms: int) -> AIOKafkaProducer:
+def new_producer(settings: Settings, linger_seconds: float) -> AIOKafkaProducer:
     """Idempotent (hence acks=all): a retried batch is written once, in order per partition."""
     return AIOKafkaProducer(
         **settings.kafka.client_kwargs(),
         enable_idempotence=True,
         acks="all",
-        linger_ms=linger_ms,
+        linger_ms=round(linger_seconds * 1000),
         max_batch_size=256 * 1024,
         max_request_size=8 * 1024 * 1024,  # a dead letter carries a whole webhook (up to 3 MB, base64)
     )

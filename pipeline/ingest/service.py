@@ -156,7 +156,7 @@ class Ingest:
 
     async def _run_consumers(self) -> None:
         settings = self.settings
-        producer = new_producer(settings, settings.ingest.linger_ms)
+        producer = new_producer(settings, settings.ingest.linger_seconds)
         restore_consumer = new_restore_consumer(settings)
         try:
             if not await self._until_connected(producer, restore_consumer):

@@ -83,7 +83,7 @@ async def serve(settings: Settings) -> None:
     log.info(
         "sandbox listening",
         extra={"url": f"http://{sandbox.host}:{port}", "webhook_url": sandbox.webhook_url,
-               "rate_per_second": sandbox.rate_per_second, "latency_median_ms": sandbox.latency_median_ms},
+               "rate_per_second": sandbox.rate_per_second, "latency_median_seconds": sandbox.latency_median_seconds},
     )
     try:
         await asyncio.Event().wait()

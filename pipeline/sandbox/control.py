@@ -1,6 +1,6 @@
 """Control endpoints under /_sandbox/ (not Meta's): switch outages, change limits, read what happened.
 
-    PATCH  /_sandbox/config            {"rate_per_second": 1000, "latency_median_ms": 0}   -> the new config
+    PATCH  /_sandbox/config            {"rate_per_second": 1000, "latency_median_seconds": 0}   -> the new config
     POST   /_sandbox/outage            {"mode": "error"|"timeout"|"disconnect", "phone_number_id"?}
     DELETE /_sandbox/outage[?phone_number_id=]
     POST   /_sandbox/reset

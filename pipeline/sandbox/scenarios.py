@@ -16,7 +16,7 @@ from enum import StrEnum
 class Answer(StrEnum):
     ACCEPT = "accept"  # 200 at once (after the normal latency)
     ERROR = "error"  # a synchronous Graph API error
-    SLOW = "slow"  # 200 after `slow_ms` more
+    SLOW = "slow"  # 200 after `slow_seconds` more
     HANG = "hang"  # accepted (logged, webhooks follow) but the answer is held `hang_seconds`
 
 
@@ -55,7 +55,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("9190", "auth", Answer.ERROR, 190, what="HTTP 401, code 190 (as if the token expired)"),
     Scenario("9368", "policy", Answer.ERROR, 368, what="HTTP 400, code 368"),
     Scenario("9100", "invalid", Answer.ERROR, 100, what="HTTP 400, code 100"),
-    Scenario("9005", "slow", Answer.SLOW, what="accepted after `slow_ms` (5 s) more than the normal latency"),
+    Scenario("9005", "slow", Answer.SLOW, what="accepted after `slow_seconds` (5 s) more than the normal latency"),
     Scenario("9030", "timeout", Answer.HANG,
              what="accepted and logged, webhooks follow, but the answer is held `hang_seconds` (35 s)"),
     Scenario("9201", "duplicate_statuses", statuses=Statuses.TWICE, what="every status webhook posted twice"),

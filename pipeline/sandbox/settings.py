@@ -35,10 +35,10 @@ class SandboxSettings(BaseSettings):
     display_phone_number: str = Field(default="15550783881", pattern=r"^\d{5,20}$")
     phone_number_ids: list[str] = Field(default_factory=list, description="empty: every id exists")
     # Latency of every Graph API answer: lognormal around the median; 0 answers at once.
-    latency_median_ms: float = Field(default=200.0, ge=0, le=60_000)
+    latency_median_seconds: float = Field(default=0.2, ge=0, le=60)
     latency_sigma: float = Field(default=0.4, ge=0, le=3)
-    latency_max_ms: float = Field(default=10_000.0, ge=0)
-    slow_ms: float = Field(default=5_000.0, ge=0, description="extra delay of the 'slow' test numbers")
+    latency_max_seconds: float = Field(default=10.0, ge=0)
+    slow_seconds: float = Field(default=5.0, ge=0, description="extra delay of the 'slow' test numbers")
     hang_seconds: float = Field(default=35.0, ge=0, description="how long 'timeout' answers are held")
     # Limits. Meta: 80/s per number (1,000/s when upgraded); ~1 per 6 s per recipient, burst unsure.
     rate_per_second: float = Field(default=80.0, ge=0, description="per business number; 0 = no cap")
@@ -48,10 +48,10 @@ class SandboxSettings(BaseSettings):
     pair_burst: int = Field(default=3, ge=1)
     media_ttl_seconds: float = Field(default=30 * 86_400.0, gt=0)
     # Status webhooks (none without a URL): delays after acceptance, and Meta's untidiness.
-    sent_after_ms: float = Field(default=100.0, ge=0)
-    delivered_after_ms: float = Field(default=500.0, ge=0)
-    read_after_ms: float = Field(default=2_000.0, ge=0)
-    failed_after_ms: float = Field(default=300.0, ge=0)
+    sent_after_seconds: float = Field(default=0.1, ge=0)
+    delivered_after_seconds: float = Field(default=0.5, ge=0)
+    read_after_seconds: float = Field(default=2.0, ge=0)
+    failed_after_seconds: float = Field(default=0.3, ge=0)
     read_probability: float = Field(default=1.0, ge=0, le=1)
     duplicate_probability: float = Field(default=0.0, ge=0, le=1)
     reorder_probability: float = Field(default=0.0, ge=0, le=1)

@@ -175,13 +175,13 @@ class SandboxState:
     def latency(self, scenario: Scenario | None = None) -> float:
         s = self.settings
         delay = 0.0
-        if s.latency_median_ms > 0:
-            delay = s.latency_median_ms
+        if s.latency_median_seconds > 0:
+            delay = s.latency_median_seconds
             if s.latency_sigma > 0:
                 delay *= math.exp(s.latency_sigma * self.rng.gauss(0.0, 1.0))
-            delay = min(delay, s.latency_max_ms) / 1000
+            delay = min(delay, s.latency_max_seconds)
         if scenario is not None and scenario.answer is Answer.SLOW:
-            delay += s.slow_ms / 1000
+            delay += s.slow_seconds
         elif scenario is not None and scenario.answer is Answer.HANG:
             delay = s.hang_seconds
         return delay

@@ -51,8 +51,7 @@ def plan_statuses(
     """(seconds from now, status item) pairs, in posting order."""
     t0 = message.accepted_at
 
-    def make(kind: str, after_ms: float, **extra: Any) -> tuple[float, dict[str, Any]]:
-        after = after_ms / 1000
+    def make(kind: str, after: float, **extra: Any) -> tuple[float, dict[str, Any]]:
         return after, payloads.status(
             message.wamid, kind, int(t0 + after), message.wa_id, message.request_id,
             recipient_user_id=message.user_id, **extra
@@ -62,19 +61,19 @@ def plan_statuses(
     if scenario.statuses is Statuses.FAILED and scenario.failure_code is not None and not exempt:
         code = scenario.failure_code
         details = _FAILURE_DETAILS.get(code, "Message failed to send.")
-        return [make("failed", settings.failed_after_ms, errors=[status_error(code, details)])]
+        return [make("failed", settings.failed_after_seconds, errors=[status_error(code, details)])]
 
     price = payloads.pricing(message.template_name)
     category = str(price["category"])
     conversation = payloads.conversation(
         conversation_id(message.phone_number_id, message.wa_id, category),
-        int(t0 + settings.sent_after_ms / 1000) + 86_400,
+        int(t0 + settings.sent_after_seconds) + 86_400,
         category,
     )
-    sent = make("sent", settings.sent_after_ms, price=price, conversation=conversation)
-    delivered = make("delivered", settings.delivered_after_ms, price=price)
+    sent = make("sent", settings.sent_after_seconds, price=price, conversation=conversation)
+    delivered = make("delivered", settings.delivered_after_seconds, price=price)
     forced_read = scenario.statuses in (Statuses.READ_FIRST, Statuses.NO_DELIVERED)
-    read = make("read", settings.read_after_ms, price=price) if forced_read or (
+    read = make("read", settings.read_after_seconds, price=price) if forced_read or (
         rng.random() < settings.read_probability) else None
 
     plan = [sent]

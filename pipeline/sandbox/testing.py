@@ -6,7 +6,7 @@
         await sandbox.control.end_outage()
         stats = await sandbox.control.stats()           # received by outcome, max per-second windows, ...
 
-Defaults differ from `pipeline sandbox` in one way: latency is 0 unless you pass `latency_median_ms`.
+Defaults differ from `pipeline sandbox` in one way: latency is 0 unless you pass `latency_median_seconds`.
 `in_subprocess=True` runs it as `python -m pipeline sandbox` (its own CPU, for benchmarks); the handle's
 `pid` is then set.
 """
@@ -67,8 +67,8 @@ class SandboxControl:
         """131056 past `burst` messages to one recipient, then one per `interval_seconds` (0 turns it off)."""
         await self.configure(pair_burst=burst, pair_interval_seconds=interval_seconds)
 
-    async def set_latency(self, median_ms: float, sigma: float | None = None) -> None:
-        changes: dict[str, Any] = {"latency_median_ms": median_ms}
+    async def set_latency(self, median_seconds: float, sigma: float | None = None) -> None:
+        changes: dict[str, Any] = {"latency_median_seconds": median_seconds}
         if sigma is not None:
             changes["latency_sigma"] = sigma
         await self.configure(**changes)
@@ -175,7 +175,7 @@ class SandboxHandle:
 @contextlib.asynccontextmanager
 async def running_sandbox(*, in_subprocess: bool = False, **overrides: Any) -> AsyncIterator[SandboxHandle]:
     """A sandbox on a free port of 127.0.0.1; `overrides` are SandboxSettings fields."""
-    values: dict[str, Any] = {"latency_median_ms": 0.0, **overrides, "host": "127.0.0.1", "port": 0}
+    values: dict[str, Any] = {"latency_median_seconds": 0.0, **overrides, "host": "127.0.0.1", "port": 0}
     settings = SandboxSettings(**values)
     async with aiohttp.ClientSession() as session:
         if in_subprocess:

@@ -35,7 +35,7 @@ class StoreSettings(BaseSettings):
         default=None, description="base64 of a 16/24/32-byte AES-GCM key: message text encrypted at rest"
     )
     pool_size: int = Field(default=4, ge=1, le=100, description="PostgreSQL connections of the read API")
-    session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
+    session_timeout_seconds: float = Field(default=10.0, ge=6, le=300)
 
     @field_validator("encryption_key", mode="before")
     @classmethod

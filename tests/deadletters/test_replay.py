@@ -41,7 +41,7 @@ def stack(kafka_bootstrap: str, tmp_path: Path) -> Iterator[LocalStack]:
         api={"port": free_port()},
         sender={"port": free_port(), "group_id": f"{prefix}sender"},
         ingest={"port": free_port(), "metrics_port": free_port()},
-        sandbox={"port": free_port(), "latency_median_ms": 5.0, "phone_number_ids": [KNOWN]},
+        sandbox={"port": free_port(), "latency_median_seconds": 0.005, "phone_number_ids": [KNOWN]},
         log={"level": "WARNING"},
     )
     asyncio.run(create_topics(settings.kafka))

@@ -184,14 +184,14 @@ def _receiver_grace(s: Any) -> float:
 
 def _consumers_grace(s: Any) -> float:
     # the batch in hand finishes and commits; a batch longer than the session timeout loses the group anyway
-    return s.ingest.session_timeout_ms / 1000
+    return s.ingest.session_timeout_seconds
 
 
 def _store_grace(s: Any) -> float:
     # pipeline/store/consumer.py: FastStream's graceful_timeout of 15 s lets the batch in hand finish its
     # transaction and ack (a batch past the session timeout has lost its partitions anyway); the read API's
     # requests are short (the database pool's queries).
-    return max(15.0, s.store.session_timeout_ms / 1000)
+    return max(15.0, s.store.session_timeout_seconds)
 
 
 def _notify_grace(s: Any) -> float:

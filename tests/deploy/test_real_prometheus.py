@@ -71,8 +71,9 @@ def _stack_settings(settings: Settings, **kafka: object) -> Settings:
         store={"port": free_port(), "group_id": f"{settings.kafka.topic_prefix}store",
                "database_url": f"sqlite:///{tempfile.mkdtemp(prefix='prometheus-store-')}/store.db"},
         # `…9030` recipients hang past the client's timeout: ambiguous attempts, quickly.
-        sandbox={"port": free_port(), "latency_median_ms": 20, "sent_after_ms": 50, "delivered_after_ms": 150,
-                 "read_after_ms": 300, "failed_after_ms": 100, "hang_seconds": 3},
+        sandbox={"port": free_port(), "latency_median_seconds": 0.02, "sent_after_seconds": 0.05,
+                 "delivered_after_seconds": 0.15, "read_after_seconds": 0.3, "failed_after_seconds": 0.1,
+                 "hang_seconds": 3},
         log={"level": "WARNING"},
     )
 

@@ -29,11 +29,11 @@ def stack_settings(kafka_bootstrap: str, notify: dict[str, object] | None = None
                 **(notify or {})},
         sandbox={
             "port": free_port(),
-            "latency_median_ms": 20.0,
-            "sent_after_ms": 50.0,
-            "delivered_after_ms": 200.0,
-            "read_after_ms": 400.0,
-            "failed_after_ms": 100.0,
+            "latency_median_seconds": 0.02,
+            "sent_after_seconds": 0.05,
+            "delivered_after_seconds": 0.2,
+            "read_after_seconds": 0.4,
+            "failed_after_seconds": 0.1,
             **sandbox,
         },
     )

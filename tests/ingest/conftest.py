@@ -136,7 +136,7 @@ def ingest_settings(kafka_bootstrap: str, **ingest: Any) -> Settings:
     return load_settings(
         kafka={"bootstrap_servers": kafka_bootstrap, "topic_prefix": prefix, "partitions": 3},
         whatsapp={"app_secret": APP_SECRET, "webhook_token": VERIFY_TOKEN, "phone_number_id": NUMBER},
-        ingest={"port": 0, "metrics_port": 0, "group_id": f"{prefix}ingest", "session_timeout_ms": 6000, **ingest},
+        ingest={"port": 0, "metrics_port": 0, "group_id": f"{prefix}ingest", "session_timeout_seconds": 6, **ingest},
     )
 
 

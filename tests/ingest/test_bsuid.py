@@ -18,7 +18,7 @@ from tests.ingest.conftest import APP_SECRET, NUMBER, Running, eventually, read_
 
 pytestmark = pytest.mark.kafka
 
-FAST = {"sent_after_ms": 0, "delivered_after_ms": 20, "read_after_ms": 40, "read_probability": 1.0}
+FAST = {"sent_after_seconds": 0, "delivered_after_seconds": 0.02, "read_after_seconds": 0.04, "read_probability": 1.0}
 
 
 async def test_bsuid_only_users_and_bsuid_sends_reach_the_records(ingest: Running) -> None:

@@ -55,7 +55,7 @@ def update(wamid: str, status: DeliveryStatus) -> bytes:
 
 async def write_changelog(settings: Settings, items: list[tuple[str, bytes]]) -> int:
     """Produce `items` to status.state's partition; return its end offset."""
-    producer = new_producer(settings, linger_ms=20)
+    producer = new_producer(settings, linger_seconds=0.02)
     await producer.start()
     try:
         outbox = Outbox(producer)

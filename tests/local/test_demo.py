@@ -30,8 +30,8 @@ def stack(kafka_bootstrap: str, tmp_path: Path) -> Iterator[LocalStack]:
         api={"port": free_port()},
         sender={"port": free_port(), "group_id": f"{prefix}sender", "pair_interval_seconds": 0},
         ingest={"port": free_port(), "metrics_port": free_port(), "group_id": f"{prefix}ingest"},
-        sandbox={"port": free_port(), "latency_median_ms": 5.0, "sent_after_ms": 20.0, "delivered_after_ms": 50.0,
-                 "read_after_ms": 100.0, "failed_after_ms": 30.0},
+        sandbox={"port": free_port(), "latency_median_seconds": 0.005, "sent_after_seconds": 0.02,
+                 "delivered_after_seconds": 0.05, "read_after_seconds": 0.1, "failed_after_seconds": 0.03},
         log={"level": "WARNING"},
     )
     asyncio.run(create_topics(settings.kafka))

@@ -171,7 +171,7 @@ async def round_trip_every_stage(settings: Settings) -> None:
     finally:
         await source.consumer.stop()
 
-    producer = new_producer(settings, linger_ms=0)
+    producer = new_producer(settings, linger_seconds=0)
     await producer.start()
     try:
         await producer.send_and_wait(catalog.webhooks_raw, b"raw-webhook", key=b"k")

@@ -84,7 +84,7 @@ async def test_serve_listens_on_the_configured_port_until_cancelled(http: aiohtt
     from pipeline.local.kafka import free_port
 
     port = free_port()
-    settings = load_settings(sandbox={"port": port, "latency_median_ms": 0})
+    settings = load_settings(sandbox={"port": port, "latency_median_seconds": 0})
     task = asyncio.create_task(serve(settings))
     try:
         for _ in range(100):
@@ -129,6 +129,6 @@ def test_docs_list_every_test_number_and_setting() -> None:
         assert f"| `{scenario.suffix}` | {scenario.name} |" in doc
     for name in SandboxSettings.model_fields:
         env = f"SANDBOX_{name.upper()}"
-        # Grouped rows abbreviate a shared prefix: `SANDBOX_LATENCY_MEDIAN_MS`, `_SIGMA`, `_MAX_MS`.
+        # Grouped rows abbreviate a shared prefix: `SANDBOX_LATENCY_MEDIAN_SECONDS`, `_SIGMA`, `_MAX_SECONDS`.
         short = {f"`_{name.upper()}`", f"`_{name.upper().split('_', 1)[-1]}`"}
         assert env in doc or any(s in doc for s in short), env

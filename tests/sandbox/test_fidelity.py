@@ -23,8 +23,8 @@ from pipeline.sandbox.errors import NOT_EMULATED
 from pipeline.sandbox.testing import running_sandbox
 from tests.sandbox.conftest import NUMBER, USER, Graph, WebhookReceiver, text_body
 
-FAST = {"sent_after_ms": 0, "delivered_after_ms": 20, "read_after_ms": 40, "failed_after_ms": 10,
-        "read_probability": 1.0, "webhook_batch_max": 1}
+FAST = {"sent_after_seconds": 0, "delivered_after_seconds": 0.02, "read_after_seconds": 0.04,
+        "failed_after_seconds": 0.01, "read_probability": 1.0, "webhook_batch_max": 1}
 
 
 @pytest.fixture

@@ -30,8 +30,8 @@ from pipeline.sandbox.testing import SandboxHandle, running_sandbox
 from tests.sandbox.conftest import NUMBER, USER, WebhookReceiver
 
 BAD_PAYLOAD = {100, 131008, 131009}
-FAST = {"sent_after_ms": 0, "delivered_after_ms": 20, "read_after_ms": 40, "failed_after_ms": 10,
-        "read_probability": 1.0}
+FAST = {"sent_after_seconds": 0, "delivered_after_seconds": 0.02, "read_after_seconds": 0.04,
+        "failed_after_seconds": 0.01, "read_probability": 1.0}
 
 
 class ToSandbox(httpx.AsyncBaseTransport):

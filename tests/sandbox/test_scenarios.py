@@ -35,14 +35,14 @@ async def test_error_numbers_answer_their_code_and_http_status(graph: Graph, sce
 
 @pytest.mark.parametrize("to", ["16505559999", "16505559047", "16505559005", "16505559201"])
 async def test_accepting_numbers_answer_200_and_are_logged(graph: Graph, to: str) -> None:
-    await graph.sandbox.control.configure(slow_ms=0)
+    await graph.sandbox.control.configure(slow_seconds=0)
     status, _body = await graph.send(text_body(to=to))
     assert status == 200
     assert (await graph.sandbox.control.sends())[0]["scenario"] == scenario_for(to).name
 
 
-async def test_slow_number_answers_after_slow_ms(graph: Graph) -> None:
-    await graph.sandbox.control.configure(slow_ms=300)
+async def test_slow_number_answers_after_slow_seconds(graph: Graph) -> None:
+    await graph.sandbox.control.configure(slow_seconds=0.3)
     started = time.monotonic()
     status, _ = await graph.send(text_body(to="16505559005"))
     assert status == 200
@@ -59,12 +59,12 @@ async def test_timeout_number_holds_the_answer_but_the_message_went_out(graph: G
 
 
 async def test_latency_applies_to_every_answer(graph: Graph) -> None:
-    await graph.sandbox.control.set_latency(median_ms=150, sigma=0)
+    await graph.sandbox.control.set_latency(median_seconds=0.15, sigma=0)
     for body in (text_body(), text_body(body="")):
         started = time.monotonic()
         await graph.send(body)
         assert time.monotonic() - started >= 0.15
-    await graph.sandbox.control.set_latency(median_ms=0)
+    await graph.sandbox.control.set_latency(median_seconds=0)
     started = time.monotonic()
     await graph.send(text_body())
     assert time.monotonic() - started < 0.15
@@ -83,9 +83,9 @@ async def test_lognormal_latency_has_a_tail_around_the_median(graph: Graph) -> N
         return sorted(taken)
 
     await graph.sandbox.control.set_rate(0)
-    await graph.sandbox.control.set_latency(median_ms=0, sigma=0)
+    await graph.sandbox.control.set_latency(median_seconds=0, sigma=0)
     baseline = (await durations(40))[20]
-    await graph.sandbox.control.set_latency(median_ms=40, sigma=0.8)
+    await graph.sandbox.control.set_latency(median_seconds=0.04, sigma=0.8)
     measured = await durations(60)
     median = measured[30]
     assert 0.015 < median - baseline < 0.2

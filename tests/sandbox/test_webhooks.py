@@ -19,8 +19,8 @@ from tests.sandbox.conftest import NUMBER, USER, Graph, WebhookReceiver, text_bo
 
 # One webhook worker, so posts arrive in the order the sandbox sends them (with several, as at Meta,
 # concurrent posts may overtake each other).
-FAST = {"sent_after_ms": 0, "delivered_after_ms": 20, "read_after_ms": 40, "failed_after_ms": 10,
-        "webhook_concurrency": 1}
+FAST = {"sent_after_seconds": 0, "delivered_after_seconds": 0.02, "read_after_seconds": 0.04,
+        "failed_after_seconds": 0.01, "webhook_concurrency": 1}
 
 
 @pytest.fixture
@@ -161,8 +161,8 @@ async def test_read_probability_zero_means_never_read(hooked: Graph, receiver: W
 
 
 async def test_many_due_statuses_are_batched_into_few_posts(hooked: Graph, receiver: WebhookReceiver) -> None:
-    await hooked.sandbox.control.configure(rate_per_second=0, sent_after_ms=200, read_probability=0.0,
-                                           delivered_after_ms=400)
+    await hooked.sandbox.control.configure(rate_per_second=0, sent_after_seconds=0.2, read_probability=0.0,
+                                           delivered_after_seconds=0.4)
     for i in range(40):
         assert (await hooked.send(text_body(to=f"1650555{i:04d}", request_id=f"r{i}")))[0] == 200
     await hooked.sandbox.control.wait_webhooks_idle()
@@ -207,8 +207,8 @@ async def test_unreachable_webhook_is_retried_not_fatal(receiver: WebhookReceive
 
 
 async def test_queue_limit_bounds_pending_webhooks(receiver: WebhookReceiver, http: aiohttp.ClientSession) -> None:
-    async with running_sandbox(webhook_url=receiver.url, webhook_queue_limit=4, sent_after_ms=300,
-                               delivered_after_ms=300, read_after_ms=300) as sandbox:
+    async with running_sandbox(webhook_url=receiver.url, webhook_queue_limit=4, sent_after_seconds=0.3,
+                               delivered_after_seconds=0.3, read_after_seconds=0.3) as sandbox:
         graph = Graph(sandbox, http)
         for i in range(3):
             assert (await graph.send(text_body(to=f"1650555000{i}")))[0] == 200  # sending never waits on it

@@ -77,7 +77,8 @@ async def test_after_a_restart_failing_recipients_back_off_and_ordinary_messages
     late = [text_request(f"+1650666{n:04d}", f"late-{n:03d}") for n in range(300)]
     run = with_sender(settings, None, rate_per_second=500)
     trips_before = {reason: trips(reason) for reason in CircuitReason}
-    async with running_sandbox(rate_per_second=0, latency_median_ms=20) as sandbox, Outcomes(settings) as outcomes:
+    async with running_sandbox(rate_per_second=0, latency_median_seconds=0.02) as sandbox, \
+            Outcomes(settings) as outcomes:
         run = with_sender(run, sandbox.base_url)
         await produce(settings, mixed)
         async with running_sender(run):
@@ -138,7 +139,7 @@ async def test_a_real_outage_opens_fast_probes_once_per_reset_interval_and_fails
     run = with_sender(settings, None, rate_per_second=rate, breaker_failure_threshold=5,
                       breaker_reset_seconds=reset, ambiguous_window_seconds=3.0)
     run = run.model_copy(update={"whatsapp": run.whatsapp.model_copy(update={"timeout_seconds": client_timeout})})
-    async with running_sandbox(rate_per_second=0, latency_median_ms=5, hang_seconds=3.0) as sandbox, \
+    async with running_sandbox(rate_per_second=0, latency_median_seconds=0.005, hang_seconds=3.0) as sandbox, \
             Outcomes(settings) as outcomes:
         await sandbox.control.outage(mode)
         async with running_sender(with_sender(run, sandbox.base_url)):
@@ -185,7 +186,8 @@ async def test_a_real_outage_opens_fast_probes_once_per_reset_interval_and_fails
 async def _run_mix(settings: Settings, requests: list[SendRequest], ordinary: set[str], number: str,
                    ) -> tuple[float, float]:
     """Sent/s of the `ordinary` requests (first to last send at the sandbox) and the circuit's worst state."""
-    async with running_sandbox(rate_per_second=0, latency_median_ms=20) as sandbox, Outcomes(settings) as outcomes:
+    async with running_sandbox(rate_per_second=0, latency_median_seconds=0.02) as sandbox, \
+            Outcomes(settings) as outcomes:
         await produce(settings, requests, key=number.encode())
         worst = 0.0
         gauge = metrics.CIRCUIT_STATE.labels(phone_number_id=number)
@@ -264,7 +266,8 @@ async def test_a_send_that_timed_out_after_meta_took_it_is_concluded_sent_by_its
     run = run.model_copy(update={"whatsapp": run.whatsapp.model_copy(update={"timeout_seconds": 1.0})})
     async with Ingest(settings, setup(Stage.INGEST, settings)) as ingest:
         webhook_url = f"http://127.0.0.1:{ingest.port}/webhooks/whatsapp"
-        async with running_sandbox(rate_per_second=0, latency_median_ms=10, hang_seconds=3.0, sent_after_ms=200,
+        async with running_sandbox(rate_per_second=0, latency_median_seconds=0.01, hang_seconds=3.0,
+                                   sent_after_seconds=0.2,
                                    webhook_url=webhook_url) as sandbox, Outcomes(settings) as outcomes:
             async with running_sender(with_sender(run, sandbox.base_url)):
                 await asyncio.sleep(1.0)  # the status feed reads from the end: let it start first

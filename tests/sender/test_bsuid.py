@@ -58,7 +58,7 @@ async def test_bsuid_requests_reach_the_sandbox_in_metas_shape_in_order_and_thei
     neither = orjson.dumps({"request_id": "bad-none", "phone_number_id": NUMBER,
                             "message": {"type": "text", "text": {"body": "x"}}})
     # Spread latencies: answers come back out of order, so only the per-recipient key keeps the order.
-    async with running_sandbox(rate_per_second=0, latency_median_ms=20, latency_sigma=1.0) as sandbox, \
+    async with running_sandbox(rate_per_second=0, latency_median_seconds=0.02, latency_sigma=1.0) as sandbox, \
             Outcomes(settings) as outcomes:
         await produce(settings, [*requests[:80], both, neither, *requests[80:]])
         async with running_sender(with_sender(settings, sandbox.base_url, rate_per_second=1000, max_in_flight=40)):

@@ -53,7 +53,8 @@ async def start_sender(env: dict[str, str], log: Path) -> asyncio.subprocess.Pro
 async def test_kill_9_mid_run_then_restart(settings: Settings, topics: TopicCatalog, tmp_path: Path) -> None:
     requests = [text_request(f"+1650556{n % 2000:04d}", f"crash-{n:05d}") for n in range(TOTAL)]
     log = tmp_path / "sender.log"
-    async with running_sandbox(rate_per_second=0, latency_median_ms=50) as sandbox, Outcomes(settings) as outcomes:
+    async with running_sandbox(rate_per_second=0, latency_median_seconds=0.05) as sandbox, \
+            Outcomes(settings) as outcomes:
         await produce(settings, requests)
         env = sender_env(settings, sandbox.base_url)
         first = await start_sender(env, log)

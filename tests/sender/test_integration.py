@@ -35,7 +35,7 @@ async def test_per_recipient_order_across_50_interleaved_recipients(settings: Se
         requests.append(request)
         expected[to].append(request.request_id)
     # Latencies spread widely (lognormal sigma 1): answers come back in a different order than sent.
-    async with running_sandbox(rate_per_second=0, latency_median_ms=20, latency_sigma=1.0) as sandbox, \
+    async with running_sandbox(rate_per_second=0, latency_median_seconds=0.02, latency_sigma=1.0) as sandbox, \
             Outcomes(settings) as outcomes:
         await produce(settings, requests)
         async with running_sender(with_sender(settings, sandbox.base_url, rate_per_second=1000, max_in_flight=100)):
@@ -55,7 +55,8 @@ async def test_at_80_per_second_the_sandbox_never_sees_more_nor_answers_130429(
     settings: Settings, topics: TopicCatalog
 ) -> None:
     requests = [text_request(f"+1650555{2000 + n:04d}", f"lim-{n:04d}") for n in range(400)]
-    async with running_sandbox(rate_per_second=80, latency_median_ms=50) as sandbox, Outcomes(settings) as outcomes:
+    async with running_sandbox(rate_per_second=80, latency_median_seconds=0.05) as sandbox, \
+            Outcomes(settings) as outcomes:
         await produce(settings, requests)
         started = asyncio.get_running_loop().time()
         async with running_sender(with_sender(settings, sandbox.base_url, rate_per_second=80)):
@@ -76,7 +77,8 @@ async def test_an_injected_130429_backs_the_rate_off(settings: Settings, topics:
 
     requests = [text_request(f"+1650555{3000 + n:04d}", f"thr-{n:04d}") for n in range(600)]
     # The sender believes 200/s; Meta (the sandbox) allows 100/s for this number.
-    async with running_sandbox(rate_per_second=100, latency_median_ms=20) as sandbox, Outcomes(settings) as outcomes:
+    async with running_sandbox(rate_per_second=100, latency_median_seconds=0.02) as sandbox, \
+            Outcomes(settings) as outcomes:
         await produce(settings, requests)
         async with running_sender(with_sender(settings, sandbox.base_url, rate_per_second=200,
                                               retry_base_delay_seconds=0.2)):
@@ -95,7 +97,7 @@ async def test_a_pair_limited_recipient_does_not_delay_the_others(settings: Sett
     busy = "+16505554000"
     requests = [text_request(busy, f"pair-{n}") for n in range(3)]
     requests += [text_request(f"+1650555{4100 + n:04d}", f"free-{n:03d}") for n in range(150)]
-    async with running_sandbox(rate_per_second=0, latency_median_ms=10, pair_burst=1,
+    async with running_sandbox(rate_per_second=0, latency_median_seconds=0.01, pair_burst=1,
                                pair_interval_seconds=1.5) as sandbox, Outcomes(settings) as outcomes:
         await produce(settings, requests)
         async with running_sender(with_sender(settings, sandbox.base_url, rate_per_second=500,
@@ -120,7 +122,8 @@ async def test_an_outage_opens_the_breaker_pauses_and_drains_after(settings: Set
 
     requests = [text_request(f"+1650555{5000 + n:04d}", f"out-{n:04d}") for n in range(200)]
     reset = 2.0
-    async with running_sandbox(rate_per_second=0, latency_median_ms=5) as sandbox, Outcomes(settings) as outcomes:
+    async with running_sandbox(rate_per_second=0, latency_median_seconds=0.005) as sandbox, \
+            Outcomes(settings) as outcomes:
         await sandbox.control.outage("error")
         async with running_sender(with_sender(settings, sandbox.base_url, rate_per_second=80,
                                               breaker_failure_threshold=5, breaker_reset_seconds=reset)):
@@ -176,7 +179,8 @@ async def test_a_rebalance_moves_partitions_without_losing_or_repeating_outcomes
     for n in range(1200):
         request = text_request(f"+1650557{rng.randrange(300):04d}", f"reb-{n:04d}")
         requests.append(request.model_copy(update={"phone_number_id": rng.choice(numbers)}))
-    async with running_sandbox(rate_per_second=0, latency_median_ms=30) as sandbox, Outcomes(settings) as outcomes:
+    async with running_sandbox(rate_per_second=0, latency_median_seconds=0.03) as sandbox, \
+            Outcomes(settings) as outcomes:
         for number in numbers:
             await produce(settings, [r for r in requests if r.phone_number_id == number], key=number.encode())
         first = with_sender(settings, sandbox.base_url, rate_per_second=150, transactional_id="reb-a")

@@ -36,7 +36,7 @@ def test_a_read_request_needs_the_inbound_wamid() -> None:
 
 async def test_the_client_marks_read_against_the_sandbox() -> None:
     async with (
-        running_sandbox(latency_median_ms=0) as sandbox,
+        running_sandbox(latency_median_seconds=0) as sandbox,
         WhatsAppClient(wa_settings(sandbox.base_url, access_token=sandbox.access_token)) as client,
     ):
         sent = await client.send_message(read_request("wamid.HBgLREPLY", typing=True))
@@ -50,7 +50,7 @@ async def test_the_client_marks_read_against_the_sandbox() -> None:
 
 async def test_the_sandbox_refuses_a_malformed_typing_indicator() -> None:
     async with (
-        running_sandbox(latency_median_ms=0) as sandbox,
+        running_sandbox(latency_median_seconds=0) as sandbox,
         WhatsAppClient(wa_settings(sandbox.base_url, access_token=sandbox.access_token)) as client,
     ):
         request = read_request()

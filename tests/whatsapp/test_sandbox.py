@@ -186,7 +186,7 @@ async def test_failed_status_webhooks_carry_codes_the_same_table_classifies(fres
     await site.start()
     port = runner.addresses[0][1]
     try:
-        await fresh.control.configure(webhook_url=f"http://127.0.0.1:{port}/hook", failed_after_ms=0)
+        await fresh.control.configure(webhook_url=f"http://127.0.0.1:{port}/hook", failed_after_seconds=0)
         await client.send_message(request(to="+16505559999"))  # accepted, then failed 131026
         await client.send_message(request(to="+16505559047"))  # accepted, then failed 131047
         await fresh.control.wait_webhooks_idle()
@@ -233,7 +233,7 @@ async def test_timeout_outage_is_ambiguous(fresh: SandboxHandle) -> None:
 
 
 async def test_slow_answer_within_the_timeout_succeeds(fresh: SandboxHandle) -> None:
-    await fresh.control.configure(slow_ms=300)
+    await fresh.control.configure(slow_seconds=0.3)
     async with client_for(fresh, timeout_seconds=2) as client:
         assert (await client.send_message(request(to="+16505559005"))).wamid
 

@@ -190,7 +190,7 @@ async def analyse(backend: Backend) -> None:
         import asyncpg
 
         conn = await asyncpg.connect(backend._dsn)
-        await conn.execute("ANALYZE")
+        await conn.execute("VACUUM ANALYZE")  # autovacuum does both (and merges GIN's pending list)
         await conn.close()
     else:
         import sqlite3

@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import asyncpg
+import pytest
 
+import tests.store.test_backends as shared
+from pipeline.store import postgres
 from pipeline.store.backend import Scope, Search
 from pipeline.store.postgres import MIGRATIONS, PostgresBackend, search_sql
 from pipeline.store.projection import project
@@ -95,6 +98,14 @@ async def test_text_search_reads_its_gin_index_under_row_level_security(postgres
             finally:
                 await conn.close()
             assert "Bitmap Index Scan on outbound_search_p" in plan, plan
+        conn = await asyncpg.connect(dsn)
+        try:  # every day's index keeps the short pending list
+            options = [r[0] for r in await conn.fetch(
+                "SELECT reloptions FROM pg_class WHERE relname LIKE 'outbound_search_p%search_idx'")]
+            assert options
+            assert all(o == ["gin_pending_list_limit=512"] for o in options), options
+        finally:
+            await conn.close()
     finally:
         await backend.close()
 
@@ -117,5 +128,18 @@ async def test_a_search_sees_only_the_callers_numbers_and_follows_erasure(postgr
         finally:
             await conn.close()
         assert [m.request_id for m in await backend.search(words, Scope(None))] == ["req_b"]
+    finally:
+        await backend.close()
+
+
+async def test_a_common_words_search_answers_like_a_rare_ones(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every word counts as common (the time walk instead of the index): the same answers, page for page."""
+    monkeypatch.setattr(postgres, "COMMON_MATCHES", 0)
+    backend = PostgresBackend(postgres_server.dsn(postgres_server.new_database()))
+    await backend.open()
+    try:
+        await shared.test_search_by_words_prefix_recipient_status_and_time(backend)
     finally:
         await backend.close()

@@ -143,3 +143,30 @@ async def test_a_common_words_search_answers_like_a_rare_ones(
         await shared.test_search_by_words_prefix_recipient_status_and_time(backend)
     finally:
         await backend.close()
+
+
+async def test_a_database_of_migration_3_gets_its_words_carried_over(postgres_server: PostgresServer) -> None:
+    dsn = postgres_server.dsn(postgres_server.new_database())
+    conn = await asyncpg.connect(dsn, server_settings={"store.numbers": "*"})
+    try:  # the schema and a message as a store of the previous version left them
+        await conn.execute("CREATE TABLE store_migrations (version integer PRIMARY KEY, applied_at timestamptz"
+                           " NOT NULL DEFAULT now())")
+        for version, sql in enumerate(MIGRATIONS[:3], start=1):
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO store_migrations (version) VALUES ($1)", version)
+        await conn.execute(f"CREATE TABLE outbound_messages_p{T0:%Y%m%d} PARTITION OF outbound_messages"
+                           f" FOR VALUES FROM ('{T0:%Y-%m-%d}') TO ('{T0 + timedelta(days=1):%Y-%m-%d}')")
+        await conn.execute("INSERT INTO outbound_messages (request_id, created_at, phone_number_id, wa_id, text)"
+                           " VALUES ('req_old', $1, $2, $3, 'Your order 4242 shipped')", T0, NUMBER_A, CONTACT)
+    finally:
+        await conn.close()
+    backend = PostgresBackend(dsn)
+    await backend.open()
+    try:
+        found = await backend.search(Search(words=("4242",)), Scope(frozenset({NUMBER_A})))
+        assert [m.request_id for m in found] == ["req_old"]
+        await backend.apply(project(delivered_chain("req_new", "wamid.new", accepted=T0))[0])  # the trigger
+        found = await backend.search(Search(words=("order",)), Scope(frozenset({NUMBER_A})))
+        assert [m.request_id for m in found] == ["req_old", "req_new"]  # same time: by request id, descending
+    finally:
+        await backend.close()

@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 
 from pipeline.config import Settings
 from pipeline.contracts.vocabulary import Stage
-from pipeline.observability.context import attached, current_trace_id, current_traceparent
+from pipeline.observability.context import current_trace_id, current_traceparent
 from pipeline.observability.http import OpsServer, ops_routes, uvicorn_config
 from pipeline.observability.kafka import broker_middlewares, new_broker
 from pipeline.observability.lag import subscriber_consumers, track_lag
@@ -75,7 +75,6 @@ def setup(stage: Stage, settings: Settings, span_exporter: SpanExporter | None =
 __all__ = [
     "OpsServer",
     "Telemetry",
-    "attached",
     "broker_middlewares",
     "current_trace_id",
     "current_traceparent",

@@ -1,4 +1,4 @@
-"""W3C trace context for every stage: fast `traceparent` format and parse, and hand-offs between tasks.
+"""W3C trace context for every stage: fast `traceparent` format and parse.
 
     span_context = parse_traceparent(b"00-4bf9…-00f0…-01")   # SpanContext (remote) or None
     parent = context_from_traceparent(header)                 # Context for `start_as_current_span(context=…)`
@@ -6,24 +6,20 @@
     text = traceparent_of(span)                               # "00-<trace>-<span>-01", or None
     header = traceparent_header(span)                         # the same as bytes, for Kafka headers
     current_traceparent()                                     # the same for the current span
-    with attached(ctx):                                       # in a long-lived worker task
-        await client.send(...)                                # the client span joins the message's trace
 
 Hand-written rather than through the propagator API: the consumers handle thousands of records a
 second and the propagator route (a carrier dict, a regex, context lookups, then `inject` through the
 current context) was the largest single cost in their CPU profile. The version-00 format is fixed
 (55 characters); `tracestate` is not parsed here (`context_from_headers` keeps it, for HTTP).
 asyncio copies contextvars only when a task is *created*: work queued for an existing task runs in
-that task's context, so the caller's context must travel with the work item (`attached`).
+that task's context, so a stage passes the message's context explicitly (`start_span(context=…)`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, TraceFlags
@@ -92,18 +88,6 @@ def exemplar_of(span: Span) -> dict[str, str] | None:
     if span_context.is_valid and span_context.trace_flags.sampled:
         return {"trace_id": f"{span_context.trace_id:032x}"}
     return None
-
-
-@contextmanager
-def attached(ctx: Context | None) -> Iterator[None]:
-    if ctx is None:
-        yield
-        return
-    token = otel_context.attach(ctx)
-    try:
-        yield
-    finally:
-        otel_context.detach(token)
 
 
 def current_trace_id() -> str | None:

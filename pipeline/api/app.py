@@ -126,8 +126,8 @@ async def _served(
 ) -> Response:
     """The server span (child of the caller's `traceparent`, parent of the produce span) and the timing.
 
-    Written here rather than with `pipeline.observability.http.instrument_app` (OpenTelemetry's ASGI
-    middleware): that cost 90-100 µs more CPU per request, about a quarter of the whole, even with
+    Written here rather than with OpenTelemetry's ASGI middleware (opentelemetry-instrumentation-asgi,
+    since removed from the project): that cost 90-100 µs more CPU per request, about a quarter of the whole, even with
     spans unrecorded (docs/api.md), for attributes this API does not need.
     """
     started = time.perf_counter()

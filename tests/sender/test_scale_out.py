@@ -61,15 +61,11 @@ async def test_two_replicas_one_killed_and_restarted_then_a_third_never_exceed_t
         for number in numbers:
             await produce(settings, [r for r in requests if r.phone_number_id == number], key=number.encode())
 
-        def env(replica: int) -> dict[str, str]:
-            values = sender_env(settings, sandbox.base_url)
-            values.update({
-                "SENDER_RATE_PER_SECOND": str(CAP),
-                "SENDER_MAX_IN_FLIGHT": "50",
-                "SENDER_COMMIT_INTERVAL_SECONDS": "0.5",
-                "SENDER_TRANSACTIONAL_ID": f"{settings.sender.group_id}-replica-{replica}",
-            })
-            return values
+        # Every replica alike: the transactional ids belong to the input partitions, not to replicas.
+        env = sender_env(settings, sandbox.base_url)
+        env.pop("SENDER_TRANSACTIONAL_ID", None)
+        env.update({"SENDER_RATE_PER_SECOND": str(CAP), "SENDER_MAX_IN_FLIGHT": "50",
+                    "SENDER_COMMIT_INTERVAL_SECONDS": "0.5"})
 
         async def accepted() -> int:
             stats = await sandbox.control.stats()
@@ -90,16 +86,16 @@ async def test_two_replicas_one_killed_and_restarted_then_a_third_never_exceed_t
         started = asyncio.get_running_loop().time()
         marks: dict[str, float] = {}
         try:
-            replicas += [await start_sender(env(0), tmp_path / "replica-0.log"),
-                         await start_sender(env(1), tmp_path / "replica-1.log")]
+            replicas += [await start_sender(env, tmp_path / "replica-0.log"),
+                         await start_sender(env, tmp_path / "replica-1.log")]
             await until_accepted(total // 4, timeout=60)
             marks["kill -9 replica 0"] = asyncio.get_running_loop().time() - started
             replicas[0].send_signal(signal.SIGKILL)
             assert await replicas[0].wait() == -signal.SIGKILL
-            replicas[0] = await start_sender(env(0), tmp_path / "replica-0.log")  # the same replica, restarted
+            replicas[0] = await start_sender(env, tmp_path / "replica-0.log")  # the same replica, restarted
             marks["restarted replica 0"] = asyncio.get_running_loop().time() - started
             await until_accepted(total * 3 // 5, timeout=90)
-            replicas.append(await start_sender(env(2), tmp_path / "replica-2.log"))
+            replicas.append(await start_sender(env, tmp_path / "replica-2.log"))
             marks["added replica 2"] = asyncio.get_running_loop().time() - started
             await outcomes.wait_for(total, timeout=120)
             elapsed = asyncio.get_running_loop().time() - started

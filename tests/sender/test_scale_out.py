@@ -63,7 +63,6 @@ async def test_two_replicas_one_killed_and_restarted_then_a_third_never_exceed_t
 
         # Every replica alike: the transactional ids belong to the input partitions, not to replicas.
         env = sender_env(settings, sandbox.base_url)
-        env.pop("SENDER_TRANSACTIONAL_ID", None)
         env.update({"SENDER_RATE_PER_SECOND": str(CAP), "SENDER_MAX_IN_FLIGHT": "50",
                     "SENDER_COMMIT_INTERVAL_SECONDS": "0.5"})
 

@@ -50,7 +50,6 @@ async def test_a_replica_paused_past_its_session_timeout_neither_commits_nor_sen
             running_sandbox(rate_per_second=0, latency_median_ms=5) as fast, Outcomes(settings) as outcomes:
         await produce(settings, requests)
         zombie_env = sender_env(settings, slow.base_url)
-        zombie_env.pop("SENDER_TRANSACTIONAL_ID", None)
         zombie_env.update({
             "SENDER_MAX_IN_FLIGHT": "4",
             "SENDER_RATE_PER_SECOND": "100",
@@ -59,7 +58,6 @@ async def test_a_replica_paused_past_its_session_timeout_neither_commits_nor_sen
             "SENDER_SESSION_TIMEOUT_SECONDS": str(SESSION),
         })
         taker_env = sender_env(settings, fast.base_url)
-        taker_env.pop("SENDER_TRANSACTIONAL_ID", None)
         taker_env.update({"SENDER_RATE_PER_SECOND": "500", "SENDER_MAX_IN_FLIGHT": "50"})
 
         zombie = await start_sender(zombie_env, zombie_log)

@@ -218,9 +218,9 @@ class KafkaSource:
         self._paused.difference_update(revoked)
         if not partitions:
             return
-        final = await self._engine.revoke(partitions, self._settings.sender.rebalance_grace_seconds)
+        await self._engine.revoke(partitions, self._settings.sender.rebalance_grace_seconds)
         try:
-            await self._commit(lambda: final)
+            await self._commit(lambda: self._engine.final_offsets(partitions))
             await self.committer.release(partitions)
         except Exception as exc:
             self._fatal = exc

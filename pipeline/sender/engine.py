@@ -5,6 +5,7 @@
     engine.intake(record)                 # each fetched record: decode, route, schedule (never blocks)
     engine.offsets_to_commit()               # {partition: (offset, metadata)} that changed since last time
     await engine.revoke({0}, grace=3.0)   # lost partition: finish what is in flight, hand back the rest
+    engine.final_offsets({0})             # its last commit's (offset, metadata), asked when committing
     engine.room                           # requests it can still take (backpressure for the fetcher)
 
 One record's way (docs/sender.md has the picture):
@@ -122,6 +123,7 @@ class Engine:
         self.trackers: dict[int, OffsetTracker] = {}
         self._last_commit: dict[int, tuple[int, str]] = {}
         self._revoking: set[int] = set()
+        self._handed_over: dict[int, OffsetTracker] = {}  # revoked, final offsets not yet taken (final_offsets)
         self._active: dict[int, int] = {}  # partition -> coroutines working on its records
         self._tasks: set[asyncio.Task[None]] = set()
         self._quiet = asyncio.Event()  # set whenever some partition's last coroutine ends
@@ -155,6 +157,7 @@ class Engine:
         self.trackers[partition] = OffsetTracker.restore(committed or 0, metadata)
         self._last_commit[partition] = (committed or 0, metadata or "")
         self._revoking.discard(partition)
+        self._handed_over.pop(partition, None)
 
     async def revoke(self, partitions: Collection[int], grace: float) -> dict[int, tuple[int, str]]:
         """Stop `partitions`: drop queued work, let in-flight work finish for up to `grace` seconds.
@@ -175,10 +178,25 @@ class Engine:
         final: dict[int, tuple[int, str]] = {}
         for partition in lost:
             tracker = self.trackers.pop(partition)
+            self._handed_over[partition] = tracker
             final[partition] = (tracker.position, tracker.metadata())
             self._last_commit.pop(partition, None)
         self._revoking -= lost
         self._drop_foreign_lanes()
+        return final
+
+    def final_offsets(self, partitions: Collection[int]) -> dict[int, tuple[int, str]]:
+        """The revoked `partitions`' final `(offset, metadata)` as of now, for their last commit (asked once).
+
+        Later than `revoke`'s answer by the commit's drain: a publish still awaiting its acknowledgement
+        when the grace ran out lands in the transaction being committed, and marks its offset done once
+        acknowledged, so the offsets committed with it must include it.
+        """
+        final: dict[int, tuple[int, str]] = {}
+        for partition in partitions:
+            tracker = self._handed_over.pop(partition, None)
+            if tracker is not None:
+                final[partition] = (tracker.position, tracker.metadata())
         return final
 
     def _drop_foreign_lanes(self) -> None:

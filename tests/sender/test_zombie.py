@@ -8,8 +8,9 @@ waiting for the sandbox's 3 s answer (its 4 call slots full, nothing about to be
 
 What is asserted:
 * every request has exactly one outcome a `read_committed` reader sees: the taker-over redid all of
-  them, and the zombie's open transaction (its outcomes of the same requests, and those of the calls
-  answered after it resumed) was aborted by the taker-over's producers, never committed;
+  them; the zombie's open transaction (its outcomes of the same requests) was aborted when the
+  taker-over started its producers, and the outcomes of the calls answered after the resume could not
+  be published at all (`ProducerFenced`);
 * the zombie's sandbox receives no call after the resume (its calls in flight at the pause had
   all been written, and accepted, before it);
 * the zombie, finding its producers fenced, exits with an error (it would restart from the last commit).
@@ -102,7 +103,7 @@ async def test_a_replica_paused_past_its_session_timeout_neither_commits_nor_sen
     print(f"\nzombie: paused {paused_for:.1f} s (session timeout {SESSION:.0f} s) after {sent_before_pause} calls, "
           f"{committed_before_pause} outcomes committed; the other replica had all {TOTAL} committed "
           f"{taken_over_after:.1f} s into the pause; after SIGCONT: {len(after_resume)} calls from the zombie, "
-          f"exit code {code}; duplicates of the zombie's calls made by the other replica: "
+          f"exit code {code}; requests it had sent that the other replica sent again: "
           f"{len({callback_request_id(s) for s in zombie_sends})}")
     print("zombie: " + (fenced[0][:300] if fenced else "(no 'fenced' line in its log)"))
 

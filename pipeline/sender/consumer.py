@@ -172,7 +172,7 @@ class KafkaSource:
         assigned = [tp for tp in self.consumer.assignment() if tp.topic == self.topic]
         self.consumer.pause(*assigned)
         final = await self._engine.close(self._settings.sender.shutdown_grace_seconds)
-        await self._commit(lambda: final, final=True)
+        await self._commit(lambda: self._engine.final_offsets(final), final=True)
         # Leaving the group runs the revocation listener again; the engine has nothing left by then.
         await self.consumer.stop()
 

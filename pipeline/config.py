@@ -298,9 +298,6 @@ class SenderSettings(_Group):
     exactly_once_outcomes: bool = Field(
         default=True, description="outcomes and offsets in one Kafka transaction (false: brokers without them)"
     )
-    transactional_id: str | None = Field(
-        default=None, description="stable per replica (e.g. the pod name) so a restart fences its predecessor"
-    )
     transaction_timeout_seconds: float = Field(default=15.0, ge=1, le=900)
     session_timeout_seconds: float = Field(
         default=10.0, ge=1, le=300, description="how long the group waits for a silent (crashed) member"

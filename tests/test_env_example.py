@@ -47,7 +47,7 @@ def test_env_example_holds_every_setting_of_the_tree() -> None:
 def test_setting_variables_follow_the_settings_tree() -> None:
     variables = setting_variables()
     assert variables[0] == "PIPELINE_ENV"
-    for expected in ("SENDER_TRANSACTIONAL_ID", "KAFKA_SSL_CA", "INGEST_COMPONENTS", "LOG_INSTANCE"):
+    for expected in ("SENDER_EXACTLY_ONCE_OUTCOMES", "KAFKA_SSL_CA", "INGEST_COMPONENTS", "LOG_INSTANCE"):
         assert expected in variables
     assert len(variables) > 100
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
-import socket
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -23,7 +21,7 @@ from pipeline.contracts import Stage
 from pipeline.lifecycle import release_signals, stop_on_signals
 from pipeline.observability import OpsServer, get_logger, setup, track_lag
 from pipeline.sender.ambiguous import StatusFeed, StatusWatch
-from pipeline.sender.commits import TransactionalCommitter
+from pipeline.sender.commits import TransactionalCommitter, transactional_id
 from pipeline.sender.consumer import KafkaSource
 from pipeline.sender.engine import Engine
 from pipeline.sender.health import BrokerCheck
@@ -45,22 +43,31 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         log.warning("topics_not_created", error=str(exc))
     sender = settings.sender
     exactly_once = sender.exactly_once_outcomes
-    producer = AIOKafkaProducer(
-        **settings.kafka.client_kwargs(),
-        enable_idempotence=True,
-        acks="all",
-        linger_ms=5,
-        partitioner=kafka_partitioner,
-        transactional_id=(sender.transactional_id or f"{sender.group_id}-{socket.gethostname()}-{os.getpid()}")
-        if exactly_once else None,
-        transaction_timeout_ms=int(sender.transaction_timeout_seconds * 1000),
-    )
+
+    def outcome_producer(transactional_id: str | None = None) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            **settings.kafka.client_kwargs(),
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            partitioner=kafka_partitioner,
+            transactional_id=transactional_id,
+            transaction_timeout_ms=int(sender.transaction_timeout_seconds * 1000),
+        )
+
+    def partition_producer(partition: int) -> AIOKafkaProducer:
+        return outcome_producer(transactional_id(sender.group_id, catalog.send_requests, partition))
+
+    # Plain outcomes go through this one; with transactions it only serves the broker check, and each
+    # input partition gets a transactional producer of its own on assignment (commits.py: fencing).
+    producer = outcome_producer()
     await producer.start()
     client = WhatsAppClient(settings.whatsapp, max_connections=sender.max_in_flight + 16)
     tracer = telemetry.tracer("pipeline.sender")
     watch = StatusWatch()
     statuses = StatusFeed(settings, watch)
-    transactions = TransactionalCommitter(producer, sender.group_id, catalog.send_requests) if exactly_once else None
+    transactions = (TransactionalCommitter(partition_producer, sender.group_id, catalog.send_requests)
+                    if exactly_once else None)
     engine = Engine(
         settings,
         client,
@@ -94,6 +101,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
                 await asyncio.gather(lag, return_exceptions=True)
     finally:
         await statuses.stop()
+        if transactions is not None:
+            await transactions.close()
         await producer.stop()
         await client.aclose()
         release_signals()

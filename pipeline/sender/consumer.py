@@ -15,13 +15,19 @@ FastStream's `msg.ack()` (it commits everything fetched) cannot express.
   through a `Committer` (commits.py: in the outcomes' transaction, or by the consumer).
 * **Rebalance**: on revocation the engine finishes what is in flight (up to
   `rebalance_grace_seconds`) and the final positions are committed before the partitions go; on
-  assignment the committed offset and its metadata say where to start and what to skip.
+  assignment the committer first fences the partitions' previous owner (commits.py), then the
+  committed offset and its metadata say where to start and what to skip.
+* **Membership lease**: `in_group()` is true while the last heartbeat the group coordinator accepted
+  was sent less than `session_timeout - heartbeat_interval` ago (or the group was just joined). The
+  engine dispatches nothing while it is false: a replica paused or cut off past its session timeout
+  may have lost its partitions without having heard so yet, and must not send their requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -49,10 +55,50 @@ def kafka_consumer(settings: Settings) -> Any:
         # Re-routed requests are written in the sender's transactions: skip aborted ones.
         isolation_level="read_committed",
         session_timeout_ms=int(settings.sender.session_timeout_seconds * 1000),
-        heartbeat_interval_ms=min(3000, int(settings.sender.session_timeout_seconds * 1000) // 3),
+        heartbeat_interval_ms=_heartbeat_interval_ms(settings),
         fetch_max_wait_ms=100,
         max_partition_fetch_bytes=4 * 1024 * 1024,
     )
+
+
+def _heartbeat_interval_ms(settings: Settings) -> int:
+    return min(3000, int(settings.sender.session_timeout_seconds * 1000) // 3)
+
+
+class MembershipLease:
+    """Whether this member can still be sure the group has not expelled it (see the module docstring).
+
+    The broker expires a member `session_timeout` after the last heartbeat it received, which is later
+    than when that heartbeat was sent: counting from the send time is on the safe side, and one
+    heartbeat interval less than the session timeout leaves room for the calls just being written.
+    """
+
+    def __init__(self, session_timeout: float, heartbeat_interval: float, clock: Callable[[], float] = time.monotonic,
+                 ) -> None:
+        self.valid_for = max(heartbeat_interval, session_timeout - heartbeat_interval)
+        self._clock = clock
+        self._since = clock()
+        self._watched = False  # nothing to watch (an in-memory consumer): always held
+
+    def renew(self, at: float | None = None) -> None:
+        self._since = max(self._since, self._clock() if at is None else at)
+
+    def held(self) -> bool:
+        return not self._watched or self._clock() - self._since < self.valid_for
+
+    def watch(self, coordinator: Any) -> None:
+        """Renew on every heartbeat aiokafka's group coordinator gets accepted (it keeps no timestamp)."""
+        beat = coordinator._do_heartbeat
+
+        async def heartbeat() -> bool:
+            sent = self._clock()
+            ok = bool(await beat())
+            if ok:
+                self.renew(sent)
+            return ok
+
+        coordinator._do_heartbeat = heartbeat
+        self._watched = True
 
 
 # Builds the consumer from the settings; tests pass an in-memory fake with aiokafka's methods
@@ -74,12 +120,20 @@ class KafkaSource:
         self.topic = TopicCatalog(settings.kafka).send_requests
         self.consumer = consumer_factory(settings)
         self.committer: Committer = committer or ConsumerCommitter(self.consumer, self.topic)
+        self.lease = MembershipLease(settings.sender.session_timeout_seconds,
+                                     _heartbeat_interval_ms(settings) / 1000)
+        engine.in_group = self.lease.held
         self._paused: set[TopicPartition] = set()
+        self._assigning: set[int] = set()  # partitions whose assignment is being set up (on_assigned)
+        self._held: list[Any] = []  # their records fetched meanwhile, in fetch order
         self._fatal: BaseException | None = None  # raised by the fetch loop (listener errors are swallowed)
 
     async def start(self) -> None:
         self.consumer.subscribe([self.topic], listener=_Rebalance(self))
         await self.consumer.start()
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        if hasattr(coordinator, "_do_heartbeat"):  # in-memory fakes have no heartbeats: always held
+            self.lease.watch(coordinator)
 
     def ready(self) -> bool:
         return bool(self.consumer.assignment())
@@ -104,7 +158,10 @@ class KafkaSource:
                 batches = await self.consumer.getmany(timeout_ms=100, max_records=room)
                 for records in batches.values():
                     for record in records:
-                        self._engine.intake(record)
+                        if record.partition in self._assigning:
+                            self._held.append(record)
+                        else:
+                            self._engine.intake(record)
         finally:
             stop_commits.set()  # not cancel(): a commit half-done would leave the transaction unusable
             sweeper.cancel()
@@ -115,7 +172,7 @@ class KafkaSource:
         assigned = [tp for tp in self.consumer.assignment() if tp.topic == self.topic]
         self.consumer.pause(*assigned)
         final = await self._engine.close(self._settings.sender.shutdown_grace_seconds)
-        await self._commit(lambda: final, final=True)
+        await self._commit(lambda: self._engine.final_offsets(final), final=True)
         # Leaving the group runs the revocation listener again; the engine has nothing left by then.
         await self.consumer.stop()
 
@@ -161,25 +218,43 @@ class KafkaSource:
         self._paused.difference_update(revoked)
         if not partitions:
             return
-        final = await self._engine.revoke(partitions, self._settings.sender.rebalance_grace_seconds)
+        await self._engine.revoke(partitions, self._settings.sender.rebalance_grace_seconds)
         try:
-            await self._commit(lambda: final)
+            await self._commit(lambda: self._engine.final_offsets(partitions))
+            await self.committer.release(partitions)
         except Exception as exc:
             self._fatal = exc
             raise
         log.info("partitions_revoked", partitions=sorted(partitions))
 
     async def on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self.lease.renew()  # the group was just joined
         mine = [tp for tp in assigned if tp.topic == self.topic]
         count = self.consumer.partitions_for_topic(self.topic)
         if count:
             self._engine.partitions = len(count)
+        # aiokafka may hand out records of these partitions before this returns: they are held
+        # until the engine tracks the partitions (it would drop them as not its own).
+        self._assigning.update(tp.partition for tp in mine)
+        try:
+            # First: fence the previous owners (their open transactions end now, committed or
+            # aborted), so that the offsets read next are the last ones anybody can commit.
+            await self.committer.assign([tp.partition for tp in mine])
+        except Exception as exc:
+            self._assigning.clear()
+            self._held.clear()
+            self._fatal = exc
+            raise
         # The public `committed()` drops the metadata, which holds the done offsets we must skip.
         committed = await self.consumer._coordinator.fetch_committed_offsets(mine) if mine else {}
         for tp in mine:
             entry = committed.get(tp)
             offset = entry.offset if entry is not None and entry.offset >= 0 else None
             self._engine.assign(tp.partition, offset, entry.metadata if entry is not None else None)
+        self._assigning.clear()
+        held, self._held = self._held, []
+        for record in held:
+            self._engine.intake(record)
         log.info("partitions_assigned", partitions=sorted(tp.partition for tp in mine),
                  partition_count=self._engine.partitions)
 

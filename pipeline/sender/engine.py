@@ -5,6 +5,7 @@
     engine.intake(record)                 # each fetched record: decode, route, schedule (never blocks)
     engine.offsets_to_commit()               # {partition: (offset, metadata)} that changed since last time
     await engine.revoke({0}, grace=3.0)   # lost partition: finish what is in flight, hand back the rest
+    engine.final_offsets({0})             # its last commit's (offset, metadata), asked when committing
     engine.room                           # requests it can still take (backpressure for the fetcher)
 
 One record's way (docs/sender.md has the picture):
@@ -71,6 +72,7 @@ _PUBLISH_RETRY_MAX = 5.0
 # The producer can no longer publish in this process' transactions: fatal, not retried.
 _BROKEN_PRODUCER = (ProducerFenced, InvalidProducerEpoch, OutOfOrderSequenceNumber, IllegalOperation)
 _NO_PARTITION = -1  # tasks that belong to no partition (the breaker's probes): revocation does not wait for them
+_LEASE_RECHECK = 0.1  # while this replica is not sure it is still in its group, look again this often
 
 
 class ConsumedRecord(Protocol):
@@ -121,6 +123,7 @@ class Engine:
         self.trackers: dict[int, OffsetTracker] = {}
         self._last_commit: dict[int, tuple[int, str]] = {}
         self._revoking: set[int] = set()
+        self._handed_over: dict[int, OffsetTracker] = {}  # revoked, final offsets not yet taken (final_offsets)
         self._active: dict[int, int] = {}  # partition -> coroutines working on its records
         self._tasks: set[asyncio.Task[None]] = set()
         self._quiet = asyncio.Event()  # set whenever some partition's last coroutine ends
@@ -130,6 +133,9 @@ class Engine:
         self._timer_at = 0.0
         self.telemetry = SenderTelemetry(self._tracer, self._group)
         self.fatal: BaseException | None = None  # set when publishing can never succeed again: stop the process
+        # Is this replica still sure it is a member of its group (KafkaSource sets it: a recent heartbeat)?
+        # While it is not, nothing is dispatched: the partitions may be someone else's already.
+        self.in_group: Callable[[], bool] = lambda: True
 
     # --- time -------------------------------------------------------------------------------------
 
@@ -151,6 +157,7 @@ class Engine:
         self.trackers[partition] = OffsetTracker.restore(committed or 0, metadata)
         self._last_commit[partition] = (committed or 0, metadata or "")
         self._revoking.discard(partition)
+        self._handed_over.pop(partition, None)
 
     async def revoke(self, partitions: Collection[int], grace: float) -> dict[int, tuple[int, str]]:
         """Stop `partitions`: drop queued work, let in-flight work finish for up to `grace` seconds.
@@ -171,10 +178,25 @@ class Engine:
         final: dict[int, tuple[int, str]] = {}
         for partition in lost:
             tracker = self.trackers.pop(partition)
+            self._handed_over[partition] = tracker
             final[partition] = (tracker.position, tracker.metadata())
             self._last_commit.pop(partition, None)
         self._revoking -= lost
         self._drop_foreign_lanes()
+        return final
+
+    def final_offsets(self, partitions: Collection[int]) -> dict[int, tuple[int, str]]:
+        """The revoked `partitions`' final `(offset, metadata)` as of now, for their last commit (asked once).
+
+        Later than `revoke`'s answer by the commit's drain: a publish still awaiting its acknowledgement
+        when the grace ran out lands in the transaction being committed, and marks its offset done once
+        acknowledged, so the offsets committed with it must include it.
+        """
+        final: dict[int, tuple[int, str]] = {}
+        for partition in partitions:
+            tracker = self._handed_over.pop(partition, None)
+            if tracker is not None:
+                final[partition] = (tracker.position, tracker.metadata())
         return final
 
     def _drop_foreign_lanes(self) -> None:
@@ -297,6 +319,9 @@ class Engine:
     def _poll(self) -> None:
         self._poll_pending = False
         now = self._now()
+        if not self.in_group():
+            self._arm(now + _LEASE_RECHECK, now)  # nothing goes out until the membership is confirmed
+            return
         batch = self.scheduler.poll(now)
         for work in batch.dispatch:
             self._spawn(work.origin.partition, self._attempt(work))
@@ -305,8 +330,10 @@ class Engine:
         for lane in batch.probes:
             self._spawn(_NO_PARTITION, self._probe(lane))
         wake = self.scheduler.next_wake
-        if wake is None:
-            return
+        if wake is not None:
+            self._arm(wake, now)
+
+    def _arm(self, wake: float, now: float) -> None:
         if self._timer is not None:
             if self._timer_at <= wake:
                 return  # an earlier wake-up is set; it will re-arm for this one
@@ -375,16 +402,24 @@ class Engine:
     async def _attempt(self, work: Work) -> None:
         lane = self.scheduler.lanes[work.number]
         number = work.number
-        work.attempts += 1
         started = self._now()
         # The scheduler reserved a slot; the window is checked again now, as the request is written.
         limiter = lane.limiter
         try:
-            while (pause := limiter.send(self._now())) > 0.0:  # noqa: ASYNC110 — waiting for time, not an event
+            while True:
+                if not (self._owns(work) and self.in_group()):
+                    # Revoked, or this replica may have been expelled from its group while it waited
+                    # (paused, cut off): the partition may have a new owner that sends this request.
+                    limiter.release()
+                    self._unsent(work)
+                    return
+                if (pause := limiter.send(self._now())) <= 0.0:
+                    break
                 await asyncio.sleep(pause)
         except BaseException:
             limiter.release()
             raise
+        work.attempts += 1
         self.telemetry.dispatched(work, started - work.received)
         request_id = work.request.request_id
         self._watch.expect(request_id)  # a status may arrive before an ambiguous call gives up
@@ -456,6 +491,16 @@ class Engine:
             return _SENT, wamid, now
         return self._policy.unsent(work, now, breaker=lane.breaker), None, now
 
+    def _unsent(self, work: Work) -> None:
+        """A dispatched request that was not sent after all: back to its queue's head, or handed back."""
+        now = self._now()
+        if self._owns(work):
+            self.scheduler.retry(work, now + _LEASE_RECHECK, now)
+            self._kick()
+        else:
+            self.scheduler.finished(work, now)
+            self.telemetry.handed_back(work, "revoked")
+
     def _owns(self, work: Work) -> bool:
         partition = work.origin.partition
         return partition not in self._revoking and self.trackers.get(partition) is work.tracker
@@ -521,7 +566,7 @@ class Engine:
             if self.trackers.get(origin.partition) is not tracker:
                 return False
             try:
-                await self._sink.publish(topic, key, value, headers, context=context)
+                await self._sink.publish(topic, key, value, headers, context=context, source_partition=origin.partition)
                 return True
             except _BROKEN_PRODUCER as exc:
                 # Retrying cannot help (fenced, or the transaction is gone): the process must stop and

@@ -1,14 +1,16 @@
 """Where outcomes go: `send.results`, `dead-letters`, or back to `send.requests` with the right key.
 
     sink = KafkaSink(producer, tracer)          # idempotent producer, acks=all
-    await sink.publish(topic, key, value, headers, context=work.context)   # returns once acknowledged
+    await sink.publish(topic, key, value, headers, context=work.context, source_partition=0)   # once acknowledged
     result_record(work, Terminal(MessageOutcome.SENT), wamid="wamid.X")   # -> bytes of a SendResult
     dead_letter_record(origin, reason, error, request_id)                 # -> bytes of a DeadLetter
 
 `publish` returns only when the broker has the record (acks=all), and the engine marks the
 request's offset done only after that: an outcome is durable before its offset can be committed.
-Every publish is a PRODUCER span `send {topic}` in the request's trace, and carries `traceparent`
-in its headers so the next consumer continues the same trace.
+`source_partition` is the input partition the record comes from: the transactional sink (commits.py)
+publishes it in that partition's transaction; the plain one ignores it. Every publish is a PRODUCER
+span `send {topic}` in the request's trace, and carries `traceparent` in its headers so the next
+consumer continues the same trace.
 """
 
 from __future__ import annotations
@@ -30,17 +32,26 @@ Headers = Sequence[tuple[str, bytes]]
 
 class Sink(Protocol):
     async def publish(
-        self, topic: str, key: bytes | None, value: bytes, headers: Headers, *, context: Context | None = None
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers, *, context: Context | None = None,
+        source_partition: int | None = None,
     ) -> None: ...
 
 
 class KafkaSink:
-    def __init__(self, producer: AIOKafkaProducer, tracer: Tracer | None = None) -> None:
+    def __init__(self, producer: AIOKafkaProducer | None, tracer: Tracer | None = None) -> None:
         self._producer = producer
         self._tracer = tracer or trace.get_tracer("pipeline.sender")
 
     async def publish(
-        self, topic: str, key: bytes | None, value: bytes, headers: Headers, *, context: Context | None = None
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers, *, context: Context | None = None,
+        source_partition: int | None = None,
+    ) -> None:
+        assert self._producer is not None
+        await self._send(self._producer, topic, key, value, headers, context)
+
+    async def _send(
+        self, producer: AIOKafkaProducer, topic: str, key: bytes | None, value: bytes, headers: Headers,
+        context: Context | None,
     ) -> None:
         span = self._tracer.start_span(
             f"send {topic}",
@@ -52,7 +63,7 @@ class KafkaSink:
         try:
             out = [(k, v) for k, v in headers if k != "traceparent"]
             out.append(("traceparent", traceparent_of(span).encode()))
-            future = await self._producer.send(topic, value, key=key, headers=out)
+            future = await producer.send(topic, value, key=key, headers=out)
             metadata = await future
             span.set_attribute("messaging.destination.partition.id", str(metadata.partition))
             span.set_attribute("messaging.kafka.offset", metadata.offset)

@@ -359,10 +359,12 @@ def test_lag_thresholds_are_the_documented_derivation(docs: list[dict[str, Any]]
             assert int(trigger["metadata"]["lagThreshold"]) == threshold, key
 
 
-def test_sender_replicas_keep_their_transactional_identity(docs: list[dict[str, Any]]) -> None:
+def test_sender_transactional_ids_belong_to_partitions_not_replicas(docs: list[dict[str, Any]]) -> None:
     sender = one(docs, "StatefulSet", "delivery-sender")
     env = {v["name"]: v for v in container(sender)["env"]}
-    assert env["SENDER_TRANSACTIONAL_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    # One transactional producer per input partition (docs/sender.md, Fencing): no per-pod id to set.
+    assert "SENDER_TRANSACTIONAL_ID" not in env
+    assert "SENDER_TRANSACTIONAL_ID" not in workload_env(docs, sender)
     assert sender["spec"]["podManagementPolicy"] == "Parallel"
     service = one(docs, "Service", sender["spec"]["serviceName"])
     assert service["spec"]["clusterIP"] == "None"

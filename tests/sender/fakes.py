@@ -97,7 +97,7 @@ class MemorySink:
 
     async def publish(
         self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]],
-        *, context: Context | None = None,
+        *, context: Context | None = None, source_partition: int | None = None,
     ) -> None:
         await asyncio.sleep(0)
         if self.fail_next:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from pipeline.sender.commits import TransactionalCommitter
 
 
@@ -80,3 +82,57 @@ async def test_concurrent_commits_run_one_at_a_time() -> None:
     await committer.start()
     await asyncio.gather(committer.commit(lambda: {0: (1, "")}), committer.commit(lambda: {1: (1, "")}))
     assert producer.log == ["begin", "offsets", "commit", "begin", "offsets", "commit", "begin"]
+
+
+class FakePartitionProducer(FakeTransactionalProducer):
+    def __init__(self, partition: int) -> None:
+        super().__init__()
+        self.partition = partition
+        self.offsets: list[Any] = []
+
+    async def start(self) -> None:  # init_transactions: fences the partition's previous owner
+        self.log.append("start")
+
+    async def stop(self) -> None:
+        self.log.append("stop")
+
+    async def send_offsets_to_transaction(self, offsets: Any, group_id: str) -> None:
+        self.offsets.append({tp.partition: entry for tp, entry in offsets.items()})
+        await super().send_offsets_to_transaction(offsets, group_id)
+
+
+async def test_each_input_partition_commits_its_outcomes_and_offsets_in_its_own_producers_transaction() -> None:
+    from aiokafka.errors import IllegalStateError
+
+    from pipeline.sender.commits import transactional_id
+
+    producers: dict[int, FakePartitionProducer] = {}
+
+    def factory(partition: int) -> Any:
+        producers[partition] = FakePartitionProducer(partition)
+        return producers[partition]
+
+    committer = TransactionalCommitter(factory, "g", "t.send.requests")
+    await committer.start()
+    await committer.assign([0, 1])
+    sink = committer.sink()
+    await sink.publish("t.send.results", b"k", b"a", [], source_partition=0)
+    await sink.publish("t.send.results", b"k", b"b", [], source_partition=1)
+    await sink.publish("t.send.results", b"k", b"c", [], source_partition=1)
+    assert await committer.commit(lambda: {0: (1, ""), 1: (2, "")}) == {0: (1, ""), 1: (2, "")}
+    assert producers[0].log == ["start", "begin", "send a", "offsets", "commit", "begin"]
+    assert producers[1].log == ["start", "begin", "send b", "send c", "offsets", "commit", "begin"]
+    assert producers[0].offsets == [{0: (1, "")}]
+    assert producers[1].offsets == [{1: (2, "")}]
+    # A partition with nothing new commits nothing; a released one's producer is gone (stopped).
+    await sink.publish("t.send.results", b"k", b"d", [], source_partition=1)
+    await committer.commit(lambda: {1: (3, "")})
+    assert producers[0].log[-1] == "begin"
+    await committer.release([0])
+    assert producers[0].log[-1] == "stop"
+    with pytest.raises(IllegalStateError):  # a partition this replica no longer holds
+        await sink.publish("t.send.results", b"k", b"e", [], source_partition=0)
+    await committer.close()
+    assert producers[1].log[-1] == "stop"
+    assert transactional_id("g", "t.send.requests", 4) == "g-t.send.requests-4"
+

@@ -120,3 +120,31 @@ async def test_a_full_partition_is_paused_polled_on_and_resumed_below_80_percent
     assert fake.getmany_while_paused > 0
     final = {tp.partition: entry for commit in fake.commits for tp, entry in commit.items()}
     assert final[HOME][0] == 90  # everything done is committed
+
+
+async def test_the_membership_lease_lapses_a_heartbeat_interval_before_the_session_would() -> None:
+    from pipeline.sender.consumer import MembershipLease
+
+    class Coordinator:
+        answer = True
+
+        async def _do_heartbeat(self) -> bool:
+            return self.answer
+
+    now = [100.0]
+    lease = MembershipLease(10.0, 3.0, clock=lambda: now[0])
+    assert lease.held()  # nothing watched (an in-memory consumer): always held
+    coordinator = Coordinator()
+    lease.watch(coordinator)
+    assert lease.valid_for == 7.0
+    now[0] = 106.9
+    assert lease.held()
+    now[0] = 107.1
+    assert not lease.held()  # a paused process wakes up here: nothing is dispatched
+    coordinator.answer = False  # the group no longer knows this member
+    assert not await coordinator._do_heartbeat()
+    assert not lease.held()
+    coordinator.answer = True
+    assert await coordinator._do_heartbeat()  # accepted: sent at 107.1, held until 114.1
+    now[0] = 114.0
+    assert lease.held()

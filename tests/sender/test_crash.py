@@ -35,8 +35,6 @@ def sender_env(settings: Settings, base_url: str) -> dict[str, str]:
         "SENDER_RATE_PER_SECOND": "600",
         "SENDER_MAX_IN_FLIGHT": "100",
         "SENDER_COMMIT_INTERVAL_SECONDS": "0.25",
-        # The same id for both runs: the second fences the first's open transaction at once.
-        "SENDER_TRANSACTIONAL_ID": f"{settings.sender.group_id}-replica-0",
         "SENDER_SESSION_TIMEOUT_SECONDS": "6",  # the broker's minimum: the restart waits this long
         "LOG_LEVEL": "WARNING",
     })

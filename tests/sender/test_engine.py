@@ -406,3 +406,24 @@ async def test_a_fenced_producer_is_fatal_not_retried_forever() -> None:
     await asyncio.sleep(0.3)
     assert FencedSink.calls == 1
     assert h.engine.offsets_to_commit() == {}  # nothing marked done
+
+
+async def test_a_publish_still_awaiting_its_ack_when_the_grace_ends_is_in_the_final_offsets() -> None:
+    """It lands in the transaction of the revocation's commit, so the offsets committed with it cover it."""
+
+    class SlowSink(MemorySink):
+        started = 0
+
+        async def publish(self, *args: object, **kwargs: object) -> None:
+            SlowSink.started += 1
+            await asyncio.sleep(0.3)  # the broker is slow to acknowledge
+            await super().publish(*args, **kwargs)  # type: ignore[arg-type]
+
+    h = Harness(FakeMeta(), SlowSink())
+    h.feed(request_bytes("+16505551234", "req-slow-ack"))
+    await h.until(lambda: SlowSink.started == 1)
+    final = await h.engine.revoke([HOME], grace=0.1)
+    assert final == {HOME: (0, "")}  # as the grace ended
+    await h.until(lambda: len(h.results()) == 1)  # what the commit's drain waits for
+    assert h.engine.final_offsets([HOME]) == {HOME: (1, "")}
+    assert h.engine.final_offsets([HOME]) == {}  # asked once

@@ -183,8 +183,8 @@ async def test_a_rebalance_moves_partitions_without_losing_or_repeating_outcomes
             Outcomes(settings) as outcomes:
         for number in numbers:
             await produce(settings, [r for r in requests if r.phone_number_id == number], key=number.encode())
-        first = with_sender(settings, sandbox.base_url, rate_per_second=150, transactional_id="reb-a")
-        second = with_sender(settings, sandbox.base_url, rate_per_second=150, transactional_id="reb-b")
+        first = with_sender(settings, sandbox.base_url, rate_per_second=150)
+        second = with_sender(settings, sandbox.base_url, rate_per_second=150)
         async with running_sender(first):
             await outcomes.wait_for(200, timeout=30)
             async with running_sender(second):  # joins: the group rebalances under load

@@ -52,12 +52,13 @@ from pipeline.contracts import (
     SendRequest,
     describe,
 )
+from pipeline.observability.context import traceparent_of
 from pipeline.sender.ambiguous import StatusWatch
 from pipeline.sender.breaker import CircuitBreaker
 from pipeline.sender.decode import Rejected, decode
 from pipeline.sender.limits import RateLimiter
 from pipeline.sender.offsets import OffsetTracker
-from pipeline.sender.outcomes import Sink, dead_letter_record, result_record, traceparent_of
+from pipeline.sender.outcomes import Sink, dead_letter_record, result_record
 from pipeline.sender.retry import Hold, Park, Retry, RetryPolicy, Terminal, Verdict
 from pipeline.sender.scheduler import Lane, Scheduler
 from pipeline.sender.telemetry import SenderTelemetry

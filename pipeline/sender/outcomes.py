@@ -25,6 +25,7 @@ from opentelemetry.trace import SpanKind, Tracer
 
 from pipeline.contracts import DeadLetterReason, MessageOutcome, SendResult, Stage, utcnow
 from pipeline.contracts.dead_letters import build_dead_letter
+from pipeline.observability.context import traceparent_header
 from pipeline.sender.work import Origin, Work
 
 Headers = Sequence[tuple[str, bytes]]
@@ -62,7 +63,9 @@ class KafkaSink:
         )
         try:
             out = [(k, v) for k, v in headers if k != "traceparent"]
-            out.append(("traceparent", traceparent_of(span).encode()))
+            header = traceparent_header(span)
+            if header is not None:
+                out.append(("traceparent", header))
             future = await producer.send(topic, value, key=key, headers=out)
             metadata = await future
             span.set_attribute("messaging.destination.partition.id", str(metadata.partition))
@@ -73,12 +76,6 @@ class KafkaSink:
             raise
         finally:
             span.end()
-
-
-def traceparent_of(span: trace.Span) -> str:
-    """W3C traceparent of `span` (formatted here: the propagator's inject costs a context copy)."""
-    ctx = span.get_span_context()
-    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
 
 
 def result_record(work: Work, outcome: MessageOutcome, *, wamid: str | None = None) -> bytes:

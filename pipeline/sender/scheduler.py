@@ -32,7 +32,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import count
 
@@ -293,12 +293,6 @@ class Scheduler:
             assert not lane.queued, "only an idle lane can be dropped"
             assert not lane.in_flight, "only an idle lane can be dropped"
             del self.lanes[number]
-
-    def in_flight_work(self) -> Iterator[Work]:
-        for lane in self.lanes.values():
-            for recipient in lane.recipients.values():
-                if recipient.busy:
-                    yield recipient.queue[0]
 
     # --- helpers ------------------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from pipeline.config import SANDBOX_ACCESS_TOKEN, WhatsAppSettings
 from pipeline.contracts import ErrorClass, SendRequest
+from pipeline.observability.context import traceparent_of
 from pipeline.observability.redaction import register_secrets, wamid_ref
 from pipeline.whatsapp.errors import GraphApiError, error_from_response, error_from_transport
 from pipeline.whatsapp.payloads import message_payload
@@ -199,12 +200,10 @@ class WhatsAppClient:
             span.end()
 
     async def _exchange(self, request: httpx.Request, span: Span) -> httpx.Response:
-        context = span.get_span_context()
-        if context.is_valid:
-            # W3C traceparent of the client span, so the sandbox (or a proxy) can join the trace.
-            # Formatted here rather than by the propagator, which needs the span attached as the
-            # current context, at a cost per call this path does not need.
-            traceparent = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+        # W3C traceparent of the client span, so the sandbox (or a proxy) can join the trace; not by
+        # the propagator, which needs the span attached as the current context.
+        traceparent = traceparent_of(span)
+        if traceparent is not None:
             request.headers["traceparent"] = traceparent
         try:
             response = await self._transport.handle_async_request(request)

@@ -31,7 +31,7 @@ from pipeline.ingest.restore import new_restore_consumer
 from pipeline.kafka_client import check_tls
 from pipeline.local.kafka import LocalKafka, free_port
 from pipeline.observability import new_broker
-from pipeline.sender.consumer import KafkaSource
+from pipeline.sender.consumer import kafka_consumer
 from pipeline.topics import TopicCatalog, create_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -162,14 +162,14 @@ async def round_trip_every_stage(settings: Settings) -> None:
         assert await publisher.publish([request]) == [Delivery.ACKNOWLEDGED]
     finally:
         await publisher.stop()
-    source = KafkaSource(settings, engine=None)  # type: ignore[arg-type]  # only its consumer is used
-    source.consumer.subscribe([catalog.send_requests])
-    await source.consumer.start()
+    consumer = kafka_consumer(settings)  # the sender's consumer, as its KafkaSource builds it
+    consumer.subscribe([catalog.send_requests])
+    await consumer.start()
     try:
-        batch = await _fetch(source.consumer)
+        batch = await _fetch(consumer)
         assert request.request_id.encode() in batch[0].value
     finally:
-        await source.consumer.stop()
+        await consumer.stop()
 
     producer = new_producer(settings, linger_seconds=0)
     await producer.start()

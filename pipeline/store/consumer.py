@@ -25,7 +25,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
 from pipeline.config import Settings
-from pipeline.contracts import DeadLetter
+from pipeline.contracts.dead_letters import build_dead_letter
 from pipeline.contracts.vocabulary import DeadLetterReason, Stage
 from pipeline.observability import Telemetry, get_logger
 from pipeline.observability import new_broker as observed_broker
@@ -159,10 +159,12 @@ async def _undecoded(msg: Any) -> None:
 def dead_letter_sink(broker: KafkaBroker, catalog: TopicCatalog) -> DeadLetterSink:
     async def publish(reject: Reject, key: bytes | None, headers: dict[str, str]) -> None:
         record = reject.record
-        letter = DeadLetter(
-            stage=Stage.STORE, reason=reject.reason, error=reject.error, topic=catalog.name(record.topic),
-            partition=record.partition, offset=record.offset, key_b64=DeadLetter.encode(key),
-            value_b64=DeadLetter.encode(record.value) or "", headers=headers, request_id=headers.get("request-id"),
+        # Bounded like every stage's (a poison record may be of any size): an oversized letter would be
+        # refused by the producer, and the batch behind it retried forever.
+        letter = build_dead_letter(
+            Stage.STORE, reject.reason, reject.error, topic=catalog.name(record.topic), partition=record.partition,
+            offset=record.offset, key=key, value=record.value, headers=headers,
+            request_id=headers.get("request-id"),
         )
         await broker.publish(letter.model_dump_json().encode(), topic=catalog.dead_letters, key=key,
                              headers={"content-type": "application/json"})

@@ -126,6 +126,30 @@ async def test_a_bad_record_is_dead_lettered_and_the_ones_behind_it_are_stored(r
     assert "not a number" not in letters[0]["error"]  # field and rule, never the value
 
 
+async def test_a_poison_record_near_the_topics_size_limit_is_dead_lettered_bounded(running: Settings) -> None:
+    """Base64 makes a 900 KB record's copy larger than a produce request may be: the letter keeps a prefix."""
+    catalog = TopicCatalog(running.kafka)
+    bad = Record(delivered_chain("x", "y")[0].topic, b'{"request_id": "req_huge", "to": "' + b"9" * 900_000 + b'"}')
+    await publish(running, [bad, *delivered_chain("req_s3", "wamid.S3", upto="sent")])
+    base = f"http://127.0.0.1:{running.store.port}"
+    async with httpx.AsyncClient(base_url=base, headers=HEADERS) as http:
+        async def stored() -> None:
+            response = await http.get("/v1/messages/req_s3")
+            assert response.status_code == 200
+
+        await eventually(stored)
+    consumer = AIOKafkaConsumer(catalog.dead_letters, **running.kafka.client_kwargs(), auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        batch = await consumer.getmany(timeout_ms=10_000)
+        letters = [orjson.loads(r.value) for records in batch.values() for r in records]
+    finally:
+        await consumer.stop()
+    [letter] = [x for x in letters if x["value_size"] > 900_000]
+    assert (letter["stage"], letter["value_truncated"]) == ("store", True)
+    assert len(letter["value_b64"]) < 1_000_000
+
+
 async def test_database_credentials_never_reach_the_log(
     settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -32,6 +32,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from pipeline.config import Settings
 from pipeline.contracts import SendRequest
 from pipeline.observability import current_traceparent, get_logger
+from pipeline.observability.tracing import messaging_attributes
 from pipeline.produce_guard import leaders_reachable, request_timeout_ms, withdraw
 from pipeline.topics import TopicCatalog, partition_for
 
@@ -142,10 +143,7 @@ class Publisher:
         """
         producer = self._require()
         attributes: dict[str, Any] = {
-            "messaging.system": "kafka",
-            "messaging.operation.type": "send",
-            "messaging.operation.name": "publish",
-            "messaging.destination.name": self.topic,
+            **messaging_attributes(self.topic, operation="send"), "messaging.operation.name": "publish",
         }
         if len(requests) == 1:
             attributes["messaging.message.id"] = requests[0].request_id

@@ -31,7 +31,6 @@ from pipeline.ingest.restore import SOURCE_OFFSET, STATUS, PartitionState, Resto
 from pipeline.ingest.state import Decision, MessageState, Outcome
 from pipeline.observability import get_logger
 from pipeline.observability.context import context_from_traceparent, exemplar_of, link_to, traceparent_header
-from pipeline.observability.kafka import messaging_attributes
 from pipeline.observability.metrics import (
     DEAD_LETTERS,
     FAILURES,
@@ -41,6 +40,7 @@ from pipeline.observability.metrics import (
     TRANSITION,
     error_code_label,
 )
+from pipeline.observability.tracing import messaging_attributes
 from pipeline.topics import TopicCatalog
 
 log = get_logger(__name__)

@@ -36,7 +36,6 @@ from pipeline.ingest.records import dead_letter, header, outgoing_headers
 from pipeline.ingest.webhook import MESSAGES_FIELD, SKIPPED_FIELDS, MalformedWebhook, Normalised, Problem, normalise
 from pipeline.observability import get_logger
 from pipeline.observability.context import context_from_traceparent, link_to, traceparent_header
-from pipeline.observability.kafka import messaging_attributes
 from pipeline.observability.metrics import (
     ACCOUNT_EVENTS,
     DEAD_LETTERS,
@@ -44,6 +43,7 @@ from pipeline.observability.metrics import (
     WEBHOOK_SKIPPED,
     WEBHOOKS,
 )
+from pipeline.observability.tracing import messaging_attributes
 from pipeline.topics import TopicCatalog, TopicName, max_message_bytes
 
 log = get_logger(__name__)

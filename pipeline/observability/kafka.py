@@ -38,7 +38,7 @@ from pipeline.observability.context import format_traceparent, parse_traceparent
 from pipeline.observability.kafka_metrics import KafkaMetrics, kafka_metrics
 from pipeline.observability.metrics import registry
 from pipeline.observability.redaction import mask_phone
-from pipeline.observability.tracing import records_spans
+from pipeline.observability.tracing import messaging_attributes, records_spans
 from pipeline.topics import TopicName
 
 _W3C = TraceContextTextMapPropagator()
@@ -55,25 +55,6 @@ def _mask_personal_key(attrs: dict[str, Any], topic: str) -> None:
     # Keys are bytes on the wire; trace backends show text.
     text = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
     attrs[_KEY] = mask_phone(text) if topic.endswith(_PERSONAL_KEY_TOPICS) else text
-
-
-def messaging_attributes(
-    topic: str, partition: int | None = None, offset: int | None = None, group: str | None = None,
-    operation: str = "process",
-) -> dict[str, str | int]:
-    """Today's messaging attribute names for a Kafka span (the ones docs and dashboards use)."""
-    attrs: dict[str, str | int] = {
-        "messaging.system": "kafka",
-        "messaging.operation.type": operation,
-        "messaging.destination.name": topic,
-    }
-    if partition is not None:
-        attrs["messaging.destination.partition.id"] = str(partition)
-    if offset is not None:
-        attrs["messaging.kafka.offset"] = offset
-    if group:
-        attrs["messaging.consumer.group.name"] = group
-    return attrs
 
 
 def _stable_consume_attrs(attrs: dict[str, Any], record: Any, msg: Any) -> None:

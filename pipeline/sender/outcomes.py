@@ -26,6 +26,7 @@ from opentelemetry.trace import SpanKind, Tracer
 from pipeline.contracts import DeadLetterReason, MessageOutcome, SendResult, Stage, utcnow
 from pipeline.contracts.dead_letters import build_dead_letter
 from pipeline.observability.context import traceparent_header
+from pipeline.observability.tracing import messaging_attributes
 from pipeline.sender.work import Origin, Work
 
 Headers = Sequence[tuple[str, bytes]]
@@ -58,8 +59,7 @@ class KafkaSink:
             f"send {topic}",
             context=context,
             kind=SpanKind.PRODUCER,
-            attributes={"messaging.system": "kafka", "messaging.destination.name": topic,
-                        "messaging.operation.type": "send"},
+            attributes=messaging_attributes(topic, operation="send"),
         )
         try:
             out = [(k, v) for k, v in headers if k != "traceparent"]

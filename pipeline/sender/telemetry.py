@@ -31,6 +31,7 @@ from pipeline.observability import get_logger
 from pipeline.observability import metrics as m
 from pipeline.observability.context import context_from_traceparent
 from pipeline.observability.redaction import wamid_ref
+from pipeline.observability.tracing import messaging_attributes
 from pipeline.whatsapp import KNOWN_ERROR_CODES, GraphApiError
 
 if TYPE_CHECKING:
@@ -80,14 +81,7 @@ class SenderTelemetry:
             f"process {record.topic}",
             context=parent,
             kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.operation.type": "process",
-                "messaging.destination.name": record.topic,
-                "messaging.destination.partition.id": str(record.partition),
-                "messaging.kafka.offset": record.offset,
-                "messaging.consumer.group.name": self._group,
-            },
+            attributes=messaging_attributes(record.topic, record.partition, record.offset, self._group),
         )
         return span, trace.set_span_in_context(span)
 

@@ -260,26 +260,27 @@ class Throughput:
     log_lines: int
 
 
-async def throughput(args: argparse.Namespace, mode: str, sandbox: SandboxHandle, bootstrap: str, prefix: str,
-                     numbers: list[str], partitions: int, env: dict[str, str], log: Path,
-                     others: dict[str, int | None]) -> tuple[Throughput, asyncio.subprocess.Process, int]:
+async def throughput(args: argparse.Namespace, mode: str, round_: int, sandbox: SandboxHandle, bootstrap: str,
+                     prefix: str, numbers: list[str], partitions: int, env: dict[str, str], log: Path,
+                     others: dict[str, int | None]) -> tuple[Throughput, asyncio.subprocess.Process]:
     """Preload `--messages` requests on `prefix`'s topics, start a sender with `env`, measure it draining them.
 
-    Returns the figures, the still running sender and its ops port (the latency phase reuses it)."""
+    Returns the figures and the still running sender (the latency phase reuses the first one)."""
     catalog = TopicCatalog(load_settings(kafka={"topic_prefix": prefix}).kafka)
     await sandbox.control.reset()
     await sandbox.control.configure(rate_per_second=args.rate, latency_median_seconds=args.latency_ms / 1000,
                                     send_log_limit=max(100_000, args.messages * 2))
-    tag = f"tp{mode}"
+    tag = f"tp{mode}{round_}"
+    first = mode == "on" and round_ == 1
     await preload(bootstrap, catalog.send_requests, args.messages, tag, numbers)
     port = free_port()
     env = {**env, "KAFKA_TOPIC_PREFIX": prefix, "KAFKA_PARTITIONS": str(partitions), "SENDER_PORT": str(port),
-           "SENDER_GROUP_ID": f"bench-sender-{mode}"}
+           "SENDER_GROUP_ID": f"bench-sender-{mode}-{round_}"}
     sender = await start_sender(env, log)
     try:
         await wait_ready(port, sender)
         profiler = None
-        if args.profile and mode == "on":
+        if args.profile and first:
             profiler = await asyncio.create_subprocess_exec(
                 str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(sender.pid), "-r", "250",
                 "-f", "raw", "-o", args.profile, "--nonblocking",
@@ -300,7 +301,7 @@ async def throughput(args: argparse.Namespace, mode: str, sandbox: SandboxHandle
         raise
     stats = await sandbox.control.stats()
     sends = await sandbox.control.sends()
-    if os.environ.get("BENCH_DUMP") and mode == "on":
+    if os.environ.get("BENCH_DUMP") and first:
         Path(os.environ["BENCH_DUMP"]).write_bytes(orjson.dumps(sends))
     times = {number: sorted(s["at"] for s in sends if s["phone_number_id"] == number) for number in numbers}
     figures = Throughput(
@@ -317,17 +318,18 @@ async def throughput(args: argparse.Namespace, mode: str, sandbox: SandboxHandle
                          f"machine {(busy1 - busy0) / (t1 - t0):.2f} of {(total1 - total0) / (t1 - t0):.2f}"]),
         log_lines=0,
     )
-    print(f"(observability {mode}; the same log by each send's wall-clock accept time: max "
+    label = f"observability {mode}" + (f", round {round_}" if args.rounds > 1 else "")
+    print(f"({label}; the same log by each send's wall-clock accept time: max "
           f"{'/'.join(str(figures.wall_max[n]) for n in numbers)} in any 1 s)", flush=True)
     caps = "; ".join(f"{n}: {figures.max_requests[n]} requests, {figures.max_accepted[n]} accepted" for n in numbers)
-    print(f"sender, observability {mode}: {figures.results} results in {figures.seconds:.1f} s; sustained "
+    print(f"sender, {label}: {figures.results} results in {figures.seconds:.1f} s; sustained "
           f"{figures.sustained:.0f} sent/s; sandbox max in any 1 s window: {caps} (cap {args.rate:g} per number); "
           f"130429 answers: {figures.throttled}; sender CPU {figures.cpu_us:.0f} µs/message", flush=True)
     if len(numbers) > 1:
         print("  per number: " + ", ".join(f"{n} (partition {partition_for(n.encode(), partitions)}) "
                                            f"{figures.per_number[n]:.0f} sent/s" for n in numbers), flush=True)
     print(f"cores used during the run: {figures.cores}", flush=True)
-    return figures, sender, port
+    return figures, sender
 
 
 async def stop_sender(sender: asyncio.subprocess.Process) -> int:
@@ -336,9 +338,9 @@ async def stop_sender(sender: asyncio.subprocess.Process) -> int:
     return await asyncio.wait_for(sender.wait(), timeout=60)
 
 
-def log_lines(log: Path, mode: str) -> int:
+def log_lines(log: Path, mode: str, round_: int) -> int:
     """How many `message_sent` lines the sender logged for the throughput phase's requests (0 when off)."""
-    event, request = b'"event":"message_sent"', f'"request_id":"tp{mode}-'.encode()
+    event, request = b'"event":"message_sent"', f'"request_id":"tp{mode}{round_}-'.encode()
     return sum(1 for line in log.read_bytes().splitlines() if event in line and request in line)
 
 
@@ -356,7 +358,11 @@ async def run(args: argparse.Namespace) -> None:
     try:
         broker.wait_ready(timeout=120)
         bootstrap = broker.bootstrap_servers
-        prefix_naive, prefixes = "naive.", {"on": "bench.", "off": "bench-off."}
+        modes = ("on",) if args.no_off else ("on", "off")
+        rounds = range(1, (1 if args.no_off else args.rounds) + 1)
+        prefix_naive = "naive."
+        prefixes = {(mode, i): f"bench{'' if mode == 'on' else '-off'}{'' if i == 1 else f'-r{i}'}."
+                    for i in rounds for mode in modes}
         for p in (prefix_naive, *prefixes.values()):
             await create_topics(load_settings(kafka={"bootstrap_servers": bootstrap, "topic_prefix": p,
                                                      "partitions": partitions}).kafka)
@@ -389,12 +395,12 @@ async def run(args: argparse.Namespace) -> None:
                 **dict(kv.split("=", 1) for kv in args.env),
             })
             others = {"sandbox": sandbox.pid, "broker": broker.pid(), "bench": os.getpid()}
-            logs = {mode: data / f"sender-{mode}.log" for mode in prefixes}
-            on, sender, _ = await throughput(args, "on", sandbox, bootstrap, prefixes["on"], numbers, partitions,
-                                             env, logs["on"], others)
+            logs = {key: data / f"sender-{key[0]}-{key[1]}.log" for key in prefixes}
+            on, sender = await throughput(args, "on", 1, sandbox, bootstrap, prefixes["on", 1], numbers, partitions,
+                                          env, logs["on", 1], others)
             try:
                 # 3. latency, open loop at 90 % of the rate per number
-                catalog = TopicCatalog(load_settings(kafka={"topic_prefix": prefixes["on"]}).kafka)
+                catalog = TopicCatalog(load_settings(kafka={"topic_prefix": prefixes["on", 1]}).kafka)
                 await sandbox.control.reset()
                 await sandbox.control.configure(rate_per_second=args.rate, latency_median_seconds=latency)
                 produced = await open_loop(bootstrap, catalog.send_requests, args.rate * 0.9 * len(numbers),
@@ -408,20 +414,30 @@ async def run(args: argparse.Namespace) -> None:
                       f"accept→sent p50 {percentile(latencies, 0.5):.0f} ms, p99 {percentile(latencies, 0.99):.0f} ms;"
                       f" sandbox max window {lat_max}", flush=True)
             finally:
-                code = await stop_sender(sender)
-            on.log_lines = log_lines(logs["on"], "on")
+                codes = [await stop_sender(sender)]
+            on.log_lines = log_lines(logs["on", 1], "on", 1)
 
-            # 4. throughput, observability off: a new sender on fresh topics and group
-            off: Throughput | None = None
-            code_off = None
-            if not args.no_off:
-                off, sender, _ = await throughput(args, "off", sandbox, bootstrap, prefixes["off"], numbers,
-                                                  partitions, {**env, **OBSERVABILITY_OFF}, logs["off"], others)
-                code_off = await stop_sender(sender)
-                off.log_lines = log_lines(logs["off"], "off")
-                print(f"sender CPU per message: on {on.cpu_us:.0f} µs, off {off.cpu_us:.0f} µs, on/off "
-                      f"{on.cpu_us / off.cpu_us:.3f}; message_sent log lines: on {on.log_lines}, off {off.log_lines}",
-                      flush=True)
+            # 4. throughput, observability off: a new sender on fresh topics and group (then on/off again)
+            ons: list[Throughput] = [on]
+            offs: list[Throughput] = []
+            for i in rounds:
+                for mode in modes:
+                    if (mode, i) == ("on", 1):
+                        continue
+                    figures, sender = await throughput(
+                        args, mode, i, sandbox, bootstrap, prefixes[mode, i], numbers, partitions,
+                        {**env, **OBSERVABILITY_OFF} if mode == "off" else env, logs[mode, i], others)
+                    codes.append(await stop_sender(sender))
+                    figures.log_lines = log_lines(logs[mode, i], mode, i)
+                    (ons if mode == "on" else offs).append(figures)
+                if offs:
+                    print(f"sender CPU per message{f', round {i}' if args.rounds > 1 else ''}: on {ons[-1].cpu_us:.0f}"
+                          f" µs, off {offs[-1].cpu_us:.0f} µs, on/off {ons[-1].cpu_us / offs[-1].cpu_us:.3f}; "
+                          f"message_sent log lines: on {ons[-1].log_lines}, off {offs[-1].log_lines}", flush=True)
+            off = offs[0] if offs else None
+            cpu_on = sum(r.cpu_us for r in ons) / len(ons)
+            cpu_off = sum(r.cpu_us for r in offs) / len(offs) if offs else float("nan")
+            each = f" (mean of {len(ons)})" if len(ons) > 1 else ""
 
             count = len(numbers)
             target = TARGET_RATE * count
@@ -436,17 +452,22 @@ async def run(args: argparse.Namespace) -> None:
             print(f"| sandbox max requests in any 1 s window{', per number' if count > 1 else ''} | "
                   f"{' / '.join(str(on.max_requests[n]) for n in numbers)} | ≤ {args.rate:g} |")
             print(f"| 130429 answers | {on.throttled} | 0 |")
-            print(f"| sender CPU per message, observability on | {on.cpu_us:.0f} µs | |")
+            print(f"| sender CPU per message, observability on{each} | {cpu_on:.0f} µs | |")
             if off is not None:
-                print(f"| sender CPU per message, observability off | {off.cpu_us:.0f} µs | |")
-                print(f"| CPU on / off | {on.cpu_us / off.cpu_us:.3f} | ≤ {TARGET_OVERHEAD:.2f} |")
-                print(f"| observability off: sustained sent/s; max in 1 s; 130429 | {off.sustained:.0f}; "
-                      f"{' / '.join(str(off.max_requests[n]) for n in numbers)}; {off.throttled} | |")
+                print(f"| sender CPU per message, observability off{each} | {cpu_off:.0f} µs | |")
+                ratios = ", ".join(f"{a.cpu_us / b.cpu_us:.3f}" for a, b in zip(ons, offs, strict=True))
+                print(f"| CPU on / off | {cpu_on / cpu_off:.3f}{f' (rounds: {ratios})' if len(offs) > 1 else ''} | "
+                      f"≤ {TARGET_OVERHEAD:.2f} |")
+                runs = [r for pair in zip(ons, offs, strict=True) for r in pair]
+                each_run = " · ".join(f"{r.sustained:.0f}; {'/'.join(str(r.max_requests[n]) for n in numbers)}; "
+                                      f"{r.throttled}" for r in runs)
+                print(f"| every run ({', '.join(r.mode for r in runs)}): sustained sent/s; max in 1 s; 130429 | "
+                      f"{each_run} | |")
             print(f"| accept→sent p50 / p99 at {args.rate * 0.9:.0f}/s per number | {percentile(latencies, 0.5):.0f}"
                   f" / {percentile(latencies, 0.99):.0f} ms | |")
             print(f"| naive sequential consumer | {naive_rate:.1f}/s | baseline |")
             print(f"| ratio sender / naive | {on.sustained / naive_rate:.0f}x | |")
-            print(f"| sender exit code after SIGTERM | {code}{f' / {code_off}' if code_off is not None else ''} | 0 |")
+            print(f"| sender exit code after SIGTERM | {' / '.join(str(c) for c in codes)} | 0 |")
             if args.keep_log:
                 print(f"sender logs: {', '.join(str(log) for log in logs.values() if log.exists())}")
     finally:
@@ -469,6 +490,8 @@ def main() -> None:
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument("--env", action="append", default=[], help="extra VAR=value for the sender process")
     parser.add_argument("--no-off", action="store_true", help="skip the observability-off throughput run")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="throughput runs on, off, on, off, ...: this many of each (CPU: their means)")
     parser.add_argument("--keep-log", action="store_true")
     parser.add_argument("--profile", metavar="FILE", help="py-spy the sender during the throughput phase")
     parser.add_argument("--nice", action="store_true",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -163,8 +162,7 @@ async def _single(service: ApiService, request: Request) -> Response:
     data = body.data
     [outcome] = await service.submit(caller, [data], [idempotency_key], sanitise=body.may_hold_controls)
     if isinstance(outcome, Accepted):
-        if log.isEnabledFor(logging.DEBUG):  # structlog formats before the level filter: skip the cost
-            log.debug("message_accepted", request_id=outcome.request_id, replayed=outcome.replayed)
+        log.debug("message_accepted", request_id=outcome.request_id, replayed=outcome.replayed)
         headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
         return json_response(202, accepted_body(outcome), headers)
     _log_rejection(outcome, message_type_label(data))

@@ -87,8 +87,12 @@ def _foreign_fields(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     return event
 
 
+# Added by the processors above from the record or the clock, never from data: nothing to redact.
+_OWN_FIELDS = frozenset({"level", "logger", "ts", "trace_id", "span_id"})
+
+
 def _redact(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
-    return {k: redact(v, k) for k, v in event.items()}
+    return {k: v if k in _OWN_FIELDS else redact(v, k) for k, v in event.items()}
 
 
 def _dumps(obj: Any, **_: Any) -> str:

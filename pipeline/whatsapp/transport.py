@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import aiohttp
 import httpx
@@ -39,8 +39,7 @@ KEEPALIVE_EXPIRY_SECONDS = 4.0
 _Proxy = tuple[yarl.URL, aiohttp.BasicAuth | None] | None
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(NamedTuple):
     """A whole answer as it came off the wire: the body still carries any `Content-Encoding`."""
 
     status: int

@@ -111,7 +111,8 @@ async def test_the_direct_path_sends_what_the_httpx_path_sends(traced: bool) -> 
                         for r in server.received[i:i + 2]] for i in (0, 2))
     assert direct == generic
     assert (b"traceparent: T" in direct[0]) is traced
-    assert direct[0].startswith(b"POST /v23.0/") and direct[1].startswith(b"GET /v23.0/")
+    assert direct[0].startswith(b"POST /v23.0/")
+    assert direct[1].startswith(b"GET /v23.0/")
 
 
 async def test_an_encoded_or_failed_answer_still_goes_through_httpx(transport: AiohttpTransport) -> None:

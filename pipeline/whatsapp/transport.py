@@ -10,7 +10,7 @@ Why not httpx's own transport: at 50-400 requests in flight its pool cost 10-150
 of raw aiohttp and stalled at ~30 calls/s (bench/client.py; docs/whatsapp.md). Why not
 `httpx-aiohttp`'s transport (same cost within noise): it maps every `aiohttp.ClientConnectionError`,
 a disconnect *after* the request was sent included, to `httpx.ConnectTimeout`, which would mark a
-possible duplicate send as safe to retry. This one is the same idea in ~80 lines: precise errors,
+possible duplicate send as safe to retry. This one is the same idea in a short module: precise errors,
 whole bodies (no streaming layers), env proxies resolved once per host rather than on every call.
 
 `send` is the same exchange without httpx's objects: `WhatsAppClient` calls it directly on this

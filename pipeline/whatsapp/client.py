@@ -15,7 +15,7 @@ purpose: its per-request machinery (base-URL merging, cookie extraction, auth an
 does nothing for the Graph API and cost about 40% of the client's CPU per call (docs/whatsapp.md).
 On the default transport even the `Request` and `Response` objects are skipped: the client hands it
 the URL and header pairs prepared once per endpoint (`AiohttpTransport.send`, the same wire) and
-builds httpx's objects only when an answer is an error (BENCHMARKS.md, "Graph API client").
+builds httpx's objects only for an error or an encoded body (BENCHMARKS.md, "Graph API client").
 """
 
 from __future__ import annotations

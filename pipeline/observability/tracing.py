@@ -35,6 +35,7 @@ _FASTSTREAM_OPERATIONS = {"publish": "send", "process": "process", "create": "cr
 # Attributes that may carry a URL or query with a secret parameter (hub.verify_token=…).
 _URL_ATTRIBUTES = ("http.url", "http.target", "url.full")
 _QUERY_ATTRIBUTES = ("url.query",)
+_REDACTED_ATTRIBUTES = frozenset(_URL_ATTRIBUTES + _QUERY_ATTRIBUTES)
 
 
 class ConventionsSpanProcessor(SpanProcessor):
@@ -52,15 +53,19 @@ class ConventionsSpanProcessor(SpanProcessor):
                 span.update_name(f"{operation} {destination}")
                 span.set_attribute("messaging.operation.name", operation)
             return
-        attributes = span.attributes or {}
-        for key in _URL_ATTRIBUTES:
-            value = attributes.get(key)
-            if isinstance(value, str) and "?" in value:
+        attributes = span.attributes
+        if not attributes:
+            return
+        # Every span passes here (the Graph client's, per call): look only at the keys it has.
+        for key in _REDACTED_ATTRIBUTES.intersection(attributes):
+            value = attributes[key]
+            if not isinstance(value, str):
+                continue
+            if key in _QUERY_ATTRIBUTES:
+                if value:
+                    span.set_attribute(key, scrub_query(value))
+            elif "?" in value:
                 span.set_attribute(key, scrub_url(value))
-        for key in _QUERY_ATTRIBUTES:
-            value = attributes.get(key)
-            if isinstance(value, str) and value:
-                span.set_attribute(key, scrub_query(value))
 
     def on_end(self, span: ReadableSpan) -> None:
         pass

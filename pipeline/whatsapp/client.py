@@ -13,19 +13,23 @@ Requests are httpx `Request`s handed straight to an httpx transport (aiohttp's p
 `httpx.AsyncBaseTransport` such as `httpx.MockTransport` in tests). `httpx.AsyncClient` is skipped on
 purpose: its per-request machinery (base-URL merging, cookie extraction, auth and redirect flows)
 does nothing for the Graph API and cost about 40% of the client's CPU per call (docs/whatsapp.md).
+On the default transport even the `Request` and `Response` objects are skipped: the client hands it
+the URL and header pairs prepared once per endpoint (`AiohttpTransport.send`, the same wire) and
+builds httpx's objects only for an error or an encoded body (BENCHMARKS.md, "Graph API client").
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+import aiohttp
 import httpx
 import orjson
+import yarl
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
@@ -35,7 +39,7 @@ from pipeline.observability.context import traceparent_of
 from pipeline.observability.redaction import register_secrets, wamid_ref
 from pipeline.whatsapp.errors import GraphApiError, error_from_response, error_from_transport
 from pipeline.whatsapp.payloads import message_payload
-from pipeline.whatsapp.transport import AiohttpTransport
+from pipeline.whatsapp.transport import AiohttpTransport, Answer
 
 _PHONE_NUMBER_ID = re.compile(r"^\d{5,20}$")
 _USER_AGENT = "whatsapp-delivery-pipeline"
@@ -52,8 +56,11 @@ class SentMessage:
 
 @dataclass(frozen=True, slots=True)
 class _Endpoint:
+    method: str
     url: httpx.URL
-    headers: httpx.Headers  # everything but traceparent, built once: headers cost CPU per call
+    headers: httpx.Headers  # everything but content-length and traceparent, built once: headers cost CPU
+    wire_url: yarl.URL  # the same two for AiohttpTransport.send: as handle_async_request would pass them
+    wire_headers: tuple[tuple[str, str], ...]
     span_name: str
     attributes: dict[str, str]
 
@@ -87,11 +94,17 @@ class WhatsAppClient:
     ) -> None:
         self._base_url = f"{settings.api_base_url.rstrip('/')}/{settings.api_version}"
         self._transport = transport if transport is not None else AiohttpTransport(max_connections)
+        # Our own transport is called without httpx's objects, unless a subclass changed how it sends.
+        direct = type(self._transport).handle_async_request is AiohttpTransport.handle_async_request
+        self._direct = self._transport if direct and isinstance(self._transport, AiohttpTransport) else None
+        self._wire_timeout: aiohttp.ClientTimeout | None = None
         self._default_number = settings.phone_number_id
         token = _access_token(settings)
         register_secrets([token])  # scrub_text (error texts, logs) then removes it whatever its shape
         self._auth = ("authorization", f"Bearer {token}")
         self._timeout = httpx.Timeout(settings.timeout_seconds).as_dict()
+        if self._direct is not None:
+            self._wire_timeout = self._direct.timeout(self._timeout)
         self._endpoints: dict[tuple[str, str, str], _Endpoint] = {}
         self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
 
@@ -119,26 +132,29 @@ class WhatsAppClient:
 
     async def _post_message(self, number: str, payload: dict[str, Any]) -> SentMessage:
         endpoint = self._endpoint("POST", number, "messages")
-        with self._span(endpoint) as span:
-            request = httpx.Request(
-                "POST", endpoint.url, headers=endpoint.headers, content=orjson.dumps(payload),
-                extensions={"timeout": self._timeout},
-            )
-            response = await self._exchange(request, span)
-            body = _success_body(response)
+        span = self._start_span(endpoint)
+        try:
+            status, content = await self._exchange(endpoint, orjson.dumps(payload), span)
+            body = _success_body(status, content, endpoint.method)
             if payload.get("status") == "read":
                 # Mark-as-read answers {"success": true}; its "message" is the one marked read.
-                return _marked_read(body, payload["message_id"], response.status_code)
+                return _marked_read(body, payload["message_id"], status)
             wamid = _first(body, "messages", "id")
             if wamid is None:
                 raise GraphApiError(
-                    f"HTTP {response.status_code} without messages[0].id: Meta probably accepted the message",
+                    f"HTTP {status} without messages[0].id: Meta probably accepted the message",
                     error_class=ErrorClass.TRANSIENT,
-                    http_status=response.status_code,
+                    http_status=status,
                     ambiguous=True,
                 )
-            span.set_attribute("whatsapp.wamid_ref", wamid_ref(wamid))  # the wamid holds the recipient's number
-            return SentMessage(wamid=wamid, wa_id=_first(body, "contacts", "wa_id"), http_status=response.status_code)
+            if span.is_recording():  # the wamid holds the recipient's number: a reference only
+                span.set_attribute("whatsapp.wamid_ref", wamid_ref(wamid))
+            return SentMessage(wamid=wamid, wa_id=_first(body, "contacts", "wa_id"), http_status=status)
+        except BaseException as exc:
+            _record_failure(span, exc)
+            raise
+        finally:
+            span.end()
 
     # --- health -----------------------------------------------------------------------------------
 
@@ -149,10 +165,15 @@ class WhatsAppClient:
         `GraphApiError` (`AUTH` for a bad token, `INVALID` for a number it cannot see).
         """
         endpoint = self._endpoint("GET", self._number(phone_number_id), "")
-        with self._span(endpoint) as span:
-            timeout = {"timeout": self._timeout}
-            request = httpx.Request("GET", endpoint.url, headers=endpoint.headers, extensions=timeout)
-            return _success_body(await self._exchange(request, span))
+        span = self._start_span(endpoint)
+        try:
+            status, content = await self._exchange(endpoint, None, span)
+            return _success_body(status, content, endpoint.method)
+        except BaseException as exc:
+            _record_failure(span, exc)
+            raise
+        finally:
+            span.end()
 
     # --- plumbing ---------------------------------------------------------------------------------
 
@@ -175,49 +196,75 @@ class WhatsAppClient:
             if operation == "messages":
                 headers.append(("content-type", "application/json"))
             endpoint = self._endpoints[key] = _Endpoint(
+                method=method,
                 url=url,
                 headers=httpx.Headers(headers),
+                wire_url=yarl.URL(str(url), encoded=True),
+                wire_headers=tuple(httpx.Headers(headers).multi_items()),
                 span_name=f"{method} /{{phone_number_id}}/{operation}".rstrip("/"),
                 attributes={"http.request.method": method, "url.full": str(url), "server.address": url.host},
             )
         return endpoint
 
-    @contextmanager
-    def _span(self, endpoint: _Endpoint) -> Iterator[Span]:
+    def _start_span(self, endpoint: _Endpoint) -> Span:
         """The Graph API client span, carrying the outcome Meta's body told us (wamid, error code)."""
-        span = self._tracer.start_span(endpoint.span_name, kind=SpanKind.CLIENT, attributes=endpoint.attributes)
-        try:
-            yield span
-        except GraphApiError as err:
-            if span.is_recording():
-                span.set_attributes(_error_attributes(err))
-                span.set_status(Status(StatusCode.ERROR, err.error_class.value))
-            raise
-        except Exception as exc:  # a bug, not an answer: still visible on the span
-            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            raise
-        finally:
-            span.end()
+        return self._tracer.start_span(endpoint.span_name, kind=SpanKind.CLIENT, attributes=endpoint.attributes)
 
-    async def _exchange(self, request: httpx.Request, span: Span) -> httpx.Response:
+    async def _exchange(self, endpoint: _Endpoint, content: bytes | None, span: Span) -> tuple[int, bytes]:
+        """A 2xx answer's status and body; any other answer, or none, raises `GraphApiError`."""
         # W3C traceparent of the client span, so the sandbox (or a proxy) can join the trace; not by
         # the propagator, which needs the span attached as the current context.
         traceparent = traceparent_of(span)
-        if traceparent is not None:
-            request.headers["traceparent"] = traceparent
         try:
-            response = await self._transport.handle_async_request(request)
-            response.request = request  # transports need not set it (httpx.AsyncClient would)
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
+            if self._direct is not None and self._wire_timeout is not None:
+                answer = await self._send_direct(self._direct, self._wire_timeout, endpoint, content, traceparent)
+                if 200 <= answer.status < 300 and not answer.encoded:
+                    span.set_attribute("http.response.status_code", answer.status)
+                    return answer.status, answer.body
+                response = answer.response(self._request(endpoint, content, traceparent))  # decodes the body
+            else:
+                request = self._request(endpoint, content, traceparent)
+                response = await self._transport.handle_async_request(request)
+                response.request = request  # transports need not set it (httpx.AsyncClient would)
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
         except httpx.RequestError as exc:
             raise error_from_transport(exc) from exc
         span.set_attribute("http.response.status_code", response.status_code)
         if not 200 <= response.status_code < 300:  # a redirect is not an answer either
             raise error_from_response(response)
-        return response
+        return response.status_code, response.content
+
+    def _send_direct(
+        self, transport: AiohttpTransport, timeout: aiohttp.ClientTimeout, endpoint: _Endpoint,
+        content: bytes | None, traceparent: str | None,
+    ) -> Coroutine[Any, Any, Answer]:
+        # The headers `handle_async_request` would get from `_request(...)` (tests/whatsapp checks the wire).
+        headers = list(endpoint.wire_headers)
+        if content:
+            headers.append(("content-length", str(len(content))))
+        if traceparent is not None:
+            headers.append(("traceparent", traceparent))
+        return transport.send(endpoint.method, endpoint.wire_url, headers, content, timeout,
+                              lambda: self._request(endpoint, content, traceparent))
+
+    def _request(self, endpoint: _Endpoint, content: bytes | None, traceparent: str | None) -> httpx.Request:
+        request = httpx.Request(endpoint.method, endpoint.url, headers=endpoint.headers, content=content,
+                                extensions={"timeout": self._timeout})
+        if traceparent is not None:
+            request.headers["traceparent"] = traceparent
+        return request
+
+
+def _record_failure(span: Span, exc: BaseException) -> None:
+    if isinstance(exc, GraphApiError):
+        if span.is_recording():
+            span.set_attributes(_error_attributes(exc))
+            span.set_status(Status(StatusCode.ERROR, exc.error_class.value))
+    elif isinstance(exc, Exception):  # a bug, not an answer: still visible on the span
+        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
 
 
 def _access_token(settings: WhatsAppSettings) -> str:
@@ -228,17 +275,17 @@ def _access_token(settings: WhatsAppSettings) -> str:
     return SANDBOX_ACCESS_TOKEN
 
 
-def _success_body(response: httpx.Response) -> dict[str, Any]:
+def _success_body(status: int, content: bytes, method: str) -> dict[str, Any]:
     try:
-        body = orjson.loads(response.content)
+        body = orjson.loads(content)
     except orjson.JSONDecodeError:
         body = None
     if not isinstance(body, dict):
         raise GraphApiError(
-            f"HTTP {response.status_code} with a body that is not a JSON object",
+            f"HTTP {status} with a body that is not a JSON object",
             error_class=ErrorClass.TRANSIENT,
-            http_status=response.status_code,
-            ambiguous=response.request.method == "POST",
+            http_status=status,
+            ambiguous=method == "POST",
         )
     return body
 

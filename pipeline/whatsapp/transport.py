@@ -2,18 +2,29 @@
 
     transport = AiohttpTransport(max_connections=400)
     await transport.handle_async_request(httpx.Request("POST", url, content=body))
+    answer = await transport.send("POST", yarl.URL(url), [("content-type", "application/json")], body,
+                                  transport.timeout({"read": 10.0}), request=lambda: httpx.Request("POST", url))
+    answer.status, answer.body                  # no httpx objects unless an error needs one
 
 Why not httpx's own transport: at 50-400 requests in flight its pool cost 10-150x the CPU per call
 of raw aiohttp and stalled at ~30 calls/s (bench/client.py; docs/whatsapp.md). Why not
 `httpx-aiohttp`'s transport (same cost within noise): it maps every `aiohttp.ClientConnectionError`,
 a disconnect *after* the request was sent included, to `httpx.ConnectTimeout`, which would mark a
-possible duplicate send as safe to retry. This one is the same idea in ~80 lines: precise errors,
+possible duplicate send as safe to retry. This one is the same idea in a short module: precise errors,
 whole bodies (no streaming layers), env proxies resolved once per host rather than on every call.
+
+`send` is the same exchange without httpx's objects: `WhatsAppClient` calls it directly on this
+transport, because building an `httpx.Request` and an `httpx.Response` per call (header
+normalisation, streams, the response's decoder chain) cost more CPU than aiohttp's whole request.
+It takes the headers exactly as `handle_async_request` would pass them, so the wire is the same, and
+raises the same httpx errors (the `httpx.Request` they carry is built only then).
 """
 
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import aiohttp
 import httpx
@@ -26,6 +37,26 @@ from aiohttp.helpers import get_env_proxy_for_url
 KEEPALIVE_EXPIRY_SECONDS = 4.0
 
 _Proxy = tuple[yarl.URL, aiohttp.BasicAuth | None] | None
+
+
+class Answer(NamedTuple):
+    """A whole answer as it came off the wire: the body still carries any `Content-Encoding`."""
+
+    status: int
+    reason: str
+    raw_headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+    encoded: bool  # a Content-Encoding header is present: only `response()` gives the real content
+
+    def response(self, request: httpx.Request) -> httpx.Response:
+        """The httpx response (which undoes the content encoding, raising `httpx.DecodingError`)."""
+        return httpx.Response(
+            self.status,
+            headers=self.raw_headers,
+            content=self.body,
+            request=request,
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": self.reason.encode()},
+        )
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -46,6 +77,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._ssl = httpx.create_ssl_context(verify=verify) if verify is not False else False
         self._trust_env = trust_env
         self._proxies: dict[tuple[str, str], _Proxy] = {}
+        self._timeouts: dict[tuple[float | None, float | None, float | None], aiohttp.ClientTimeout] = {}
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
@@ -59,36 +91,61 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        session = self._session or self._open()
-        timeouts = request.extensions.get("timeout", {})
-        url = yarl.URL(str(request.url), encoded=True)
-        proxy, proxy_auth = self._proxy_for(url) or (None, None)
         try:
             content = request.content
         except httpx.RequestNotRead:
             content = await request.aread()
+        answer = await self.send(
+            request.method,
+            yarl.URL(str(request.url), encoded=True),
+            request.headers.multi_items(),
+            content,
+            self.timeout(request.extensions.get("timeout", {})),
+            lambda: request,
+        )
+        return answer.response(request)
+
+    def timeout(self, timeouts: Mapping[str, float | None]) -> aiohttp.ClientTimeout:
+        """aiohttp's timeout for httpx's `timeout` extension (`httpx.Timeout(...).as_dict()`), built once."""
+        key = (timeouts.get("pool"), timeouts.get("connect"), timeouts.get("read"))
+        timeout = self._timeouts.get(key)
+        if timeout is None:
+            pool, connect, read = key
+            timeout = self._timeouts[key] = aiohttp.ClientTimeout(connect=pool, sock_connect=connect, sock_read=read)
+        return timeout
+
+    async def send(
+        self,
+        method: str,
+        url: yarl.URL,
+        headers: Sequence[tuple[str, str]],
+        content: bytes | None,
+        timeouts: aiohttp.ClientTimeout,
+        request: Callable[[], httpx.Request],
+    ) -> Answer:
+        """One exchange; `timeouts` from `timeout()`; `request` makes the `httpx.Request` a raised httpx error names."""
+        session = self._session or self._open()
+        proxy, proxy_auth = self._proxy_for(url) or (None, None)
         try:
             async with session.request(
-                request.method,
+                method,
                 url,
-                headers=request.headers.multi_items(),
+                headers=headers,
                 data=content or None,
                 allow_redirects=False,
                 proxy=proxy,
                 proxy_auth=proxy_auth,
-                timeout=aiohttp.ClientTimeout(
-                    connect=timeouts.get("pool"), sock_connect=timeouts.get("connect"), sock_read=timeouts.get("read")
-                ),
+                timeout=timeouts,
             ) as response:
                 body = await response.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _httpx_error(exc, request) from exc
-        return httpx.Response(
+            raise _httpx_error(exc, request()) from exc
+        return Answer(
             response.status,
-            headers=response.raw_headers,
-            content=body,
-            request=request,
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": (response.reason or "").encode()},
+            response.reason or "",
+            response.raw_headers,
+            body,
+            "Content-Encoding" in response.headers,
         )
 
     def _proxy_for(self, url: yarl.URL) -> _Proxy:

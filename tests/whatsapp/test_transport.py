@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import re
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,6 +14,8 @@ import aiohttp
 import httpx
 import orjson
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import NoOpTracerProvider
 
 from pipeline.whatsapp import GraphApiError, WhatsAppClient
 from pipeline.whatsapp.transport import AiohttpTransport, _httpx_error
@@ -85,6 +88,52 @@ async def test_a_plain_answer_and_a_gzipped_one(transport: AiohttpTransport) -> 
     async with RawServer(lambda _, w: answer(w)) as plain, RawServer(gzipped) as packed:
         assert await send_through(transport, plain.url) == "wamid.OK"
         assert await send_through(transport, packed.url) == "wamid.OK"
+
+
+class ThroughHttpx(AiohttpTransport):
+    """The same transport, reached the generic way: through `httpx.Request` and `httpx.Response`."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await super().handle_async_request(request)
+
+
+@pytest.mark.parametrize("traced", [False, True])
+async def test_the_direct_path_sends_what_the_httpx_path_sends(traced: bool) -> None:
+    # WhatsAppClient skips httpx's objects on its own transport (AiohttpTransport.send): same bytes.
+    provider = TracerProvider() if traced else NoOpTracerProvider()
+    async with RawServer(lambda _, w: answer(w)) as server:
+        for transport in (AiohttpTransport(trust_env=False), ThroughHttpx(trust_env=False)):
+            client = WhatsAppClient(wa_settings(server.url), transport=transport, tracer_provider=provider)
+            assert (await client.send_message(request(), callback_data="req_1")).wamid == "wamid.OK"
+            assert (await client.check_health()) == orjson.loads(OK_BODY)
+            await client.aclose()
+    direct, generic = ([re.sub(rb"traceparent: 00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", b"traceparent: T", r)
+                        for r in server.received[i:i + 2]] for i in (0, 2))
+    assert direct == generic
+    assert (b"traceparent: T" in direct[0]) is traced
+    assert direct[0].startswith(b"POST /v23.0/")
+    assert direct[1].startswith(b"GET /v23.0/")
+
+
+async def test_an_encoded_or_failed_answer_still_goes_through_httpx(transport: AiohttpTransport) -> None:
+    async def gzipped_error(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        body = gzip.compress(orjson.dumps({"error": {"code": 131047, "message": "Re-engagement message"}}))
+        writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
+                     b"retry-after: 7\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        await writer.drain()
+
+    async def bad_gzip(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await answer(writer, b"not gzip", b"content-encoding: gzip\r\n")
+
+    async with RawServer(gzipped_error) as failing, RawServer(bad_gzip) as undecodable:
+        err = await send_through(transport, failing.url)
+        garbled = await send_through(transport, undecodable.url)
+
+    assert isinstance(err, GraphApiError)
+    assert (err.code, err.http_status, err.retry_after, err.ambiguous) == (131047, 400, 7.0, False)
+    assert isinstance(garbled, GraphApiError)
+    assert garbled.ambiguous is True
+    assert "DecodingError after the request was sent" in str(garbled)
 
 
 async def test_connection_refused_is_not_ambiguous(transport: AiohttpTransport) -> None:

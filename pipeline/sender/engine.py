@@ -448,7 +448,7 @@ class Engine:
         elif error is not None:
             if error.ambiguous:
                 work.ambiguous_attempts += 1
-            verdict = self._policy.judge(work, error, now, limiter=lane.limiter, breaker=lane.breaker)
+            verdict = self._policy.settle(work, error, now, limiter=lane.limiter, breaker=lane.breaker)
         else:
             what = f"{type(unexpected).__name__}: {unexpected}"
             work.last_error = ErrorInfo(error_class=ErrorClass.OTHER, message=what)
@@ -490,7 +490,10 @@ class Engine:
         self.telemetry.resolved(work, wamid, now - work.dispatched_at)
         if wamid is not None:
             return _SENT, wamid, now
-        return self._policy.unsent(work, now, breaker=lane.breaker), None, now
+        judgement = self._policy.unsent(work, now, circuit=lane.breaker.state)
+        judgement.apply_to(work)
+        assert isinstance(judgement.verdict, Retry | Terminal)
+        return judgement.verdict, None, now
 
     def _unsent(self, work: Work) -> None:
         """A dispatched request that was not sent after all: back to its queue's head, or handed back."""

@@ -28,7 +28,7 @@ import contextlib
 import time
 from collections.abc import Callable, Collection, Coroutine
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 from aiokafka.errors import (
     IllegalOperation,
@@ -49,13 +49,12 @@ from pipeline.contracts import (
     ErrorClass,
     ErrorInfo,
     MessageOutcome,
-    SendRequest,
-    describe,
 )
 from pipeline.observability.context import traceparent_of
 from pipeline.sender.ambiguous import StatusWatch
 from pipeline.sender.breaker import CircuitBreaker
-from pipeline.sender.decode import Rejected, decode
+from pipeline.sender.decode import Rejected
+from pipeline.sender.intake import ConsumedRecord, DeadLetter, Expired, Reroute, Rules, decide
 from pipeline.sender.limits import RateLimiter
 from pipeline.sender.offsets import OffsetTracker
 from pipeline.sender.outcomes import Sink, dead_letter_record, result_record
@@ -76,17 +75,6 @@ _NO_PARTITION = -1  # tasks that belong to no partition (the breaker's probes): 
 _LEASE_RECHECK = 0.1  # while this replica is not sure it is still in its group, look again this often
 
 
-class ConsumedRecord(Protocol):
-    """What the engine reads from a fetched record (aiokafka's ConsumerRecord has it)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Any
-
-
 class Engine:
     def __init__(
         self,
@@ -104,9 +92,8 @@ class Engine:
         watch: StatusWatch | None = None,
     ) -> None:
         self._settings = settings.sender
-        self._default_number = settings.whatsapp.phone_number_id
         # Records published straight to Kafka meet the API's forbidden-content rule here.
-        self._content = ContentPolicy(settings.api.forbidden_patterns)
+        self._rules = Rules(settings.whatsapp.phone_number_id, ContentPolicy(settings.api.forbidden_patterns))
         self._group = settings.sender.group_id
         self._client = client
         self._sink = sink
@@ -250,47 +237,27 @@ class Engine:
     # --- intake -----------------------------------------------------------------------------------
 
     def intake(self, record: ConsumedRecord) -> None:
-        """Take one fetched record. Never blocks: everything after decoding happens in tasks/timers."""
+        """Take one fetched record. Never blocks: everything after the decision happens in tasks/timers."""
         tracker = self.trackers.get(record.partition)
         if tracker is None or tracker.already_done(record.offset):
+            return  # not ours, or done before a restart: skipped
+        decision = decide(record, self._rules, partitions=self.partitions, wall=self._wall())
+        request = decision.request
+        span, context = self.telemetry.record_received(record, request.request_id if request is not None else None)
+        origin = Origin(record.topic, record.partition, record.offset, record.key, tuple(record.headers or ()),
+                        record.value or b"")
+        if isinstance(decision, DeadLetter):
+            self._spawn(record.partition, self._dead_letter(tracker, origin, decision.rejected, span, context))
             return
-        headers = tuple(record.headers or ())
-        value = record.value or b""
-        origin = Origin(record.topic, record.partition, record.offset, record.key, headers, value)
-        span, context = self.telemetry.record_received(record)
-        decoded = decode(record.value)
-        if isinstance(decoded, Rejected):
-            self._spawn(record.partition, self._dead_letter(tracker, origin, decoded, span, context))
-            return
-        request = decoded
-        if "request_id" not in request.model_fields_set:
-            # The default would be a new random id at every decode: after a restart the same record
-            # would become another request. Derive it from where the record sits instead. (Asked of
-            # pydantic, not of the bytes: metadata may well hold a "request_id" key of its own.)
-            derived = f"{record.topic}:{record.partition}:{record.offset}"[-64:]
-            request = request.model_copy(update={"request_id": derived})
-        span.set_attribute("messaging.message.id", request.request_id)
-        if self._content and (forbidden := self._content.violations(request.message.model_dump(mode="json"))):
-            rejected = Rejected(DeadLetterReason.SCHEMA_INVALID, describe(forbidden), request.request_id)
-            self._spawn(record.partition, self._dead_letter(tracker, origin, rejected, span, context))
-            return
-        number = request.phone_number_id or self._default_number
-        if number is None:
-            rejected = Rejected(
-                DeadLetterReason.SCHEMA_INVALID,
-                "phone_number_id: missing, and no default (WHATSAPP_PHONE_NUMBER_ID) is configured",
-                request.request_id,
-            )
-            self._spawn(record.partition, self._dead_letter(tracker, origin, rejected, span, context))
-            return
-        if partition_for(number.encode(), self.partitions) != record.partition:
-            self._spawn(record.partition, self._reroute(tracker, origin, request, number, span, context))
+        if isinstance(decision, Reroute):
+            self._spawn(record.partition, self._reroute(tracker, origin, decision, span, context))
             return
         now = self._now()
         traceparent = traceparent_of(span)
+        request = decision.request
         work = Work(
             request,
-            number,
+            decision.number,
             origin,
             received=now,
             span=span,
@@ -301,11 +268,11 @@ class Engine:
             ).encode(),
             tracker=tracker,
         )
-        if request.expires_at is not None:
-            work.deadline = now + (request.expires_at.timestamp() - self._wall())
-            if work.deadline <= now:
-                self._spawn(record.partition, self._conclude(work, _EXPIRED))
-                return
+        if isinstance(decision, Expired):
+            self._spawn(record.partition, self._conclude(work, _EXPIRED))
+            return
+        if decision.ttl is not None:
+            work.deadline = now + decision.ttl
         self.scheduler.submit(work, now)  # MessageRejected here is a fetcher bug: it must respect `room`
         self._kick()
 
@@ -548,17 +515,17 @@ class Engine:
         self.telemetry.rejected(origin, rejected.reason, rejected.error, rejected.request_id, span, published=published)
 
     async def _reroute(
-        self, tracker: OffsetTracker, origin: Origin, request: SendRequest, number: str,
+        self, tracker: OffsetTracker, origin: Origin, reroute: Reroute,
         span: trace.Span, context: otel_context.Context,
     ) -> None:
         """A request on a partition that does not own its number: re-publish it keyed by the number."""
-        value = request.model_copy(update={"phone_number_id": number}).model_dump_json().encode()
+        request, number = reroute.request, reroute.number
+        value = request.model_dump_json().encode()
         headers = [(k, v) for k, v in origin.headers if k != "traceparent"]
         published = await self._publish(tracker, origin, origin.topic, number.encode(), value, headers, context)
         if published:
             tracker.done(origin.offset)
-        home = partition_for(number.encode(), self.partitions)
-        self.telemetry.rerouted(request.request_id, number, origin, home, span, published=published)
+        self.telemetry.rerouted(request.request_id, number, origin, reroute.home, span, published=published)
 
     async def _publish(
         self, tracker: OffsetTracker, origin: Origin, topic: str, key: bytes | None, value: bytes,

@@ -1,7 +1,7 @@
 """Everything an operator sees of the sender, in one hook object: spans, metric children, gauges, log lines.
 
     telemetry = SenderTelemetry(tracer, group="delivery-sender")
-    span, context = telemetry.record_received(record)           # the `process` span of a fetched record
+    span, context = telemetry.record_received(record, request_id)   # the `process` span of a fetched record
     telemetry.lane_created(number, rate=80.0)                    # gauges and every outcome series at 0
     telemetry.attempted(number, "sent", ErrorClass.NONE, None, seconds=0.21, waited=0.01)
     telemetry.concluded(work, MessageOutcome.SENT, wamid="wamid.…", duration_ms=230.5)
@@ -69,8 +69,11 @@ class SenderTelemetry:
 
     # --- intake -----------------------------------------------------------------------------------
 
-    def record_received(self, record: FetchedRecord) -> tuple[Span, Context]:
-        """The CONSUMER span `process {topic}`, parented on the record's traceparent, and its context."""
+    def record_received(self, record: FetchedRecord, request_id: str | None) -> tuple[Span, Context]:
+        """The CONSUMER span `process {topic}`, parented on the record's traceparent, and its context.
+
+        `request_id`: the decoded request's (None when the record is no request).
+        """
         parent = None
         for name, raw in record.headers or ():
             if name == "traceparent" and parent is None:
@@ -83,6 +86,8 @@ class SenderTelemetry:
             kind=SpanKind.CONSUMER,
             attributes=messaging_attributes(record.topic, record.partition, record.offset, self._group),
         )
+        if request_id is not None:
+            span.set_attribute("messaging.message.id", request_id)
         return span, trace.set_span_in_context(span)
 
     # --- lanes ------------------------------------------------------------------------------------

@@ -32,8 +32,6 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from opentelemetry import context as otel_context
-
 from pipeline.contracts import DeadLetterReason, ErrorClass, ErrorInfo, MessageOutcome
 from pipeline.sender.ambiguous import StatusWatch
 from pipeline.sender.retry import Park, Retry, RetryPolicy, Terminal, Verdict
@@ -84,18 +82,15 @@ class Attempts:
         sent = None
         error: GraphApiError | None = None
         unexpected: BaseException | None = None
-        token = otel_context.attach(work.context) if work.context is not None else None
         try:
-            sent = await self._client.send_message(
-                work.request, phone_number_id=work.number, callback_data=work.callback_data
-            )
+            with self._telemetry.in_trace(work):
+                sent = await self._client.send_message(
+                    work.request, phone_number_id=work.number, callback_data=work.callback_data
+                )
         except GraphApiError as exc:
             error = exc
         except Exception as exc:
             unexpected = exc
-        finally:
-            if token is not None:
-                otel_context.detach(token)
         now = self._now()
         verdict: Verdict
         wamid = None

@@ -17,9 +17,10 @@ showed in the sender's profile. wamids never leave here raw: logs carry `wamid_r
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Tracer
@@ -150,6 +151,16 @@ class SenderTelemetry:
                  duration_ms=round(duration_ms, 1))
 
     # --- attempts ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def in_trace(self, work: Work) -> Iterator[None]:
+        """Run the Graph API call in the request's trace: the client's span is a child of `process`."""
+        token = otel_context.attach(work.context) if work.context is not None else None
+        try:
+            yield
+        finally:
+            if token is not None:
+                otel_context.detach(token)
 
     def dispatched(self, work: Work, waited: float) -> None:
         """A call is about to be written (`waited`: intake to first dispatch, on the first attempt only)."""

@@ -203,8 +203,8 @@ class Engine:
             self.sweep()
 
     def _new_lane(self, number: str) -> Lane:
-        self.telemetry.lane_created(number, self._settings.rate_per_second)
         t = self.telemetry
+        t.lane_created(number, self._settings.rate_per_second)
         return Lane.configured(number, self._settings, on_circuit_change=partial(t.circuit_changed, number),
                                on_rate_decrease=partial(t.rate_decreased, number))
 

@@ -3,7 +3,7 @@
     committer = TransactionalCommitter(producer_for, group_id, topic)   # one producer per input partition
     await committer.assign([0, 3])        # on assignment, BEFORE reading the committed offsets: fences
     sink = committer.sink(tracer)         # publishes inside the open transaction of the record's partition
-    committed = await committer.commit(engine.offsets_to_commit)   # {partition: (offset, metadata)}
+    committed = await committer.commit(engine.owned.offsets_to_commit)   # {partition: (offset, metadata)}
     await committer.release([0])          # after the revoked partitions' final commit
 
 **Transactional (the default).** Outcomes (`send.results`, `dead-letters`, re-routed requests) are

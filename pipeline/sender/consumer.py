@@ -172,7 +172,7 @@ class KafkaSource:
         assigned = [tp for tp in self.consumer.assignment() if tp.topic == self.topic]
         self.consumer.pause(*assigned)
         final = await self._engine.close(self._settings.sender.shutdown_grace_seconds)
-        await self._commit(lambda: self._engine.final_offsets(final), final=True)
+        await self._commit(lambda: self._engine.owned.final_offsets(final), final=True)
         # Leaving the group runs the revocation listener again; the engine has nothing left by then.
         await self.consumer.stop()
 
@@ -186,14 +186,14 @@ class KafkaSource:
         share = max(1, engine.scheduler.max_buffered // len(assigned))
         full = engine.room == 0
         for tp in assigned:
-            held = engine.outstanding(tp.partition)
+            held = engine.owned.outstanding(tp.partition)
             paused = tp in self._paused
-            if not paused and (full or held >= share or engine.overflowing(tp.partition)):
+            if not paused and (full or held >= share or engine.owned.overflowing(tp.partition)):
                 self.consumer.pause(tp)
                 self._paused.add(tp)
                 log.info("partition_paused", partition=tp.partition, held=held, share=share,
-                         metadata_full=engine.overflowing(tp.partition))
-            elif paused and not full and held < share * _RESUME_BELOW and not engine.overflowing(tp.partition):
+                         metadata_full=engine.owned.overflowing(tp.partition))
+            elif paused and not full and held < share * _RESUME_BELOW and not engine.owned.overflowing(tp.partition):
                 self.consumer.resume(tp)
                 self._paused.discard(tp)
                 log.info("partition_resumed", partition=tp.partition, held=held)
@@ -205,11 +205,11 @@ class KafkaSource:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
             if not stop.is_set():
-                await self._commit(self._engine.offsets_to_commit)
+                await self._commit(self._engine.owned.offsets_to_commit)
 
     async def _commit(self, offsets: Callable[[], Offsets], *, final: bool = False) -> None:
         committed = await self.committer.commit(offsets, final=final)
-        self._engine.committed(committed)
+        self._engine.owned.committed(committed)
 
     # --- rebalance ----------------------------------------------------------------------------------
 
@@ -220,7 +220,7 @@ class KafkaSource:
             return
         await self._engine.revoke(partitions, self._settings.sender.rebalance_grace_seconds)
         try:
-            await self._commit(lambda: self._engine.final_offsets(partitions))
+            await self._commit(lambda: self._engine.owned.final_offsets(partitions))
             await self.committer.release(partitions)
         except Exception as exc:
             self._fatal = exc

@@ -2,143 +2,84 @@
 
     engine = Engine(settings, client, sink, results_topic=results, dead_letters_topic=dead, partitions=12)
     engine.assign(0, committed=1200, metadata="o1:1200:…")   # on assignment
-    engine.intake(record)                 # each fetched record: decode, route, schedule (never blocks)
-    engine.offsets_to_commit()               # {partition: (offset, metadata)} that changed since last time
+    engine.intake(record)                 # each fetched record: decide, then schedule or conclude (never blocks)
+    engine.owned.offsets_to_commit()      # {partition: (offset, metadata)} that changed since last time
     await engine.revoke({0}, grace=3.0)   # lost partition: finish what is in flight, hand back the rest
-    engine.final_offsets({0})             # its last commit's (offset, metadata), asked when committing
+    engine.owned.final_offsets({0})       # its last commit's (offset, metadata), asked when committing
     engine.room                           # requests it can still take (backpressure for the fetcher)
 
-One record's way (docs/sender.md has the picture):
-
-    intake ─▶ decode ─▶ route ─▶ Scheduler (per-recipient FIFO, limiter, breaker) ─▶ attempt (client)
-       │          │        └─▶ re-publish with the right key ─┐         │ Retry/Hold: back to its queue
-       │          └─▶ dead letter ─────────────────────────────┼─────────┴─▶ conclude: publish outcome
-       └─ done before a restart: skipped                        └───────────────▶ OffsetTracker.done
-
+The steps have their contracts in their modules: `intake.decide` → `Scheduler` → `Attempts.run`
+→ `Concluder` (docs/sender.md has the chain). The engine wires them and keeps what no step may
+decide alone: which partitions are its own (`Partitions`, and the group lease `in_group`), the
+tasks working on each partition (revocation waits for them), and the scheduler's one timer.
 Every path ends in `OffsetTracker.done` after its record is acknowledged by Kafka, or in nothing
 when the partition was revoked meanwhile (the new owner redoes it). The `process` span starts at
-intake, parented on the record's `traceparent`, and ends with the outcome; the Graph API call and
-the outcome's publish are its children, so each request is one trace.
+intake and ends with the outcome; the Graph API call and the publish are its children.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Callable, Collection, Coroutine
+from collections.abc import Callable, Collection
 from functools import partial
-from typing import Any, Protocol
 
-from aiokafka.errors import (
-    IllegalOperation,
-    InvalidProducerEpoch,
-    KafkaError,
-    OutOfOrderSequenceNumber,
-    ProducerFenced,
-)
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
 from pipeline.config import Settings
-from pipeline.contracts import (
-    CallbackData,
-    ContentPolicy,
-    DeadLetterReason,
-    ErrorClass,
-    ErrorInfo,
-    MessageOutcome,
-    SendRequest,
-    describe,
-)
-from pipeline.observability.context import traceparent_of
+from pipeline.contracts import ContentPolicy, MessageOutcome
 from pipeline.sender.ambiguous import StatusWatch
-from pipeline.sender.breaker import CircuitBreaker
-from pipeline.sender.decode import Rejected, decode
-from pipeline.sender.limits import RateLimiter
-from pipeline.sender.offsets import OffsetTracker
-from pipeline.sender.outcomes import Sink, dead_letter_record, result_record
-from pipeline.sender.retry import Hold, Park, Retry, RetryPolicy, Terminal, Verdict
+from pipeline.sender.attempt import Attempts
+from pipeline.sender.conclusion import Concluder
+from pipeline.sender.intake import ConsumedRecord, DeadLetter, Dispatch, Expired, Reroute, Rules, decide
+from pipeline.sender.outcomes import Sink
+from pipeline.sender.partitions import Offsets, Partitions
+from pipeline.sender.retry import Hold, Park, Retry, RetryPolicy, Terminal
 from pipeline.sender.scheduler import Lane, Scheduler
+from pipeline.sender.tasks import PartitionTasks
 from pipeline.sender.telemetry import SenderTelemetry
 from pipeline.sender.work import Origin, Work
 from pipeline.topics import partition_for
-from pipeline.whatsapp import GraphApiError, MessageSender
+from pipeline.whatsapp import MessageSender
 
-_JSON_HEADERS = (("content-type", b"application/json"),)
-_SENT = Terminal(MessageOutcome.SENT)
 _EXPIRED = Terminal(MessageOutcome.EXPIRED)
-_PUBLISH_RETRY_MAX = 5.0
-# The producer can no longer publish in this process' transactions: fatal, not retried.
-_BROKEN_PRODUCER = (ProducerFenced, InvalidProducerEpoch, OutOfOrderSequenceNumber, IllegalOperation)
 _NO_PARTITION = -1  # tasks that belong to no partition (the breaker's probes): revocation does not wait for them
 _LEASE_RECHECK = 0.1  # while this replica is not sure it is still in its group, look again this often
 
 
-class ConsumedRecord(Protocol):
-    """What the engine reads from a fetched record (aiokafka's ConsumerRecord has it)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Any
-
-
 class Engine:
-    def __init__(
-        self,
-        settings: Settings,
-        client: MessageSender,
-        sink: Sink,
-        *,
-        results_topic: str,
-        dead_letters_topic: str,
-        partitions: int,
-        tracer: Tracer | None = None,
-        policy: RetryPolicy | None = None,
-        clock: Callable[[], float] | None = None,
-        wall: Callable[[], float] = time.time,
-        watch: StatusWatch | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, client: MessageSender, sink: Sink, *, results_topic: str,
+                 dead_letters_topic: str, partitions: int, tracer: Tracer | None = None,
+                 policy: RetryPolicy | None = None, clock: Callable[[], float] | None = None,
+                 wall: Callable[[], float] = time.time, watch: StatusWatch | None = None) -> None:
         self._settings = settings.sender
-        self._default_number = settings.whatsapp.phone_number_id
         # Records published straight to Kafka meet the API's forbidden-content rule here.
-        self._content = ContentPolicy(settings.api.forbidden_patterns)
-        self._group = settings.sender.group_id
-        self._client = client
-        self._sink = sink
-        self._results_topic = results_topic
-        self._dead_letters_topic = dead_letters_topic
+        self._rules = Rules(settings.whatsapp.phone_number_id, ContentPolicy(settings.api.forbidden_patterns))
         self.partitions = partitions
-        self._tracer = tracer or trace.get_tracer("pipeline.sender")
-        self._policy = policy or RetryPolicy.from_settings(settings.sender)
-        self._clock_override = clock
+        # Not loop.time(): uvloop caches it per loop iteration, and one iteration under load can take
+        # tens of milliseconds; the limiter must see the time at which it actually lets a send go.
+        self._now = clock or time.monotonic
         self._wall = wall
-        self._watch = watch or StatusWatch()  # without a StatusFeed every parked request is retried after its window
+        self.owned = Partitions()
+        self.telemetry = SenderTelemetry(tracer or trace.get_tracer("pipeline.sender"), settings.sender.group_id)
+        self._attempts = Attempts(  # without a StatusFeed (watch) every parked request is retried after its window
+            client, policy or RetryPolicy.from_settings(settings.sender), watch or StatusWatch(), self.telemetry,
+            clock=self._now,
+        )
+        self._conclude = Concluder(sink, self.telemetry, results_topic=results_topic,
+                                   dead_letters_topic=dead_letters_topic, holds=self.owned.holds, clock=self._now)
         self.scheduler = Scheduler(
             self._new_lane, max_in_flight=settings.sender.max_in_flight, max_buffered=settings.sender.max_buffered
         )
-        self.trackers: dict[int, OffsetTracker] = {}
-        self._last_commit: dict[int, tuple[int, str]] = {}
-        self._revoking: set[int] = set()
-        self._handed_over: dict[int, OffsetTracker] = {}  # revoked, final offsets not yet taken (final_offsets)
-        self._active: dict[int, int] = {}  # partition -> coroutines working on its records
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._quiet = asyncio.Event()  # set whenever some partition's last coroutine ends
+        self._tasks = PartitionTasks(self.telemetry.task_failed, clock=self._now)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._poll_pending = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
-        self.telemetry = SenderTelemetry(self._tracer, self._group)
-        self.fatal: BaseException | None = None  # set when publishing can never succeed again: stop the process
         # Is this replica still sure it is a member of its group (KafkaSource sets it: a recent heartbeat)?
         # While it is not, nothing is dispatched: the partitions may be someone else's already.
         self.in_group: Callable[[], bool] = lambda: True
-
-    # --- time -------------------------------------------------------------------------------------
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -146,166 +87,69 @@ class Engine:
             self._loop = asyncio.get_running_loop()
         return self._loop
 
-    def _now(self) -> float:
-        # Not loop.time(): uvloop caches it per loop iteration, and one iteration under load can take
-        # tens of milliseconds; the limiter must see the time at which it actually lets a send go.
-        return self._clock_override() if self._clock_override is not None else time.monotonic()
-
     # --- ownership --------------------------------------------------------------------------------
 
     def assign(self, partition: int, committed: int | None, metadata: str | None) -> None:
         """Take `partition` from `committed` on; offsets done above it (in `metadata`) are skipped."""
-        self.trackers[partition] = OffsetTracker.restore(committed or 0, metadata)
-        self._last_commit[partition] = (committed or 0, metadata or "")
-        self._revoking.discard(partition)
-        self._handed_over.pop(partition, None)
+        self.owned.assign(partition, committed, metadata)
 
-    async def revoke(self, partitions: Collection[int], grace: float) -> dict[int, tuple[int, str]]:
+    async def revoke(self, partitions: Collection[int], grace: float) -> Offsets:
         """Stop `partitions`: drop queued work, let in-flight work finish for up to `grace` seconds.
 
         Returns the final `(offset, metadata)` to commit for each. Work still running afterwards is
         abandoned: its result is dropped and the partition's next owner sends it again (these are
         the duplicates a rebalance can cause, at most what was in flight).
         """
-        lost = set(partitions) & self.trackers.keys()
-        self._revoking |= lost
+        lost = self.owned.start_revoking(partitions)
         for work in self.scheduler.revoke(lost):
             self.telemetry.handed_back(work, "revoked")
-        deadline = self._now() + grace
-        while any(self._active.get(p) for p in lost) and (remaining := deadline - self._now()) > 0:
-            self._quiet.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._quiet.wait(), remaining)
-        final: dict[int, tuple[int, str]] = {}
-        for partition in lost:
-            tracker = self.trackers.pop(partition)
-            self._handed_over[partition] = tracker
-            final[partition] = (tracker.position, tracker.metadata())
-            self._last_commit.pop(partition, None)
-        self._revoking -= lost
+        await self._tasks.wait_idle(lost, grace)
+        final = self.owned.release(lost)
         self._drop_foreign_lanes()
-        return final
-
-    def final_offsets(self, partitions: Collection[int]) -> dict[int, tuple[int, str]]:
-        """The revoked `partitions`' final `(offset, metadata)` as of now, for their last commit (asked once).
-
-        Later than `revoke`'s answer by the commit's drain: a publish still awaiting its acknowledgement
-        when the grace ran out lands in the transaction being committed, and marks its offset done once
-        acknowledged, so the offsets committed with it must include it.
-        """
-        final: dict[int, tuple[int, str]] = {}
-        for partition in partitions:
-            tracker = self._handed_over.pop(partition, None)
-            if tracker is not None:
-                final[partition] = (tracker.position, tracker.metadata())
         return final
 
     def _drop_foreign_lanes(self) -> None:
         """Forget idle lanes of numbers this process no longer owns: their gauges go, their breakers too."""
-        for number in [n for n, lane in self.scheduler.lanes.items()
-                       if not lane.queued and not lane.in_flight
-                       and partition_for(n.encode(), self.partitions) not in self.trackers]:
-            self.scheduler.drop_lane(number)
+        for number in self.scheduler.drop_idle_lanes(keep=lambda n: partition_for(n.encode(), self.partitions)
+                                                     in self.owned):
             self.telemetry.lane_dropped(number)
 
-    async def close(self, grace: float) -> dict[int, tuple[int, str]]:
+    async def close(self, grace: float) -> Offsets:
         """Shutdown: revoke everything (see `revoke`) and cancel what is left."""
-        final = await self.revoke(list(self.trackers), grace)
+        final = await self.revoke(list(self.owned), grace)
         if self._timer is not None:
             self._timer.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel()
         return final
-
-    # --- backpressure and commits -----------------------------------------------------------------
 
     @property
     def room(self) -> int:
         return max(0, self.scheduler.max_buffered - self.scheduler.buffered)
 
-    def outstanding(self, partition: int) -> int:
-        tracker = self.trackers.get(partition)
-        return tracker.outstanding if tracker is not None else 0
-
-    def overflowing(self, partition: int) -> bool:
-        tracker = self.trackers.get(partition)
-        return tracker is not None and tracker.overflowing
-
-    def offsets_to_commit(self) -> dict[int, tuple[int, str]]:
-        """Positions (and done-above metadata) that changed since the last call."""
-        changed: dict[int, tuple[int, str]] = {}
-        for partition, tracker in self.trackers.items():
-            if partition in self._revoking:
-                continue
-            entry = (tracker.position, tracker.metadata())
-            if entry != self._last_commit.get(partition):
-                changed[partition] = entry
-        return changed
-
-    def committed(self, offsets: dict[int, tuple[int, str]]) -> None:
-        self._last_commit.update(offsets)
-
     # --- intake -----------------------------------------------------------------------------------
 
     def intake(self, record: ConsumedRecord) -> None:
-        """Take one fetched record. Never blocks: everything after decoding happens in tasks/timers."""
-        tracker = self.trackers.get(record.partition)
+        """Take one fetched record. Never blocks: everything after the decision happens in tasks/timers."""
+        tracker = self.owned.tracker(record.partition)
         if tracker is None or tracker.already_done(record.offset):
+            return  # not ours, or done before a restart: skipped
+        decision = decide(record, self._rules, partitions=self.partitions, wall=self._wall())
+        request = decision.request
+        span, context = self.telemetry.record_received(record, request.request_id if request is not None else None)
+        origin = Origin.of(record)
+        if isinstance(decision, DeadLetter):
+            rejected = decision.rejected
+            self._tasks.spawn(record.partition, self._conclude.dead_letter(tracker, origin, rejected, span, context))
             return
-        headers = tuple(record.headers or ())
-        value = record.value or b""
-        origin = Origin(record.topic, record.partition, record.offset, record.key, headers, value)
-        span, context = self.telemetry.record_received(record)
-        decoded = decode(record.value)
-        if isinstance(decoded, Rejected):
-            self._spawn(record.partition, self._dead_letter(tracker, origin, decoded, span, context))
-            return
-        request = decoded
-        if "request_id" not in request.model_fields_set:
-            # The default would be a new random id at every decode: after a restart the same record
-            # would become another request. Derive it from where the record sits instead. (Asked of
-            # pydantic, not of the bytes: metadata may well hold a "request_id" key of its own.)
-            derived = f"{record.topic}:{record.partition}:{record.offset}"[-64:]
-            request = request.model_copy(update={"request_id": derived})
-        span.set_attribute("messaging.message.id", request.request_id)
-        if self._content and (forbidden := self._content.violations(request.message.model_dump(mode="json"))):
-            rejected = Rejected(DeadLetterReason.SCHEMA_INVALID, describe(forbidden), request.request_id)
-            self._spawn(record.partition, self._dead_letter(tracker, origin, rejected, span, context))
-            return
-        number = request.phone_number_id or self._default_number
-        if number is None:
-            rejected = Rejected(
-                DeadLetterReason.SCHEMA_INVALID,
-                "phone_number_id: missing, and no default (WHATSAPP_PHONE_NUMBER_ID) is configured",
-                request.request_id,
-            )
-            self._spawn(record.partition, self._dead_letter(tracker, origin, rejected, span, context))
-            return
-        if partition_for(number.encode(), self.partitions) != record.partition:
-            self._spawn(record.partition, self._reroute(tracker, origin, request, number, span, context))
+        if isinstance(decision, Reroute):
+            self._tasks.spawn(record.partition, self._conclude.reroute(tracker, origin, decision, span, context))
             return
         now = self._now()
-        traceparent = traceparent_of(span)
-        work = Work(
-            request,
-            number,
-            origin,
-            received=now,
-            span=span,
-            context=context,
-            traceparent=traceparent,
-            callback_data=CallbackData(
-                request_id=request.request_id, traceparent=traceparent, accepted_at=request.accepted_at
-            ).encode(),
-            tracker=tracker,
-        )
-        if request.expires_at is not None:
-            work.deadline = now + (request.expires_at.timestamp() - self._wall())
-            if work.deadline <= now:
-                self._spawn(record.partition, self._conclude(work, _EXPIRED))
-                return
+        work = Work.start(decision.request, decision.number, origin, received=now, span=span, context=context,
+                          tracker=tracker, ttl=decision.ttl if isinstance(decision, Dispatch) else None)
+        if isinstance(decision, Expired):
+            self._tasks.spawn(record.partition, self._conclude.outcome(work, _EXPIRED))
+            return
         self.scheduler.submit(work, now)  # MessageRejected here is a fetcher bug: it must respect `room`
         self._kick()
 
@@ -325,11 +169,11 @@ class Engine:
             return
         batch = self.scheduler.poll(now)
         for work in batch.dispatch:
-            self._spawn(work.origin.partition, self._attempt(work))
+            self._tasks.spawn(work.origin.partition, self._attempt(work))
         for work in batch.expired:
-            self._spawn(work.origin.partition, self._conclude(work, _EXPIRED))
+            self._tasks.spawn(work.origin.partition, self._conclude.outcome(work, _EXPIRED))
         for lane in batch.probes:
-            self._spawn(_NO_PARTITION, self._probe(lane))
+            self._tasks.spawn(_NO_PARTITION, self._probe(lane))
         wake = self.scheduler.next_wake
         if wake is not None:
             self._arm(wake, now)
@@ -349,7 +193,7 @@ class Engine:
     def sweep(self) -> None:
         """Expire requests waiting behind others; refresh the rate gauges (call every second)."""
         for work in self.scheduler.sweep(self._now()):
-            self._spawn(work.origin.partition, self._conclude(work, _EXPIRED))
+            self._tasks.spawn(work.origin.partition, self._conclude.outcome(work, _EXPIRED))
         self._drop_foreign_lanes()  # lanes that still had calls out when their partition went
         self.telemetry.rates(self.scheduler.lanes.values())
 
@@ -359,244 +203,47 @@ class Engine:
             self.sweep()
 
     def _new_lane(self, number: str) -> Lane:
-        s = self._settings
-        breaker = CircuitBreaker(
-            s.breaker_failure_threshold,
-            s.breaker_reset_seconds,
-            blocked_probe_seconds=s.blocked_probe_seconds,
-            failure_ratio=s.breaker_failure_ratio,
-            min_calls=s.breaker_min_calls,
-            min_recipients=s.breaker_min_recipients,
-            window_seconds=s.breaker_window_seconds,
-            recipient_memory_seconds=max(600.0, s.retry_max_delay_seconds * 2),
-            on_change=partial(self.telemetry.circuit_changed, number),
-        )
-        limiter = RateLimiter(s.rate_per_second, guard=s.rate_window_guard_seconds,
-                              on_decrease=partial(self.telemetry.rate_decreased, number))
-        self.telemetry.lane_created(number, s.rate_per_second)
-        return Lane(number, limiter, breaker)
+        t = self.telemetry
+        t.lane_created(number, self._settings.rate_per_second)
+        return Lane.configured(number, self._settings, on_circuit_change=partial(t.circuit_changed, number),
+                               on_rate_decrease=partial(t.rate_decreased, number))
 
     async def _probe(self, lane: Lane) -> None:
-        """The half-open probe: Meta's health call for the number (a GET; it sends nothing, to nobody)."""
-        number, breaker = lane.number, lane.breaker
-        started = self._now()
-        failure: BaseException | None = None
-        try:
-            await self._client.check_health(number)
-        except GraphApiError as exc:
-            failure = exc
-            breaker.probe_failed(self._now(), exc.error_class, exc.message)
-        except Exception as exc:  # a bug in the client: never leave the number waiting for a verdict
-            failure = exc
-            breaker.probe_failed(self._now(), ErrorClass.OTHER, f"{type(exc).__name__}: {exc}")
-        except BaseException:
-            breaker.probe_abandoned()
-            raise
-        else:
-            breaker.probe_succeeded(self._now())
-        self.telemetry.probed(number, "ok" if failure is None else "failed", (self._now() - started) * 1000, failure)
-        self.scheduler.probed(number)
+        await self._attempts.probe(lane)
+        self.scheduler.probed(lane.number)
         self._kick()
 
-    # --- the Graph API call -----------------------------------------------------------------------
+    # --- the attempt, and what its verdict means for the queue ------------------------------------
 
     async def _attempt(self, work: Work) -> None:
         lane = self.scheduler.lanes[work.number]
-        number = work.number
-        started = self._now()
-        # The scheduler reserved a slot; the window is checked again now, as the request is written.
-        limiter = lane.limiter
-        try:
-            while True:
-                if not (self._owns(work) and self.in_group()):
-                    # Revoked, or this replica may have been expelled from its group while it waited
-                    # (paused, cut off): the partition may have a new owner that sends this request.
-                    limiter.release()
-                    self._unsent(work)
-                    return
-                if (pause := limiter.send(self._now())) <= 0.0:
-                    break
-                await asyncio.sleep(pause)
-        except BaseException:
-            limiter.release()
-            raise
-        work.attempts += 1
-        self.telemetry.dispatched(work, started - work.received)
-        request_id = work.request.request_id
-        self._watch.expect(request_id)  # a status may arrive before an ambiguous call gives up
-        sent = None
-        error: GraphApiError | None = None
-        unexpected: BaseException | None = None
-        token = otel_context.attach(work.context) if work.context is not None else None
-        try:
-            sent = await self._client.send_message(
-                work.request, phone_number_id=number, callback_data=work.callback_data
-            )
-        except GraphApiError as exc:
-            error = exc
-        except Exception as exc:
-            unexpected = exc
-        finally:
-            if token is not None:
-                otel_context.detach(token)
-        now = self._now()
-        verdict: Verdict
-        wamid = None
-        if sent is not None:
-            lane.breaker.record_success(now, work.recipient)
-            verdict, wamid = _SENT, sent.wamid
-        elif error is not None:
-            if error.ambiguous:
-                work.ambiguous_attempts += 1
-            verdict = self._policy.judge(work, error, now, limiter=lane.limiter, breaker=lane.breaker)
-        else:
-            what = f"{type(unexpected).__name__}: {unexpected}"
-            work.last_error = ErrorInfo(error_class=ErrorClass.OTHER, message=what)
-            verdict = Terminal(MessageOutcome.DEAD_LETTERED, work.last_error, DeadLetterReason.UNEXPECTED_ERROR)
-        self.telemetry.answered(work, now - started, terminal=isinstance(verdict, Terminal), error=error,
-                                unexpected=unexpected)
-
-        if isinstance(verdict, Park):
-            verdict, wamid, now = await self._resolve_ambiguous(work, lane, verdict.window)
-        else:
-            self._watch.forget(request_id)
-        if isinstance(verdict, Retry | Hold):
-            if not self._owns(work):
-                self.scheduler.finished(work, now)
-                self.telemetry.handed_back(work, "revoked")
-                return
-            delay = verdict.delay if isinstance(verdict, Retry) else 0.0
-            if error is not None:
-                self.telemetry.retrying(work, error, delay, held=isinstance(verdict, Hold))
-            self.scheduler.retry(work, now + delay, now)
+        # Revoked, or this replica may have been expelled from its group while it waited (paused, cut
+        # off): the partition may have a new owner that sends this request.
+        answer = await self._attempts.run(work, lane, lambda: self.owned.owns(work) and self.in_group())
+        if answer is not None and isinstance(answer.verdict, Park):
+            self.scheduler.park(work)  # its call slot is free; its recipient waits behind it (order)
             self._kick()
-            return
-        self.scheduler.finished(work, now)
-        self._kick()
-        await self._conclude(work, verdict, wamid=wamid)
-
-    async def _resolve_ambiguous(
-        self, work: Work, lane: Lane, window: float
-    ) -> tuple[Retry | Terminal, str | None, float]:
-        """Park a request that may have been sent until its status says so, or its window ends (ambiguous.py)."""
-        self.scheduler.park(work)  # its call slot is free; its recipient waits behind it (order)
-        self._kick()
-        self.telemetry.parked(work, window)
-        try:
-            wamid = await self._watch.resolve(work.request.request_id, window)
-        finally:
-            self.scheduler.unpark(work)
-        now = self._now()
-        self.telemetry.resolved(work, wamid, now - work.dispatched_at)
-        if wamid is not None:
-            return _SENT, wamid, now
-        return self._policy.unsent(work, now, breaker=lane.breaker), None, now
-
-    def _unsent(self, work: Work) -> None:
-        """A dispatched request that was not sent after all: back to its queue's head, or handed back."""
-        now = self._now()
-        if self._owns(work):
-            self.scheduler.retry(work, now + _LEASE_RECHECK, now)
+            try:
+                answer = await self._attempts.resolve(work, lane, answer)
+            finally:
+                self.scheduler.unpark(work)
+        # Not sent after all (answer None): back to its queue's head, to look at the lease again soon.
+        verdict, now = (answer.verdict, answer.at) if answer is not None else (Retry(_LEASE_RECHECK), self._now())
+        if isinstance(verdict, Terminal):
+            self.scheduler.finished(work, now)
             self._kick()
-        else:
+            await self._conclude.outcome(work, verdict, wamid=answer.wamid if answer is not None else None)
+        elif not self.owned.owns(work):
             self.scheduler.finished(work, now)
             self.telemetry.handed_back(work, "revoked")
-
-    def _owns(self, work: Work) -> bool:
-        partition = work.origin.partition
-        return partition not in self._revoking and self.trackers.get(partition) is work.tracker
-
-    # --- outcomes ---------------------------------------------------------------------------------
-
-    async def _conclude(self, work: Work, verdict: Terminal, *, wamid: str | None = None) -> None:
-        """Publish the request's one outcome, then mark its offset done."""
-        outcome = verdict.outcome
-        if outcome is MessageOutcome.DEAD_LETTERED:
-            error = verdict.error
-            text = (error.message or "") if error is not None else ""
-            if error is not None and error.code is not None:
-                text = f"Graph API code {error.code} ({error.error_class.value}): {text}"
-            reason = verdict.reason or DeadLetterReason.UNEXPECTED_ERROR
-            topic, key = self._dead_letters_topic, work.origin.key
-            value = dead_letter_record(work.origin, reason, text, work.request.request_id)
         else:
-            topic, key = self._results_topic, work.number.encode()
-            value = result_record(work, outcome, wamid=wamid)
-        headers = (*_JSON_HEADERS, ("request-id", work.request.request_id.encode()))
-        assert work.tracker is not None
-        if not await self._publish(work.tracker, work.origin, topic, key, value, headers, work.context):
-            self.telemetry.handed_back(work, "revoked")
-            return
-        work.tracker.done(work.origin.offset)
-        self.telemetry.concluded(work, outcome, wamid=wamid, duration_ms=(self._now() - work.received) * 1000,
-                                 reason=verdict.reason)
+            delay = verdict.delay if isinstance(verdict, Retry) else 0.0
+            if answer is not None and answer.error is not None:
+                self.telemetry.retrying(work, answer.error, delay, held=isinstance(verdict, Hold))
+            self.scheduler.retry(work, now + delay, now)
+            self._kick()
 
-    async def _dead_letter(
-        self, tracker: OffsetTracker, origin: Origin, rejected: Rejected,
-        span: trace.Span, context: otel_context.Context,
-    ) -> None:
-        value = dead_letter_record(origin, rejected.reason, rejected.error, rejected.request_id)
-        headers = [*_JSON_HEADERS]
-        if rejected.request_id:
-            headers.append(("request-id", rejected.request_id.encode()))
-        published = await self._publish(tracker, origin, self._dead_letters_topic, origin.key, value, headers, context)
-        if published:
-            tracker.done(origin.offset)
-        self.telemetry.rejected(origin, rejected.reason, rejected.error, rejected.request_id, span, published=published)
-
-    async def _reroute(
-        self, tracker: OffsetTracker, origin: Origin, request: SendRequest, number: str,
-        span: trace.Span, context: otel_context.Context,
-    ) -> None:
-        """A request on a partition that does not own its number: re-publish it keyed by the number."""
-        value = request.model_copy(update={"phone_number_id": number}).model_dump_json().encode()
-        headers = [(k, v) for k, v in origin.headers if k != "traceparent"]
-        published = await self._publish(tracker, origin, origin.topic, number.encode(), value, headers, context)
-        if published:
-            tracker.done(origin.offset)
-        home = partition_for(number.encode(), self.partitions)
-        self.telemetry.rerouted(request.request_id, number, origin, home, span, published=published)
-
-    async def _publish(
-        self, tracker: OffsetTracker, origin: Origin, topic: str, key: bytes | None, value: bytes,
-        headers: Any, context: otel_context.Context | None,
-    ) -> bool:
-        """Publish until acknowledged; False if the partition was lost meanwhile (nothing to commit)."""
-        delay = 0.1
-        while True:
-            if self.trackers.get(origin.partition) is not tracker:
-                return False
-            try:
-                await self._sink.publish(topic, key, value, headers, context=context, source_partition=origin.partition)
-                return True
-            except _BROKEN_PRODUCER as exc:
-                # Retrying cannot help (fenced, or the transaction is gone): the process must stop and
-                # restart from its last commit (commits.py), not wait forever with its partitions held.
-                if self.fatal is None:
-                    self.fatal = exc
-                self.telemetry.publish_failed(topic, origin, exc, retry_in=-1.0)
-                raise
-            except (KafkaError, TimeoutError) as exc:
-                self.telemetry.publish_failed(topic, origin, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _PUBLISH_RETRY_MAX)
-
-    # --- plumbing ---------------------------------------------------------------------------------
-
-    def _spawn(self, partition: int, coro: Coroutine[Any, Any, None]) -> None:
-        self._active[partition] = self._active.get(partition, 0) + 1
-        task = self.loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(partial(self._finished_task, partition))
-
-    def _finished_task(self, partition: int, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        left = self._active[partition] - 1
-        if left:
-            self._active[partition] = left
-        else:
-            del self._active[partition]
-            self._quiet.set()
-        failure = None if task.cancelled() else task.exception()
-        if failure is not None:
-            self.telemetry.task_failed(partition, failure)
+    @property
+    def fatal(self) -> BaseException | None:
+        """Set when publishing can never succeed again (fenced): stop the process."""
+        return self._conclude.fatal

@@ -1,8 +1,17 @@
 """What to do after a failed Graph API call: retry when, give up how, or stop the number.
 
     policy = RetryPolicy.from_settings(settings.sender)
-    verdict = policy.judge(work, error, now, limiter=lane.limiter, breaker=lane.breaker)
-    # Retry(delay=1.7) · Hold() · Terminal(MessageOutcome.FAILED, error_info) · Terminal(EXPIRED, …)
+    effects = policy.effects(error)                      # what the answer says about the number: pure
+    effects.apply(now, work.recipient, limiter=lane.limiter, breaker=lane.breaker)
+    judgement = policy.judge(work, error, now, circuit=lane.breaker.state)   # pure: reads `work`, never writes it
+    judgement.apply_to(work)                             # its charge, pair strike and last error
+    judgement.verdict                                    # Retry(delay=1.7) · Hold() · Park(60.0) · Terminal(…)
+    verdict = policy.settle(work, error, now, limiter=lane.limiter, breaker=lane.breaker)   # the four lines above
+
+`effects` and `judge` change nothing: the effects on the number's breaker and limiter and on the
+work are values, and whoever applies them (`settle`, called by the attempt step) does so in the
+open. `judge` needs the circuit's state *after* the answer's evidence is in (a service failure may
+just have opened it), so the effects are applied before it is asked.
 
 The table (error classes from `pipeline.whatsapp.classify`):
 
@@ -64,6 +73,47 @@ class Terminal:
 
 Verdict = Retry | Hold | Park | Terminal
 
+
+@dataclass(frozen=True, slots=True)
+class Effects:
+    """What one failed call does to its number: breaker evidence and the limiter's pace (a value)."""
+
+    failure: Scope | None = None  # breaker.record_failure(scope): transient
+    success: bool = False  # breaker.record_success: Meta answered with a verdict on this request
+    block: ErrorClass | None = None  # breaker.block: auth / policy
+    throttle: bool = False  # limiter.throttled: 130429
+    pause: float = 0.0  # limiter.pause(seconds): 4 / 80007 / 131048
+
+    def apply(self, now: float, recipient: str, *, limiter: RateLimiter, breaker: CircuitBreaker) -> None:
+        if self.failure is not None:
+            breaker.record_failure(now, recipient, self.failure)
+        if self.block is not None:
+            breaker.block(now, self.block)
+        if self.success:
+            breaker.record_success(now, recipient)
+        if self.pause > 0.0:
+            limiter.pause(now, self.pause)
+        if self.throttle:
+            limiter.throttled(now)
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """The verdict on one request, and what it changes of that request (applied by `apply_to`)."""
+
+    verdict: Verdict
+    charge: bool = False  # one more charged attempt (work.charged)
+    pair_strike: bool = False  # one more consecutive 131056 (work.pair_strikes)
+    error: ErrorInfo | None = None  # the request's last error from now on (work.last_error)
+
+    def apply_to(self, work: Work) -> None:
+        if self.error is not None:
+            work.last_error = self.error
+        if self.charge:
+            work.charged += 1
+        if self.pair_strike:
+            work.pair_strikes += 1
+
 _BLOCKING = frozenset({ErrorClass.AUTH, ErrorClass.POLICY})
 
 
@@ -94,56 +144,73 @@ class RetryPolicy:
         ceiling = min(self.max_delay, self.base_delay * 2.0 ** max(0, charged - 1))
         return ceiling * (0.5 + 0.5 * self.rng.random())
 
-    def judge(
-        self, work: Work, error: GraphApiError, now: float, *, limiter: RateLimiter, breaker: CircuitBreaker
-    ) -> Verdict:
-        """Classify one failed call, feeding the number's limiter and breaker on the way."""
-        info = error.to_error_info()
-        work.last_error = info
+    def effects(self, error: GraphApiError) -> Effects:
+        """What this answer does to the number's breaker and limiter (pure)."""
         cls = error.error_class
         if cls is ErrorClass.TRANSIENT:
-            scope = scope_of(error)
-            breaker.record_failure(now, work.recipient, scope)
-            if error.ambiguous and not self.retry_ambiguous:
-                return Park(self.ambiguous_window)  # Meta's status webhooks will tell; never guessed
-            state = breaker.state
-            if state is CircuitState.OPEN or (scope is Scope.SERVICE and state is not CircuitState.CLOSED):
-                return self._retry(work, 0.0, now, charge=False)  # Meta is down: the breaker decides when
-            # A recipient-scoped failure while the number is up is this recipient's: it backs off on its
-            # own and is charged.
-            return self._retry(work, self.backoff(work.charged + 1), now)
+            return Effects(failure=scope_of(error))
         if cls in _BLOCKING:
-            breaker.block(now, cls)
-            return Hold()
+            return Effects(block=cls)
         # Meta answered with a verdict on this request: it is up, whatever the verdict.
-        breaker.record_success(now, work.recipient)
         if cls is ErrorClass.THROTTLED:
             if error.code in NUMBER_PAUSE_CODES:
-                wait = max(error.retry_after or 60.0, self.base_delay)
-                limiter.pause(now, wait)
-                return self._retry(work, wait, now)
-            limiter.throttled(now)
-            return self._retry(work, max(self.backoff(work.charged + 1), error.retry_after or 0.0), now)
+                return Effects(success=True, pause=self._pause_of(error))
+            return Effects(success=True, throttle=True)
+        return Effects(success=True)
+
+    def judge(self, work: Work, error: GraphApiError, now: float, *, circuit: CircuitState) -> Judgement:
+        """The verdict on one failed call, given the circuit's state once `effects(error)` is applied (pure)."""
+        info = error.to_error_info()
+        cls = error.error_class
+        if cls is ErrorClass.TRANSIENT:
+            if error.ambiguous and not self.retry_ambiguous:
+                return Judgement(Park(self.ambiguous_window), error=info)  # Meta's status webhooks will tell
+            service = scope_of(error) is Scope.SERVICE
+            if circuit is CircuitState.OPEN or (service and circuit is not CircuitState.CLOSED):
+                return self._retry(work, info, 0.0, now, charge=False)  # Meta is down: the breaker decides when
+            # A recipient-scoped failure while the number is up is this recipient's: it backs off on its
+            # own and is charged.
+            return self._retry(work, info, self.backoff(work.charged + 1), now)
+        if cls in _BLOCKING:
+            return Judgement(Hold(), error=info)
+        if cls is ErrorClass.THROTTLED:
+            if error.code in NUMBER_PAUSE_CODES:
+                return self._retry(work, info, self._pause_of(error), now)
+            return self._retry(work, info, max(self.backoff(work.charged + 1), error.retry_after or 0.0), now)
         if cls is ErrorClass.PAIR_LIMITED:
-            work.pair_strikes += 1
-            growing = self.pair_interval * 2 ** (work.pair_strikes - 1)
+            growing = self.pair_interval * 2 ** work.pair_strikes  # 2^(strikes - 1), this one counted
             delay = min(self.max_delay, max(growing, error.retry_after or 0.0))
-            return self._retry(work, delay * (1.0 + 0.1 * self.rng.random()), now)
+            retry = self._retry(work, info, delay * (1.0 + 0.1 * self.rng.random()), now)
+            return Judgement(retry.verdict, charge=retry.charge, pair_strike=True, error=info)
         if cls is ErrorClass.INVALID:
-            return Terminal(MessageOutcome.DEAD_LETTERED, info, DeadLetterReason.PAYLOAD_REJECTED)
-        return Terminal(MessageOutcome.FAILED, info)
+            rejected = Terminal(MessageOutcome.DEAD_LETTERED, info, DeadLetterReason.PAYLOAD_REJECTED)
+            return Judgement(rejected, error=info)
+        return Judgement(Terminal(MessageOutcome.FAILED, info), error=info)
 
-    def unsent(self, work: Work, now: float, *, breaker: CircuitBreaker) -> Retry | Terminal:
-        """A parked request whose window passed without a status: it was not sent, so it goes again."""
-        if breaker.state is not CircuitState.CLOSED:
-            return self._retry(work, 0.0, now, charge=False)  # Meta is down: the breaker decides when
-        return self._retry(work, self.backoff(work.charged + 1), now)
+    def settle(
+        self, work: Work, error: GraphApiError, now: float, *, limiter: RateLimiter, breaker: CircuitBreaker
+    ) -> Verdict:
+        """Apply the answer's effects to the number, judge, apply the judgement to the work: the verdict."""
+        self.effects(error).apply(now, work.recipient, limiter=limiter, breaker=breaker)
+        judgement = self.judge(work, error, now, circuit=breaker.state)
+        judgement.apply_to(work)
+        return judgement.verdict
 
-    def _retry(self, work: Work, delay: float, now: float, *, charge: bool = True) -> Retry | Terminal:
-        if charge:
-            work.charged += 1
-            if work.charged >= self.max_attempts:
-                return Terminal(MessageOutcome.FAILED, work.last_error)
+    def unsent(self, work: Work, now: float, *, circuit: CircuitState) -> Judgement:
+        """A parked request whose window passed without a status: it was not sent, so it goes again (pure)."""
+        if circuit is not CircuitState.CLOSED:
+            return self._retry(work, None, 0.0, now, charge=False)  # Meta is down: the breaker decides when
+        return self._retry(work, None, self.backoff(work.charged + 1), now)
+
+    def _pause_of(self, error: GraphApiError) -> float:
+        return max(error.retry_after or 60.0, self.base_delay)
+
+    def _retry(
+        self, work: Work, info: ErrorInfo | None, delay: float, now: float, *, charge: bool = True
+    ) -> Judgement:
+        last_error = info if info is not None else work.last_error
+        if charge and work.charged + 1 >= self.max_attempts:
+            return Judgement(Terminal(MessageOutcome.FAILED, last_error), charge=True, error=info)
         if work.deadline is not None and now + delay >= work.deadline:
-            return Terminal(MessageOutcome.EXPIRED, work.last_error)
-        return Retry(delay)
+            return Judgement(Terminal(MessageOutcome.EXPIRED, last_error), charge=charge, error=info)
+        return Judgement(Retry(delay), charge=charge, error=info)

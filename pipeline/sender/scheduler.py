@@ -11,6 +11,8 @@
     scheduler.sweep(now)                 # expired requests that were waiting behind others
     scheduler.revoke({0, 1})             # forget the queued work of lost partitions
     scheduler.drop_lane(number)          # forget an idle number this process no longer owns
+    scheduler.drop_idle_lanes(keep=owned)   # forget every idle lane whose number `owned(number)` is not: their numbers
+    lane = Lane.configured(number, settings.sender, on_circuit_change=print, on_rate_decrease=print)
 
 Contract (the sender's order guarantee): requests to one recipient from one business number are
 kept in one FIFO; only its head is ever dispatched, and only when no call for that recipient is in
@@ -36,7 +38,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import count
 
-from pipeline.sender.breaker import CircuitBreaker
+from pipeline.config import SenderSettings
+from pipeline.sender.breaker import CircuitBreaker, CircuitChange
 from pipeline.sender.limits import RateLimiter
 from pipeline.sender.work import Work
 
@@ -63,6 +66,24 @@ class Recipient:
 
 class Lane:
     """One business number: its recipients, pace and breaker."""
+
+    @classmethod
+    def configured(cls, number: str, s: SenderSettings, *, on_circuit_change: Callable[[CircuitChange], None],
+                   on_rate_decrease: Callable[[float], None]) -> Lane:
+        """A number's lane with its limiter and breaker as the settings say, each with its change listener."""
+        breaker = CircuitBreaker(
+            s.breaker_failure_threshold,
+            s.breaker_reset_seconds,
+            blocked_probe_seconds=s.blocked_probe_seconds,
+            failure_ratio=s.breaker_failure_ratio,
+            min_calls=s.breaker_min_calls,
+            min_recipients=s.breaker_min_recipients,
+            window_seconds=s.breaker_window_seconds,
+            recipient_memory_seconds=max(600.0, s.retry_max_delay_seconds * 2),
+            on_change=on_circuit_change,
+        )
+        limiter = RateLimiter(s.rate_per_second, guard=s.rate_window_guard_seconds, on_decrease=on_rate_decrease)
+        return cls(number, limiter, breaker)
 
     def __init__(self, number: str, limiter: RateLimiter, breaker: CircuitBreaker) -> None:
         self.number = number
@@ -293,6 +314,13 @@ class Scheduler:
             assert not lane.queued, "only an idle lane can be dropped"
             assert not lane.in_flight, "only an idle lane can be dropped"
             del self.lanes[number]
+
+    def drop_idle_lanes(self, keep: Callable[[str], bool]) -> list[str]:
+        """Drop every idle lane whose number `keep` refuses (see `drop_lane`); returns their numbers."""
+        idle = [n for n, lane in self.lanes.items() if not lane.queued and not lane.in_flight and not keep(n)]
+        for number in idle:
+            self.drop_lane(number)
+        return idle
 
     # --- helpers ------------------------------------------------------------------------------------
 

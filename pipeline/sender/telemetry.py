@@ -1,7 +1,7 @@
 """Everything an operator sees of the sender, in one hook object: spans, metric children, gauges, log lines.
 
     telemetry = SenderTelemetry(tracer, group="delivery-sender")
-    span, context = telemetry.record_received(record)           # the `process` span of a fetched record
+    span, context = telemetry.record_received(record, request_id)   # the `process` span of a fetched record
     telemetry.lane_created(number, rate=80.0)                    # gauges and every outcome series at 0
     telemetry.attempted(number, "sent", ErrorClass.NONE, None, seconds=0.21, waited=0.01)
     telemetry.concluded(work, MessageOutcome.SENT, wamid="wamid.…", duration_ms=230.5)
@@ -17,9 +17,10 @@ showed in the sender's profile. wamids never leave here raw: logs carry `wamid_r
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Tracer
@@ -69,8 +70,11 @@ class SenderTelemetry:
 
     # --- intake -----------------------------------------------------------------------------------
 
-    def record_received(self, record: FetchedRecord) -> tuple[Span, Context]:
-        """The CONSUMER span `process {topic}`, parented on the record's traceparent, and its context."""
+    def record_received(self, record: FetchedRecord, request_id: str | None) -> tuple[Span, Context]:
+        """The CONSUMER span `process {topic}`, parented on the record's traceparent, and its context.
+
+        `request_id`: the decoded request's (None when the record is no request).
+        """
         parent = None
         for name, raw in record.headers or ():
             if name == "traceparent" and parent is None:
@@ -83,6 +87,8 @@ class SenderTelemetry:
             kind=SpanKind.CONSUMER,
             attributes=messaging_attributes(record.topic, record.partition, record.offset, self._group),
         )
+        if request_id is not None:
+            span.set_attribute("messaging.message.id", request_id)
         return span, trace.set_span_in_context(span)
 
     # --- lanes ------------------------------------------------------------------------------------
@@ -145,6 +151,16 @@ class SenderTelemetry:
                  duration_ms=round(duration_ms, 1))
 
     # --- attempts ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def in_trace(self, work: Work) -> Iterator[None]:
+        """Run the Graph API call in the request's trace: the client's span is a child of `process`."""
+        token = otel_context.attach(work.context) if work.context is not None else None
+        try:
+            yield
+        finally:
+            if token is not None:
+                otel_context.detach(token)
 
     def dispatched(self, work: Work, waited: float) -> None:
         """A call is about to be written (`waited`: intake to first dispatch, on the first attempt only)."""

@@ -1,6 +1,8 @@
 """One send request on its way through the sender, from fetch to outcome.
 
     work = Work(request, number="106540352242922", origin=Origin(topic, 0, 42, key, headers, raw), received=now)
+    origin = Origin.of(record)                       # from a fetched record
+    work = Work.start(request, number, origin, received=now, span=span, context=context, tracker=tracker, ttl=30.0)
 
 Times are monotonic seconds (the event loop's clock). `deadline` is the request's `expires_at`
 converted once at intake, so that every later check is a float comparison.
@@ -9,11 +11,13 @@ converted once at intake, so that every later check is a float comparison.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from opentelemetry.context import Context
 from opentelemetry.trace import Span
 
-from pipeline.contracts import ErrorInfo, SendRequest
+from pipeline.contracts import CallbackData, ErrorInfo, SendRequest
+from pipeline.observability.context import traceparent_of
 from pipeline.sender.offsets import OffsetTracker
 
 
@@ -27,6 +31,12 @@ class Origin:
     key: bytes | None
     headers: tuple[tuple[str, bytes], ...]
     value: bytes
+
+    @classmethod
+    def of(cls, record: Any) -> Origin:
+        """From a fetched record (topic, partition, offset, key, value, headers: `intake.ConsumedRecord`)."""
+        return cls(record.topic, record.partition, record.offset, record.key, tuple(record.headers or ()),
+                   record.value or b"")
 
 
 @dataclass(slots=True, eq=False)
@@ -47,6 +57,18 @@ class Work:
     callback_data: str = ""
     dispatched_at: float = 0.0
     tracker: OffsetTracker | None = field(default=None, repr=False)  # of the partition that owned it at intake
+
+    @classmethod
+    def start(
+        cls, request: SendRequest, number: str, origin: Origin, *, received: float, span: Span, context: Context,
+        tracker: OffsetTracker, ttl: float | None = None,
+    ) -> Work:
+        """A request taken in at `received`: its trace, the callback data Meta echoes, its deadline (`ttl` s on)."""
+        traceparent = traceparent_of(span)
+        callback = CallbackData(request_id=request.request_id, traceparent=traceparent, accepted_at=request.accepted_at)
+        return cls(request, number, origin, received=received, span=span, context=context, traceparent=traceparent,
+                   callback_data=callback.encode(), tracker=tracker,
+                   deadline=received + ttl if ttl is not None else None)
 
     @property
     def recipient(self) -> str:

@@ -103,7 +103,7 @@ async def test_a_request_is_sent_its_result_published_and_its_offset_done() -> N
     assert callback.request_id == "req-1"
     assert callback.traceparent == result["traceparent"]
     assert callback.accepted_at == datetime(2026, 1, 1, tzinfo=UTC)  # times accepted_to_* at the ingest
-    assert h.engine.offsets_to_commit() == {HOME: (1, "")}
+    assert h.engine.owned.offsets_to_commit() == {HOME: (1, "")}
 
 
 async def test_every_outcome_series_exists_from_a_numbers_first_message() -> None:
@@ -137,7 +137,7 @@ async def test_poison_messages_are_dead_lettered_with_reasons_and_later_ones_are
     assert "to:" in letters[1]["error"]
     assert [d["offset"] for d in letters] == [0, 1]
     assert [r["request_id"] for r in h.results()] == ["req-ok"]
-    assert h.engine.offsets_to_commit()[HOME][0] == 3
+    assert h.engine.owned.offsets_to_commit()[HOME][0] == 3
 
 
 async def test_a_request_on_the_wrong_partition_is_rerouted_with_the_right_key() -> None:
@@ -152,7 +152,7 @@ async def test_a_request_on_the_wrong_partition_is_rerouted_with_the_right_key()
     assert moved.json()["phone_number_id"] == NUMBER  # the default made explicit
     assert moved.header("request-id") == "req-moved"
     assert h.meta.calls == []
-    assert h.engine.offsets_to_commit()[wrong][0] == 1
+    assert h.engine.owned.offsets_to_commit()[wrong][0] == 1
 
 
 async def test_expired_requests_are_not_sent() -> None:
@@ -231,9 +231,9 @@ async def test_outcomes_are_published_before_the_offset_is_done_even_when_kafka_
     h = Harness(FakeMeta(), MemorySink(fail_next=2))
     h.feed(request_bytes("+16505551234", "req-1"))
     await asyncio.sleep(0.1)
-    assert h.engine.offsets_to_commit() == {}  # not published yet: nothing to commit
+    assert h.engine.owned.offsets_to_commit() == {}  # not published yet: nothing to commit
     await h.until(lambda: len(h.results()) == 1, timeout=3)
-    assert h.engine.offsets_to_commit() == {HOME: (1, "")}
+    assert h.engine.owned.offsets_to_commit() == {HOME: (1, "")}
 
 
 async def test_done_offsets_above_an_unfinished_one_go_into_the_metadata_and_are_skipped_after_restart() -> None:
@@ -244,7 +244,7 @@ async def test_done_offsets_above_an_unfinished_one_go_into_the_metadata_and_are
     for i in range(5):
         h.feed(request_bytes(f"+1650555{i + 10:04d}", f"req-{i}"))
     await h.until(lambda: len(h.results()) == 5)
-    offsets = h.engine.offsets_to_commit()
+    offsets = h.engine.owned.offsets_to_commit()
     position, metadata = offsets[HOME]
     assert position == 0  # the pair-limited request pins it...
     restored = OffsetTracker.restore(position, metadata)
@@ -405,7 +405,7 @@ async def test_a_fenced_producer_is_fatal_not_retried_forever() -> None:
     await h.until(lambda: h.engine.fatal is not None)
     await asyncio.sleep(0.3)
     assert FencedSink.calls == 1
-    assert h.engine.offsets_to_commit() == {}  # nothing marked done
+    assert h.engine.owned.offsets_to_commit() == {}  # nothing marked done
 
 
 async def test_a_publish_still_awaiting_its_ack_when_the_grace_ends_is_in_the_final_offsets() -> None:
@@ -425,5 +425,5 @@ async def test_a_publish_still_awaiting_its_ack_when_the_grace_ends_is_in_the_fi
     final = await h.engine.revoke([HOME], grace=0.1)
     assert final == {HOME: (0, "")}  # as the grace ended
     await h.until(lambda: len(h.results()) == 1)  # what the commit's drain waits for
-    assert h.engine.final_offsets([HOME]) == {HOME: (1, "")}
-    assert h.engine.final_offsets([HOME]) == {}  # asked once
+    assert h.engine.owned.final_offsets([HOME]) == {HOME: (1, "")}
+    assert h.engine.owned.final_offsets([HOME]) == {}  # asked once

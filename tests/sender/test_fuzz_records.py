@@ -55,7 +55,7 @@ def test_a_hostile_record_is_dead_lettered_within_the_request_size_and_the_next_
         assert letter["reason"] in ("invalid_json", "schema_invalid")
         assert letter["value_size"] == len(value)
         assert [r["request_id"] for r in h.results()] == ["after-the-poison"]
-        assert h.engine.offsets_to_commit()[HOME][0] == 2
+        assert h.engine.owned.offsets_to_commit()[HOME][0] == 2
         await h.engine.close(0.5)
 
     asyncio.run(scenario())

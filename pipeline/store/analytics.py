@@ -49,7 +49,7 @@ def summarise(facts: Sequence[AnalyticsFacts]) -> dict[str, Any]:
             "window_hours": RESPONSE_WINDOW_SECONDS // 3600,
             "answered": len(answered),
             "rate": _share(len(answered), accepted),
-            "median_seconds": _median([(f.replied_at - f.accepted_at).total_seconds()
+            "median_seconds": _median([max(0.0, (f.replied_at - f.accepted_at).total_seconds())
                                        for f in answered if f.replied_at is not None]),
         },
         "top_errors": [

@@ -483,7 +483,7 @@ class PostgresBackend:
                     COALESCE(o.error_title, f.error_title) AS error_title,
                     (SELECT MIN(i.occurred_at) FROM inbound_messages i
                       WHERE i.phone_number_id = o.phone_number_id AND i.wa_id = o.wa_id
-                        AND i.occurred_at > COALESCE(o.accepted_at, o.created_at)
+                        AND i.occurred_at >= date_trunc('second', COALESCE(o.accepted_at, o.created_at))
                         AND i.occurred_at <= COALESCE(o.accepted_at, o.created_at) + $3) AS replied_at
                 FROM outbound_messages o
                 LEFT JOIN LATERAL (SELECT error_code, error_title FROM status_events s

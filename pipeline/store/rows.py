@@ -168,7 +168,9 @@ class AnalyticsFacts:
     failed: bool
     error_code: int | None
     error_title: str | None
-    replied_at: datetime | None  # the contact's first message within the response window
+    # The contact's first message within the response window. Meta stamps inbound messages in whole
+    # seconds, so the window opens at the accept's second: a reply within that second counts.
+    replied_at: datetime | None
 
 
 @dataclass(slots=True, frozen=True)

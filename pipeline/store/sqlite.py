@@ -403,7 +403,7 @@ class SqliteBackend:
                 COALESCE(o.error_code, f.error_code), COALESCE(o.error_title, f.error_title),
                 (SELECT MIN(i.occurred_at) FROM inbound_messages i
                   WHERE i.phone_number_id = o.phone_number_id AND i.wa_id = o.wa_id
-                    AND i.occurred_at > COALESCE(o.accepted_at, o.created_at)
+                    AND i.occurred_at >= COALESCE(o.accepted_at, o.created_at) / 1000 * 1000
                     AND i.occurred_at <= COALESCE(o.accepted_at, o.created_at) + ?)
             FROM outbound_messages o
             LEFT JOIN status_events f ON f.wamid = o.wamid AND f.status = 'failed'

@@ -158,6 +158,20 @@ async def test_analytics_facts_carry_times_and_the_first_reply_within_a_day(back
     assert all(f.sent for f in facts)
 
 
+async def test_a_reply_stamped_in_the_accepts_second_counts_though_its_whole_second_is_earlier(
+    backend: Backend,
+) -> None:
+    """Meta's inbound timestamps are whole seconds: a reply 0.3 s after the send can read 0.7 s before it."""
+    await _apply(backend, delivered_chain("req_j1", "wamid.J1", accepted=at(10.7)))
+    await _apply(backend, [inbound("wamid.in.J", at(10))])  # replied at 11.0, stamped 10
+    [fact] = await backend.analytics_facts(ALL, T0, T0 + timedelta(days=1), None)
+    assert fact.replied_at == at(10)
+    await _apply(backend, delivered_chain("req_j2", "wamid.J2", accepted=at(100.5), to="447700900555"))
+    await _apply(backend, [inbound("wamid.in.K", at(99), sender="447700900555")])  # a second before: no reply
+    facts = await backend.analytics_facts(ALL, T0, T0 + timedelta(days=1), "447700900555")
+    assert [f.replied_at for f in facts] == [None]
+
+
 async def test_erasure_removes_every_row_of_the_contact_and_nothing_else(backend: Backend) -> None:
     await _apply(backend, delivered_chain("req_j1", "wamid.J1"))
     await _apply(backend, delivered_chain("req_j2", "wamid.J2", to="447700900123"))

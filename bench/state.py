@@ -148,7 +148,8 @@ class IngestStore:
 
     def put_many(self, items: list[tuple[bytes, bytes]]) -> None:
         self.offset += len(items)
-        self.store.write([(k.decode(), v, 1764000000000, self.offset) for k, v in items], checkpoint=self.offset)
+        now_ms = int(time.time() * 1000)  # as the deduper stamps a change: its processing time
+        self.store.write([(k.decode(), v, now_ms, self.offset) for k, v in items], checkpoint=self.offset)
 
     def close(self) -> None:
         self.store.close()

@@ -3,6 +3,7 @@
     AIOKafkaProducer(**client_options(settings.kafka), acks="all")  # what settings.kafka.client_kwargs() returns
     KafkaBroker(**broker_options(settings.kafka))                   # FastStream: servers, client id, security
     check_tls(settings.kafka)                                        # at start: a bad CA is named, not a timeout
+    broker.subscriber(topic, **group_timeouts(10.0))                 # session 10,000 ms, heartbeat 2,000 ms
 
 TLS: `KAFKA_SSL_CA` (else the system's CAs), optional `KAFKA_SSL_CERT` + `KAFKA_SSL_KEY` for mutual TLS,
 each a file path or PEM text; host names are checked unless `KAFKA_SSL_CHECK_HOSTNAME=false`. SASL: PLAIN,
@@ -19,7 +20,7 @@ import socket
 import ssl
 import tempfile
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -110,6 +111,21 @@ def faststream_security(kafka: KafkaSettings) -> BaseSecurity | None:
         username=kafka.sasl_username or "", password=password, ssl_context=context, use_ssl=use_ssl
     )
     return security
+
+
+class GroupTimeouts(TypedDict):
+    session_timeout_ms: int
+    heartbeat_interval_ms: int
+
+
+def group_timeouts(session_timeout_seconds: float) -> GroupTimeouts:
+    """A consumer group member's session timeout and heartbeat, in aiokafka's milliseconds.
+
+    Heartbeats at a fifth of the session (at least every second apart), so a few lost ones do not
+    cost the membership. The sender's consumer has its own, tighter rule (`sender/consumer.py`).
+    """
+    return GroupTimeouts(session_timeout_ms=round(session_timeout_seconds * 1000),
+                         heartbeat_interval_ms=max(1000, round(session_timeout_seconds * 200)))
 
 
 def broker_options(kafka: KafkaSettings) -> dict[str, Any]:

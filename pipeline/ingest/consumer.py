@@ -32,7 +32,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
 from pipeline.config import Settings
-from pipeline.kafka_client import seek_to_first
+from pipeline.kafka_client import group_timeouts, seek_to_first
 from pipeline.observability import get_logger
 from pipeline.topics import partition_for
 
@@ -78,8 +78,7 @@ def subscribe(
         # (per-batch costs dominate small ones), at most 50 ms more latency when traffic is thin.
         fetch_min_bytes=64 * 1024,
         fetch_max_wait_ms=50,
-        session_timeout_ms=round(ingest.session_timeout_seconds * 1000),
-        heartbeat_interval_ms=max(1000, round(ingest.session_timeout_seconds * 200)),
+        **group_timeouts(ingest.session_timeout_seconds),
         max_partition_fetch_bytes=4 * 1024 * 1024,
         decoder=_undecoded,
         title=f"{topic}:{group}",

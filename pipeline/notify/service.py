@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from pipeline.config import Profile, Settings, SettingsError
 from pipeline.contracts import DeadLetterReason, Stage, describe, field_errors
 from pipeline.contracts.dead_letters import build_dead_letter
+from pipeline.kafka_client import group_timeouts
 from pipeline.lifecycle import release_signals, stop_on_signals
 from pipeline.notify.deliveries import Delivery, DeliveryConfig, Source, origin_of
 from pipeline.notify.delivery import Dispatcher
@@ -143,8 +144,7 @@ class Notify:
             isolation_level="read_committed",  # send.results is written in the sender's transactions
             max_records=notify.batch_max_records,
             batch_timeout_ms=200,
-            session_timeout_ms=int(notify.session_timeout_seconds * 1000),
-            heartbeat_interval_ms=max(1000, int(notify.session_timeout_seconds * 200)),
+            **group_timeouts(notify.session_timeout_seconds),
             listener=_Rebalance(self),
             decoder=_raw,  # the handler reads the records themselves: decoding them here is wasted work
         )

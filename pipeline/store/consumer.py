@@ -27,6 +27,7 @@ from faststream.kafka.annotations import KafkaMessage
 from pipeline.config import Settings
 from pipeline.contracts.dead_letters import build_dead_letter
 from pipeline.contracts.vocabulary import DeadLetterReason, Stage
+from pipeline.kafka_client import group_timeouts
 from pipeline.observability import Telemetry, get_logger
 from pipeline.observability import new_broker as observed_broker
 from pipeline.store.backend import Backend, BackendUnavailable
@@ -141,8 +142,7 @@ def subscribe(broker: KafkaBroker, projector: Projector, settings: Settings) -> 
         fetch_min_bytes=64 * 1024,
         fetch_max_wait_ms=100,
         max_partition_fetch_bytes=4 * 1024 * 1024,
-        session_timeout_ms=round(store.session_timeout_seconds * 1000),
-        heartbeat_interval_ms=max(1000, round(store.session_timeout_seconds * 200)),
+        **group_timeouts(store.session_timeout_seconds),
         decoder=_undecoded,
         title="store",
         description="projects requests, results, statuses and inbound messages into the database",

@@ -61,7 +61,7 @@ from pipeline.config import load_settings  # noqa: E402
 from pipeline.contracts import SendRequest, SendResult, utcnow  # noqa: E402
 from pipeline.local.kafka import LocalKafka, free_port  # noqa: E402
 from pipeline.sandbox.testing import SandboxHandle, running_sandbox  # noqa: E402
-from pipeline.topics import TopicCatalog, create_topics, partition_for  # noqa: E402
+from pipeline.topics import TopicCatalog, create_topics, numbers_on_distinct_partitions, partition_for  # noqa: E402
 
 NUMBER = "106540352242922"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -90,22 +90,6 @@ def max_window(times: list[float], width: float = 1.0) -> int:
             start += 1
         best = max(best, end - start + 1)
     return best
-
-
-def business_numbers(count: int, partitions: int) -> list[str]:
-    """`count` phone number ids from NUMBER upwards whose records land on distinct partitions."""
-    if count > partitions:
-        raise ValueError(f"{count} numbers need at least {count} partitions")
-    numbers: list[str] = []
-    taken: set[int] = set()
-    candidate = int(NUMBER)
-    while len(numbers) < count:
-        partition = partition_for(str(candidate).encode(), partitions)
-        if partition not in taken:
-            taken.add(partition)
-            numbers.append(str(candidate))
-        candidate += 1
-    return numbers
 
 
 def sustained_rate(times: list[float]) -> float:
@@ -357,7 +341,7 @@ async def run(args: argparse.Namespace) -> None:
     partitions = max(3, args.numbers)
     # In flight is one budget for the process: 300 calls at ~0.22 s each carry ~1,360/s, not two numbers' 2,000.
     max_in_flight = args.max_in_flight or 300 * args.numbers
-    numbers = business_numbers(args.numbers, partitions)
+    numbers = numbers_on_distinct_partitions(NUMBER, args.numbers, partitions)
     data = Path(tempfile.mkdtemp(prefix="bench-sender-"))
     broker = LocalKafka(data_dir=data / "kafka", port=free_port())
     broker.start()

@@ -5,6 +5,7 @@
     await create_topics(settings.kafka)   # idempotent
     partition_for(b"wamid.HBg…", 12)  # where Kafka's default partitioner puts that key
     AIOKafkaProducer(..., partitioner=kafka_partitioner)   # the same choice, made by aiokafka
+    numbers_on_distinct_partitions("106540352242922", 3, 6)  # three numbers, three partitions
 
 docs/topics.md describes each topic for people; this module is what the code uses.
 `strimzi_topics(settings.kafka, cluster="delivery")` gives the same catalog as Strimzi KafkaTopic resources.
@@ -264,6 +265,25 @@ def partition_for(key: bytes | None, partitions: int) -> int:
     if key is None:
         return random.randrange(partitions)
     return _positive_murmur2(key) % partitions
+
+
+def numbers_on_distinct_partitions(first: str, count: int, partitions: int) -> list[str]:
+    """`count` business numbers from `first` upwards whose records land on `count` distinct partitions.
+
+    How to pick numbers that do not share a partition (and so a sender replica): docs/scaling.md.
+    """
+    if count > partitions:
+        raise ValueError(f"{count} numbers need at least {count} partitions")
+    numbers: list[str] = []
+    taken: set[int] = set()
+    candidate = int(first)
+    while len(numbers) < count:
+        partition = partition_for(str(candidate).encode(), partitions)
+        if partition not in taken:
+            taken.add(partition)
+            numbers.append(str(candidate))
+        candidate += 1
+    return numbers
 
 
 def kafka_partitioner(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:

@@ -18,7 +18,7 @@ import pytest
 from pipeline.config import Settings
 from pipeline.contracts import SendRequest
 from pipeline.sandbox.testing import running_sandbox
-from pipeline.topics import create_topics, partition_for
+from pipeline.topics import create_topics, numbers_on_distinct_partitions
 from tests.sender.kafka_helpers import Outcomes, callback_request_id, produce, text_request
 from tests.sender.test_crash import sender_env, start_sender
 
@@ -30,25 +30,12 @@ CAP = 50  # per number and second, at the sandbox and in the sender
 PER_NUMBER = 1500  # ~31 s at the sender's pace (50 / 1.04 per second per number) plus the rebalances
 
 
-def numbers_on_distinct_partitions(count: int) -> list[str]:
-    numbers: list[str] = []
-    homes: set[int] = set()
-    candidate = 106540352242922
-    while len(numbers) < count:
-        home = partition_for(str(candidate).encode(), PARTITIONS)
-        if home not in homes:
-            homes.add(home)
-            numbers.append(str(candidate))
-        candidate += 1
-    return numbers
-
-
 async def test_two_replicas_one_killed_and_restarted_then_a_third_never_exceed_the_cap(
     settings: Settings, tmp_path: Path
 ) -> None:
     settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"partitions": PARTITIONS})})
     await create_topics(settings.kafka)
-    numbers = numbers_on_distinct_partitions(3)
+    numbers = numbers_on_distinct_partitions("106540352242922", 3, PARTITIONS)
     requests: list[SendRequest] = []
     for n in range(PER_NUMBER):
         for i, number in enumerate(numbers):

@@ -101,8 +101,19 @@ async def test_records_on_the_topics_reach_the_read_api(running: Settings) -> No
         assert 'delivery_store_rows_written_total{table="outbound_messages"}' in metrics
 
 
+async def dead_letters(settings: Settings) -> list[dict[str, Any]]:
+    """The dead letters on the topic so far, decoded."""
+    consumer = AIOKafkaConsumer(TopicCatalog(settings.kafka).dead_letters, **settings.kafka.client_kwargs(),
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        batch = await consumer.getmany(timeout_ms=10_000)
+        return [orjson.loads(r.value) for records in batch.values() for r in records]
+    finally:
+        await consumer.stop()
+
+
 async def test_a_bad_record_is_dead_lettered_and_the_ones_behind_it_are_stored(running: Settings) -> None:
-    catalog = TopicCatalog(running.kafka)
     bad = Record(delivered_chain("x", "y")[0].topic, b'{"request_id": "req_bad", "to": "not a number"}')
     await publish(running, [bad, *delivered_chain("req_s2", "wamid.S2", upto="sent")])
     base = f"http://127.0.0.1:{running.store.port}"
@@ -113,13 +124,7 @@ async def test_a_bad_record_is_dead_lettered_and_the_ones_behind_it_are_stored(r
             assert response.json()["status"] == "sent"
 
         await eventually(stored)
-    consumer = AIOKafkaConsumer(catalog.dead_letters, **running.kafka.client_kwargs(), auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        batch = await consumer.getmany(timeout_ms=10_000)
-        letters = [orjson.loads(r.value) for records in batch.values() for r in records]
-    finally:
-        await consumer.stop()
+    letters = await dead_letters(running)
     assert len(letters) == 1
     assert (letters[0]["stage"], letters[0]["reason"]) == ("store", "schema_invalid")
     assert "to" in letters[0]["error"]
@@ -128,7 +133,6 @@ async def test_a_bad_record_is_dead_lettered_and_the_ones_behind_it_are_stored(r
 
 async def test_a_poison_record_near_the_topics_size_limit_is_dead_lettered_bounded(running: Settings) -> None:
     """Base64 makes a 900 KB record's copy larger than a produce request may be: the letter keeps a prefix."""
-    catalog = TopicCatalog(running.kafka)
     bad = Record(delivered_chain("x", "y")[0].topic, b'{"request_id": "req_huge", "to": "' + b"9" * 900_000 + b'"}')
     await publish(running, [bad, *delivered_chain("req_s3", "wamid.S3", upto="sent")])
     base = f"http://127.0.0.1:{running.store.port}"
@@ -138,13 +142,7 @@ async def test_a_poison_record_near_the_topics_size_limit_is_dead_lettered_bound
             assert response.status_code == 200
 
         await eventually(stored)
-    consumer = AIOKafkaConsumer(catalog.dead_letters, **running.kafka.client_kwargs(), auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        batch = await consumer.getmany(timeout_ms=10_000)
-        letters = [orjson.loads(r.value) for records in batch.values() for r in records]
-    finally:
-        await consumer.stop()
+    letters = await dead_letters(running)
     [letter] = [x for x in letters if x["value_size"] > 900_000]
     assert (letter["stage"], letter["value_truncated"]) == ("store", True)
     assert len(letter["value_b64"]) < 1_000_000

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
 import pytest
@@ -79,57 +82,57 @@ async def test_migrations_run_once_and_a_second_open_changes_nothing(postgres_se
         await conn.close()
 
 
-async def test_text_search_reads_its_gin_index_under_row_level_security(postgres_server: PostgresServer) -> None:
-    """A policy keeps `@@` out of index scans on its table; the search must not become a full scan."""
-    dsn = postgres_server.dsn(postgres_server.new_database())
+@contextlib.asynccontextmanager
+async def fresh_store(server: PostgresServer) -> AsyncIterator[tuple[PostgresBackend, str]]:
+    """A backend opened on a new database, and that database's DSN."""
+    dsn = server.dsn(server.new_database())
     backend = PostgresBackend(dsn)
     await backend.open()
     try:
-        await backend.apply(project([*delivered_chain("req_a", "wamid.a", number=NUMBER_A),
-                                     *delivered_chain("req_b", "wamid.b", number=NUMBER_B)])[0])
-        for search in (Search(words=("order",)), Search(words=("order",), status_rank=1)):
-            sql, args = search_sql(search, Scope(frozenset({NUMBER_A})))
-            conn = await asyncpg.connect(dsn)
-            try:
-                async with conn.transaction():
-                    await conn.execute("SET LOCAL enable_seqscan = off")
-                    await conn.execute("SELECT set_config('store.numbers', $1, true)", NUMBER_A)
-                    plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {sql}", *args))
-            finally:
-                await conn.close()
-            assert "Bitmap Index Scan on outbound_search_p" in plan, plan
-        conn = await asyncpg.connect(dsn)
-        try:  # every day's index keeps the short pending list
-            options = [r[0] for r in await conn.fetch(
-                "SELECT reloptions FROM pg_class WHERE relname LIKE 'outbound_search_p%search_idx'")]
-            assert options
-            assert all(o == ["gin_pending_list_limit=512"] for o in options), options
-        finally:
-            await conn.close()
+        yield backend, dsn
     finally:
         await backend.close()
 
 
-async def test_a_search_sees_only_the_callers_numbers_and_follows_erasure(postgres_server: PostgresServer) -> None:
-    dsn = postgres_server.dsn(postgres_server.new_database())
-    backend = PostgresBackend(dsn)
-    await backend.open()
+@contextlib.asynccontextmanager
+async def connection(dsn: str, **options: Any) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(dsn, **options)
     try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def test_text_search_reads_its_gin_index_under_row_level_security(postgres_server: PostgresServer) -> None:
+    """A policy keeps `@@` out of index scans on its table; the search must not become a full scan."""
+    async with fresh_store(postgres_server) as (backend, dsn):
+        await backend.apply(project([*delivered_chain("req_a", "wamid.a", number=NUMBER_A),
+                                     *delivered_chain("req_b", "wamid.b", number=NUMBER_B)])[0])
+        for search in (Search(words=("order",)), Search(words=("order",), status_rank=1)):
+            sql, args = search_sql(search, Scope(frozenset({NUMBER_A})))
+            async with connection(dsn) as conn, conn.transaction():
+                await conn.execute("SET LOCAL enable_seqscan = off")
+                await conn.execute("SELECT set_config('store.numbers', $1, true)", NUMBER_A)
+                plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {sql}", *args))
+            assert "Bitmap Index Scan on outbound_search_p" in plan, plan
+        async with connection(dsn) as conn:  # every day's index keeps the short pending list
+            options = [r[0] for r in await conn.fetch(
+                "SELECT reloptions FROM pg_class WHERE relname LIKE 'outbound_search_p%search_idx'")]
+        assert options
+        assert all(o == ["gin_pending_list_limit=512"] for o in options), options
+
+
+async def test_a_search_sees_only_the_callers_numbers_and_follows_erasure(postgres_server: PostgresServer) -> None:
+    async with fresh_store(postgres_server) as (backend, dsn), connection(dsn) as conn:
         await backend.apply(project([*delivered_chain("req_a", "wamid.a", number=NUMBER_A),
                                      *delivered_chain("req_b", "wamid.b", number=NUMBER_B, to="16505550000")])[0])
         words = Search(words=("order",))
         assert [m.request_id for m in await backend.search(words, Scope(frozenset({NUMBER_A})))] == ["req_a"]
         assert {m.request_id for m in await backend.search(words, Scope(None))} == {"req_a", "req_b"}
-        conn = await asyncpg.connect(dsn)
-        try:
-            assert await conn.fetchval("SELECT count(*) FROM outbound_search") == 2
-            await backend.erase(CONTACT, Scope(None))
-            assert await conn.fetchval("SELECT count(*) FROM outbound_search") == 1
-        finally:
-            await conn.close()
+        assert await conn.fetchval("SELECT count(*) FROM outbound_search") == 2
+        await backend.erase(CONTACT, Scope(None))
+        assert await conn.fetchval("SELECT count(*) FROM outbound_search") == 1
         assert [m.request_id for m in await backend.search(words, Scope(None))] == ["req_b"]
-    finally:
-        await backend.close()
 
 
 async def test_a_common_words_search_answers_like_a_rare_ones(
@@ -137,18 +140,14 @@ async def test_a_common_words_search_answers_like_a_rare_ones(
 ) -> None:
     """Every word counts as common (the time walk instead of the index): the same answers, page for page."""
     monkeypatch.setattr(postgres, "COMMON_MATCHES", 0)
-    backend = PostgresBackend(postgres_server.dsn(postgres_server.new_database()))
-    await backend.open()
-    try:
+    async with fresh_store(postgres_server) as (backend, _):
         await shared.test_search_by_words_prefix_recipient_status_and_time(backend)
-    finally:
-        await backend.close()
 
 
 async def test_a_database_of_migration_3_gets_its_words_carried_over(postgres_server: PostgresServer) -> None:
     dsn = postgres_server.dsn(postgres_server.new_database())
-    conn = await asyncpg.connect(dsn, server_settings={"store.numbers": "*"})
-    try:  # the schema and a message as a store of the previous version left them
+    async with connection(dsn, server_settings={"store.numbers": "*"}) as conn:
+        # the schema and a message as a store of the previous version left them
         await conn.execute("CREATE TABLE store_migrations (version integer PRIMARY KEY, applied_at timestamptz"
                            " NOT NULL DEFAULT now())")
         for version, sql in enumerate(MIGRATIONS[:3], start=1):
@@ -158,8 +157,6 @@ async def test_a_database_of_migration_3_gets_its_words_carried_over(postgres_se
                            f" FOR VALUES FROM ('{T0:%Y-%m-%d}') TO ('{T0 + timedelta(days=1):%Y-%m-%d}')")
         await conn.execute("INSERT INTO outbound_messages (request_id, created_at, phone_number_id, wa_id, text)"
                            " VALUES ('req_old', $1, $2, $3, 'Your order 4242 shipped')", T0, NUMBER_A, CONTACT)
-    finally:
-        await conn.close()
     backend = PostgresBackend(dsn)
     await backend.open()
     try:

@@ -195,12 +195,13 @@ class WhatsAppClient:
                        ("accept", "application/json")]
             if operation == "messages":
                 headers.append(("content-type", "application/json"))
+            normalised = httpx.Headers(headers)
             endpoint = self._endpoints[key] = _Endpoint(
                 method=method,
                 url=url,
-                headers=httpx.Headers(headers),
+                headers=normalised,
                 wire_url=yarl.URL(str(url), encoded=True),
-                wire_headers=tuple(httpx.Headers(headers).multi_items()),
+                wire_headers=tuple(normalised.multi_items()),
                 span_name=f"{method} /{{phone_number_id}}/{operation}".rstrip("/"),
                 attributes={"http.request.method": method, "url.full": str(url), "server.address": url.host},
             )

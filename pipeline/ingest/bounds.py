@@ -69,12 +69,6 @@ def oversize(item: Any, limit: int) -> str | None:
     return None if size <= limit else f"{size:,} bytes as JSON; at most {limit:,}"
 
 
-def valid_phone_number_id(value: Any) -> str | None:
-    """Meta's phone_number_id as a string when it is 5 to 20 ASCII digits, else None."""
-    text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else None
-    return text if text is not None and _PHONE_NUMBER_ID.match(text) else None
-
-
 def phone_number_label(value: str | None) -> str:
     """A metric label value: a valid phone_number_id, `unknown` when absent, `other` for anything else.
 

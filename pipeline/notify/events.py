@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import orjson
 
@@ -55,10 +54,6 @@ class CallbackEvent:
             "occurred_at": self.occurred_at,
         })
         return envelope[:-1] + b',"data":' + self.data + b"}"
-
-    def data_dict(self) -> dict[str, Any]:
-        parsed: dict[str, Any] = orjson.loads(self.data)
-        return parsed
 
     @property
     def order_key(self) -> str:

@@ -75,6 +75,3 @@ class OffsetTracker:
                 final[tp] = position
             self._committed.pop(tp, None)
         return final
-
-    def open_records(self) -> int:
-        return sum(mark.open_count for mark in self._marks.values())

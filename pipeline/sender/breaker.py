@@ -168,13 +168,6 @@ class CircuitBreaker:
         self._probe_out = True
         return True
 
-    @property
-    def failing_count(self) -> int:
-        return len(self._failing)
-
-    def is_failing(self, recipient: str) -> bool:
-        return recipient in self._failing
-
     # --- answers of messages ----------------------------------------------------------------------
 
     def record_success(self, now: float, recipient: str) -> None:

@@ -183,8 +183,3 @@ def _httpx_error(exc: BaseException, request: httpx.Request) -> httpx.TransportE
         # surfaces here too and cannot be told from a failed read. Assume the request may have arrived.
         mapped = httpx.ReadError
     return mapped(str(exc) or type(exc).__name__, request=request)
-
-
-def aiohttp_transport(max_connections: int = 400) -> httpx.AsyncBaseTransport:
-    """The transport `WhatsAppClient` uses by default (also handy under a plain `httpx.AsyncClient`)."""
-    return AiohttpTransport(max_connections)

@@ -115,9 +115,11 @@ class RawWebhookWriter:
                 # sender waits for the drain in turn (aiokafka's default of 16 KiB did exactly that).
                 max_batch_size=1024 * 1024,
                 max_request_size=max(1024 * 1024, self._settings.ingest.max_body_bytes + 64 * 1024),
-                # Meta's bodies may reach 3 MB; gzip (stdlib, no measurable CPU per webhook here)
-                # keeps typical JSON far below the topic's limit.
-                compression_type="gzip",
+                # Meta's bodies may reach 3 MB (the topic takes 4 MiB uncompressed). lz4 (cramjam, aiokafka's
+                # codec extra) over aiokafka's gzip, which runs at level 9: ~13 µs against ~54 µs to compress
+                # a 1.2 KB webhook, ~5 against ~12 µs to read it back; 2-3 % of the ingest's CPU per POST
+                # at 1 status per POST (BENCHMARKS.md, "Status ingest").
+                compression_type="lz4",
                 request_timeout_ms=request_timeout_ms(self.timeout),  # never expire a batch (produce_guard)
             )
             try:

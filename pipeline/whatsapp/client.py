@@ -96,15 +96,16 @@ class WhatsAppClient:
         self._transport = transport if transport is not None else AiohttpTransport(max_connections)
         # Our own transport is called without httpx's objects, unless a subclass changed how it sends.
         direct = type(self._transport).handle_async_request is AiohttpTransport.handle_async_request
-        self._direct = self._transport if direct and isinstance(self._transport, AiohttpTransport) else None
-        self._wire_timeout: aiohttp.ClientTimeout | None = None
         self._default_number = settings.phone_number_id
         token = _access_token(settings)
         register_secrets([token])  # scrub_text (error texts, logs) then removes it whatever its shape
         self._auth = ("authorization", f"Bearer {token}")
         self._timeout = httpx.Timeout(settings.timeout_seconds).as_dict()
-        if self._direct is not None:
-            self._wire_timeout = self._direct.timeout(self._timeout)
+        # The transport to call directly, with its timeout built once; None: through httpx's objects.
+        self._direct: tuple[AiohttpTransport, aiohttp.ClientTimeout] | None = (
+            (self._transport, self._transport.timeout(self._timeout))
+            if direct and isinstance(self._transport, AiohttpTransport) else None
+        )
         self._endpoints: dict[tuple[str, str, str], _Endpoint] = {}
         self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
 
@@ -217,8 +218,8 @@ class WhatsAppClient:
         # the propagator, which needs the span attached as the current context.
         traceparent = traceparent_of(span)
         try:
-            if self._direct is not None and self._wire_timeout is not None:
-                answer = await self._send_direct(self._direct, self._wire_timeout, endpoint, content, traceparent)
+            if self._direct is not None:
+                answer = await self._send_direct(*self._direct, endpoint, content, traceparent)
                 if 200 <= answer.status < 300 and not answer.encoded:
                     span.set_attribute("http.response.status_code", answer.status)
                     return answer.status, answer.body

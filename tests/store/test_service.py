@@ -113,17 +113,23 @@ async def dead_letters(settings: Settings) -> list[dict[str, Any]]:
         await consumer.stop()
 
 
-async def test_a_bad_record_is_dead_lettered_and_the_ones_behind_it_are_stored(running: Settings) -> None:
-    bad = Record(delivered_chain("x", "y")[0].topic, b'{"request_id": "req_bad", "to": "not a number"}')
-    await publish(running, [bad, *delivered_chain("req_s2", "wamid.S2", upto="sent")])
+async def stored_eventually(running: Settings, request_id: str, status: str | None = None) -> None:
+    """Until the read API answers for `request_id` (with `status`, when given)."""
     base = f"http://127.0.0.1:{running.store.port}"
     async with httpx.AsyncClient(base_url=base, headers=HEADERS) as http:
         async def stored() -> None:
-            response = await http.get("/v1/messages/req_s2")
+            response = await http.get(f"/v1/messages/{request_id}")
             assert response.status_code == 200
-            assert response.json()["status"] == "sent"
+            if status is not None:
+                assert response.json()["status"] == status
 
         await eventually(stored)
+
+
+async def test_a_bad_record_is_dead_lettered_and_the_ones_behind_it_are_stored(running: Settings) -> None:
+    bad = Record(delivered_chain("x", "y")[0].topic, b'{"request_id": "req_bad", "to": "not a number"}')
+    await publish(running, [bad, *delivered_chain("req_s2", "wamid.S2", upto="sent")])
+    await stored_eventually(running, "req_s2", status="sent")
     letters = await dead_letters(running)
     assert len(letters) == 1
     assert (letters[0]["stage"], letters[0]["reason"]) == ("store", "schema_invalid")
@@ -135,13 +141,7 @@ async def test_a_poison_record_near_the_topics_size_limit_is_dead_lettered_bound
     """Base64 makes a 900 KB record's copy larger than a produce request may be: the letter keeps a prefix."""
     bad = Record(delivered_chain("x", "y")[0].topic, b'{"request_id": "req_huge", "to": "' + b"9" * 900_000 + b'"}')
     await publish(running, [bad, *delivered_chain("req_s3", "wamid.S3", upto="sent")])
-    base = f"http://127.0.0.1:{running.store.port}"
-    async with httpx.AsyncClient(base_url=base, headers=HEADERS) as http:
-        async def stored() -> None:
-            response = await http.get("/v1/messages/req_s3")
-            assert response.status_code == 200
-
-        await eventually(stored)
+    await stored_eventually(running, "req_s3")
     letters = await dead_letters(running)
     [letter] = [x for x in letters if x["value_size"] > 900_000]
     assert (letter["stage"], letter["value_truncated"]) == ("store", True)

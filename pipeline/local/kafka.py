@@ -73,11 +73,22 @@ def fetch_jars(pom: Path = POM, cache: Path = CACHE) -> Path:
     return jars
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A port nothing listens on now, and one this process has not handed out before.
+
+    The kernel may give a just-closed port to the next `bind(0)`, so two calls
+    in a row (a broker's two listeners) could otherwise get the same port.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 @dataclass

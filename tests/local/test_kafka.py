@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -90,3 +91,12 @@ def test_stop_leaves_no_broker_process(tmp_path) -> None:
     except ProcessLookupError:
         alive = False
     assert not alive
+
+
+def test_free_port_never_hands_out_the_same_port_twice(tmp_path: Path) -> None:
+    # CI once formatted a broker whose PLAINTEXT and CONTROLLER listeners got
+    # the same port: the kernel gave the just-closed port to the next bind(0).
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+    broker = LocalKafka(data_dir=tmp_path, port=free_port())
+    assert broker.controller_port != broker.port

@@ -9,12 +9,12 @@ Every failure is a `GraphApiError` (see errors.py). The client never retries a s
 retry, and how soon, is the sender's decision (it knows the rate limits and the breaker). Media goes by
 the id or link in the request's body; uploading it is the business's, outside the pipeline.
 
-Requests are httpx `Request`s handed straight to an httpx transport (aiohttp's pool by default, any
+Requests are httpx `Request`s handed straight to an httpx transport (`Http11Transport` by default, any
 `httpx.AsyncBaseTransport` such as `httpx.MockTransport` in tests). `httpx.AsyncClient` is skipped on
 purpose: its per-request machinery (base-URL merging, cookie extraction, auth and redirect flows)
 does nothing for the Graph API and cost about 40% of the client's CPU per call (docs/whatsapp.md).
 On the default transport even the `Request` and `Response` objects are skipped: the client hands it
-the URL and header pairs prepared once per endpoint (`AiohttpTransport.send`, the same wire) and
+a target prepared once per endpoint (`Http11Transport.prepare` and `send`, the same wire) and
 builds httpx's objects only for an error or an encoded body (BENCHMARKS.md, "Graph API client").
 """
 
@@ -26,10 +26,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-import aiohttp
 import httpx
 import orjson
-import yarl
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
@@ -39,7 +37,7 @@ from pipeline.observability.context import traceparent_of
 from pipeline.observability.redaction import register_secrets, wamid_ref
 from pipeline.whatsapp.errors import GraphApiError, error_from_response, error_from_transport
 from pipeline.whatsapp.payloads import message_payload
-from pipeline.whatsapp.transport import AiohttpTransport, Answer
+from pipeline.whatsapp.transport import Answer, Http11Transport, Target, Timeouts
 
 _PHONE_NUMBER_ID = re.compile(r"^\d{5,20}$")
 _USER_AGENT = "whatsapp-delivery-pipeline"
@@ -59,8 +57,7 @@ class _Endpoint:
     method: str
     url: httpx.URL
     headers: httpx.Headers  # everything but content-length and traceparent, built once: headers cost CPU
-    wire_url: yarl.URL  # the same two for AiohttpTransport.send: as handle_async_request would pass them
-    wire_headers: tuple[tuple[str, str], ...]
+    target: Target | None  # the same, prepared for Http11Transport.send when the client calls it directly
     span_name: str
     attributes: dict[str, str]
 
@@ -78,7 +75,7 @@ class MessageSender(Protocol):
 
 
 class WhatsAppClient:
-    """Graph API calls over an httpx transport (aiohttp's connection pool unless told otherwise).
+    """Graph API calls over an httpx transport (`Http11Transport` unless told otherwise).
 
     Create one per process and share it: it holds the connection pool (up to `max_connections`).
     `tracer_provider` defaults to the global one (set by `pipeline.observability.setup`).
@@ -93,18 +90,18 @@ class WhatsAppClient:
         tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self._base_url = f"{settings.api_base_url.rstrip('/')}/{settings.api_version}"
-        self._transport = transport if transport is not None else AiohttpTransport(max_connections)
+        self._transport = transport if transport is not None else Http11Transport(max_connections)
         # Our own transport is called without httpx's objects, unless a subclass changed how it sends.
-        direct = type(self._transport).handle_async_request is AiohttpTransport.handle_async_request
+        direct = type(self._transport).handle_async_request is Http11Transport.handle_async_request
         self._default_number = settings.phone_number_id
         token = _access_token(settings)
         register_secrets([token])  # scrub_text (error texts, logs) then removes it whatever its shape
         self._auth = ("authorization", f"Bearer {token}")
         self._timeout = httpx.Timeout(settings.timeout_seconds).as_dict()
         # The transport to call directly, with its timeout built once; None: through httpx's objects.
-        self._direct: tuple[AiohttpTransport, aiohttp.ClientTimeout] | None = (
+        self._direct: tuple[Http11Transport, Timeouts] | None = (
             (self._transport, self._transport.timeout(self._timeout))
-            if direct and isinstance(self._transport, AiohttpTransport) else None
+            if direct and isinstance(self._transport, Http11Transport) else None
         )
         self._endpoints: dict[tuple[str, str, str], _Endpoint] = {}
         self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
@@ -201,8 +198,7 @@ class WhatsAppClient:
                 method=method,
                 url=url,
                 headers=normalised,
-                wire_url=yarl.URL(str(url), encoded=True),
-                wire_headers=tuple(normalised.multi_items()),
+                target=self._direct[0].prepare(method, url, normalised.multi_items()) if self._direct else None,
                 span_name=f"{method} /{{phone_number_id}}/{operation}".rstrip("/"),
                 attributes={"http.request.method": method, "url.full": str(url), "server.address": url.host},
             )
@@ -218,8 +214,8 @@ class WhatsAppClient:
         # the propagator, which needs the span attached as the current context.
         traceparent = traceparent_of(span)
         try:
-            if self._direct is not None:
-                answer = await self._send_direct(*self._direct, endpoint, content, traceparent)
+            if self._direct is not None and endpoint.target is not None:
+                answer = await self._send_direct(*self._direct, endpoint.target, endpoint, content, traceparent)
                 if 200 <= answer.status < 300 and not answer.encoded:
                     span.set_attribute("http.response.status_code", answer.status)
                     return answer.status, answer.body
@@ -240,17 +236,16 @@ class WhatsAppClient:
         return response.status_code, response.content
 
     def _send_direct(
-        self, transport: AiohttpTransport, timeout: aiohttp.ClientTimeout, endpoint: _Endpoint,
+        self, transport: Http11Transport, timeouts: Timeouts, target: Target, endpoint: _Endpoint,
         content: bytes | None, traceparent: str | None,
     ) -> Coroutine[Any, Any, Answer]:
-        # The headers `handle_async_request` would get from `_request(...)` (tests/whatsapp checks the wire).
-        headers = list(endpoint.wire_headers)
+        # The headers `handle_async_request` would add to the target's (tests/whatsapp checks the wire).
+        headers = []
         if content:
             headers.append(("content-length", str(len(content))))
         if traceparent is not None:
             headers.append(("traceparent", traceparent))
-        return transport.send(endpoint.method, endpoint.wire_url, headers, content, timeout,
-                              lambda: self._request(endpoint, content, traceparent))
+        return transport.send(target, headers, content, timeouts, lambda: self._request(endpoint, content, traceparent))
 
     def _request(self, endpoint: _Endpoint, content: bytes | None, traceparent: str | None) -> httpx.Request:
         request = httpx.Request(endpoint.method, endpoint.url, headers=endpoint.headers, content=content,

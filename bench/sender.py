@@ -33,7 +33,8 @@ recorded (ids only, see `pipeline.observability.tracing`), as in a deployment th
 Prints sustained sent/s, the sandbox's maximum count in any one-second window (and 130429s), sender
 CPU µs per message (on, off and the ratio; with `--rounds`, each round's ratio and their median),
 p50/p99 accept→sent, and the ratio to the naive consumer.
-`BENCH_DUMP=file.json` keeps the sandbox's send log of the `on` throughput phase (for per-interval rates).
+`BENCH_DUMP=file.json` keeps the sandbox's send log of each throughput run as `file.on.1.json`, `file.off.1.json`, …
+(for per-interval rates).
 """
 
 from __future__ import annotations
@@ -291,8 +292,9 @@ async def throughput(args: argparse.Namespace, mode: str, round_: int, sandbox: 
         raise
     stats = await sandbox.control.stats()
     sends = await sandbox.control.sends()
-    if os.environ.get("BENCH_DUMP") and first:
-        Path(os.environ["BENCH_DUMP"]).write_bytes(orjson.dumps(sends))
+    if os.environ.get("BENCH_DUMP"):
+        dump = Path(os.environ["BENCH_DUMP"])
+        dump.with_name(f"{dump.stem}.{mode}.{round_}{dump.suffix}").write_bytes(orjson.dumps(sends))
     times = {number: sorted(s["at"] for s in sends if s["phone_number_id"] == number) for number in numbers}
     figures = Throughput(
         mode=mode, results=len(results), seconds=t1 - t0,

@@ -4,11 +4,12 @@
     answer = await poster.post(delivery)     # Answer(status=200) or Answer(None, error="…")
     await poster.aclose()
 
-aiohttp's client directly, the connection pool the project's httpx transport runs on
-(pipeline/whatsapp/transport.py), without httpx's Request and Response objects: building those cost
-as much CPU per callback as the whole aiohttp POST (bench/notify.py, BENCHMARKS.md), and the stage's
-CPU target is twice a bare aiohttp loop. What the transport does for httpx, this does here: one pool
-per process, opened in the running loop, precise errors. In addition: `SafeResolver` in the connector
+aiohttp's client directly, without httpx's Request and Response objects: building those cost as
+much CPU per callback as the whole aiohttp POST (bench/notify.py, BENCHMARKS.md), and the stage's
+CPU target is twice a bare aiohttp loop. aiohttp rather than the Graph client's hand-written
+transport (pipeline/whatsapp/transport.py) because callbacks go to anyone's endpoint: aiohttp's
+connector takes a resolver, which is where the address vetting lives. One pool per process, opened
+in the running loop, precise errors. In addition: `SafeResolver` in the connector
 (a name that resolves to a refused address fails to connect), proxies from the environment ignored
 (a proxy would connect on our behalf, past the resolver), redirects never followed, at most
 NOTIFY_MAX_RESPONSE_BYTES of an answer read, and the whole attempt within connect + read timeouts.

@@ -66,6 +66,9 @@ class Attempts:
         limiter = lane.limiter  # the scheduler reserved a slot; the window is checked again as it is written
         try:
             while True:
+                # A connection first: the window's check is then the moment of writing, even for a
+                # call that had to connect (the first calls of a run would otherwise leave late together).
+                await self._client.ready(work.number)
                 if not may_send():
                     limiter.release()
                     return None

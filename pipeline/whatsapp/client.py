@@ -73,6 +73,10 @@ class MessageSender(Protocol):
         """The breaker's half-open probe: raises `GraphApiError` while Meta or the number is not answering."""
         ...
 
+    async def ready(self, phone_number_id: str) -> None:
+        """Return when a `send_message` for the number, started right after, would write without waiting."""
+        ...
+
 
 class WhatsAppClient:
     """Graph API calls over an httpx transport (`Http11Transport` unless told otherwise).
@@ -127,6 +131,18 @@ class WhatsAppClient:
         number = self._number(phone_number_id or request.phone_number_id)
         payload = message_payload(request, callback_data)
         return await self._post_message(number, payload)
+
+    async def ready(self, phone_number_id: str) -> None:
+        """Return when a `send_message` for the number, started with no await in between, writes at once.
+
+        The sender checks Meta's rate window after this and before sending, so that the check is the
+        moment the request leaves even when a connection must be opened first. A no-op on transports
+        other than `Http11Transport`; a connection that cannot be opened is reported by the send.
+        """
+        if self._direct is not None:
+            endpoint = self._endpoint("POST", self._number(phone_number_id), "messages")
+            if endpoint.target is not None:
+                await self._direct[0].ready(endpoint.target, self._direct[1])
 
     async def _post_message(self, number: str, payload: dict[str, Any]) -> SentMessage:
         endpoint = self._endpoint("POST", number, "messages")

@@ -289,6 +289,26 @@ class Http11Transport(httpx.AsyncBaseTransport):
             connection.close()
         return answer
 
+    async def ready(self, target: Target, timeouts: Timeouts) -> None:
+        """Return once a kept-alive connection to `target`'s host is idle, opening one if none is.
+
+        A `send` to it right after, with no await in between, then writes at once: the sender checks
+        Meta's rate window between the two, so the check is the moment the request leaves. A connection
+        that cannot be opened is not reported here; `send` tries again and raises the error.
+        """
+        connection = self._idle_connection(target.address)
+        if connection is not None:
+            self._idle[target.address].append(connection)  # back where it was, still the most recently used
+            return
+        scheme, host, port = target.address
+        try:
+            connection = await self._connect(target, timeouts, lambda: httpx.Request("GET", f"{scheme}://{host}:{port}"))
+        except httpx.TransportError:
+            return
+        connection.idle_since = time.monotonic()
+        self._idle.setdefault(target.address, []).append(connection)
+        self._free_slot()  # a task waiting for a slot may take it
+
     async def aclose(self) -> None:
         for connection in list(self._connections):
             connection.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,11 +33,13 @@ class FakeMeta:
     """Implements the client's `MessageSender` Protocol; `script` decides each answer."""
 
     def __init__(self, script: Script | None = None, latency: float = 0.01,
-                 health: Callable[[], GraphApiError | None] | None = None) -> None:
+                 health: Callable[[], GraphApiError | None] | None = None, connect_seconds: float = 0.0) -> None:
         self.script = script or (lambda request, n: None)
         self.health = health or (lambda: None)  # the answer to the breaker's probe (GET of the number)
         self.health_checks: list[str] = []
         self.latency = latency
+        self.connect_seconds = connect_seconds  # how long `ready` takes (a connection being opened)
+        self.readied: list[float] = []  # monotonic times at which `ready` returned
         self.calls: list[Call] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -62,6 +65,11 @@ class FakeMeta:
             if error is not None:
                 raise error
             return SentMessage(wamid=f"wamid.{next(self._ids)}", wa_id=request.to.lstrip("+"), http_status=200)
+
+    async def ready(self, phone_number_id: str) -> None:
+        if self.connect_seconds:
+            await asyncio.sleep(self.connect_seconds)
+        self.readied.append(time.monotonic())
 
     async def check_health(self, phone_number_id: str | None = None) -> dict[str, Any]:
         self.health_checks.append(phone_number_id or "")

@@ -51,6 +51,32 @@ async def test_a_200_is_sent_with_its_wamid_and_counted_by_the_window() -> None:
     assert ln.limiter.reserved == 0  # the reservation became a send
 
 
+class CheckedAt(RateLimiter):
+    """A limiter that remembers when the window was checked for a write."""
+
+    def __init__(self) -> None:
+        super().__init__(100.0)
+        self.checked: list[float] = []
+
+    def send(self, now: float) -> float:
+        self.checked.append(now)
+        return super().send(now)
+
+
+async def test_the_window_is_checked_once_a_connection_is_ready_not_before() -> None:
+    # A call that must connect first would otherwise leave later than its check says: the first
+    # calls of a run, connecting together, would reach Meta bunched into the same second.
+    meta, w = FakeMeta(latency=0.0, connect_seconds=0.05), work()
+    limiter = CheckedAt()
+    ln = Lane(NUMBER, limiter, CircuitBreaker(threshold=5, reset_seconds=60.0))
+    assert limiter.acquire(time.monotonic()) == 0.0
+    answer = await attempts(meta).run(w, ln, lambda: True)
+    assert answer is not None
+    assert answer.verdict == SENT
+    assert len(meta.readied) == 1
+    assert limiter.checked[0] >= meta.readied[0]
+
+
 async def test_nothing_is_written_once_may_send_says_no_and_the_slot_is_given_back() -> None:
     meta, w, ln = FakeMeta(latency=0.0), work(), lane()
     assert await attempts(meta).run(w, ln, lambda: False) is None

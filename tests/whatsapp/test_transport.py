@@ -314,6 +314,35 @@ async def test_one_connection_carries_call_after_call(transport: Http11Transport
     assert (server.connections, len(server.received)) == (1, 5)
 
 
+async def test_ready_opens_the_connection_the_next_send_writes_on_without_waiting(
+    transport: Http11Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sender checks Meta's rate window between `ready` and the send: nothing may wait in between.
+    async with KeepAliveServer() as server:
+        client = WhatsAppClient(wa_settings(server.url), transport=transport)
+        number = request().phone_number_id or "106540352242922"
+        await client.ready(number)
+        await client.ready(number)  # an idle connection is there: nothing new is opened
+
+        async def no_connect(*_: object) -> None:
+            raise AssertionError("the send waited for a connection after ready()")
+
+        monkeypatch.setattr(transport, "_connect", no_connect)
+        assert (await client.send_message(request())).wamid == "wamid.OK"
+    assert (server.connections, len(server.received)) == (1, 1)
+
+
+async def test_ready_reports_nothing_and_the_send_reports_the_refused_connection(transport: Http11Transport) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: connections are refused
+        client = WhatsAppClient(wa_settings(f"http://127.0.0.1:{port}"), transport=transport)
+        await client.ready(request().phone_number_id or "106540352242922")
+        outcome = await send_through(transport, f"http://127.0.0.1:{port}")
+    assert isinstance(outcome, GraphApiError)
+    assert not outcome.ambiguous  # it never left
+
+
 async def test_a_connection_the_server_closed_is_not_used_again(transport: Http11Transport) -> None:
     async with KeepAliveServer(close_after=1) as server:
         for _ in range(3):

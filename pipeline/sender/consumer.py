@@ -162,6 +162,10 @@ class KafkaSource:
                             self._held.append(record)
                         else:
                             self._engine.intake(record)
+                # `getmany` returns without suspending while it has records buffered: without this,
+                # a resumed partition's fetch (~1,500 records) was taken batch after batch in one go,
+                # a ~60 ms stall in sending every 1.5 s (bench/sender.py, BENCHMARKS.md).
+                await asyncio.sleep(0)
         finally:
             stop_commits.set()  # not cancel(): a commit half-done would leave the transaction unusable
             sweeper.cancel()

@@ -6,6 +6,7 @@ The same policy runs against the real broker in test_integration.py and test_cra
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any
 
@@ -120,6 +121,45 @@ async def test_a_full_partition_is_paused_polled_on_and_resumed_below_80_percent
     assert fake.getmany_while_paused > 0
     final = {tp.partition: entry for commit in fake.commits for tp, entry in commit.items()}
     assert final[HOME][0] == 90  # everything done is committed
+
+
+async def test_the_loop_lets_other_tasks_run_between_two_fetches_that_did_not_wait() -> None:
+    # aiokafka's getmany returns at once while records are buffered, as the fake's does: the fetch
+    # loop itself must yield, or sends stall while it takes batch after batch.
+    h = Harness(FakeMeta(latency=0.0), max_buffered=10_000, commit_interval_seconds=0.1)
+    fake = FakeConsumer(REQUESTS, PARTITIONS)
+    for n in range(1_000):
+        fake.append(HOME, request_bytes(f"+1650555{n:04d}", f"yield-{n:04d}"))
+    ticks = 0
+    seen: list[int] = []
+    getmany = fake.getmany
+
+    async def counting(timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Record]]:
+        seen.append(ticks)
+        return await getmany(timeout_ms, max_records)
+
+    fake.getmany = counting  # type: ignore[method-assign]
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    source = KafkaSource(h.settings, h.engine, consumer_factory=lambda s: fake)
+    source.topic = REQUESTS
+    stop = asyncio.Event()
+    await source.start()
+    ticking = asyncio.create_task(ticker())
+    running = asyncio.create_task(source.run(stop))
+    while fake.positions[HOME] < 1_000:
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(running, 10)
+    ticking.cancel()
+    busy = [b - a for a, b in itertools.pairwise(seen)][:5]  # the fetches that found 200 records each
+    assert len(seen) >= 6
+    assert all(turns >= 1 for turns in busy), busy
 
 
 async def test_the_membership_lease_lapses_a_heartbeat_interval_before_the_session_would() -> None:

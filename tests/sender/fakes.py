@@ -53,7 +53,7 @@ class FakeMeta:
         # A client span, as the httpx instrumentation makes: it must land in the request's trace.
         with self._tracer.start_as_current_span("POST /messages") as span:
             trace_id = format(span.get_span_context().trace_id, "032x")
-            self.calls.append(Call(request.request_id, request.to, phone_number_id, callback_data, trace_id))
+            self.calls.append(Call(request.request_id, request.to or "", phone_number_id, callback_data, trace_id))
             n = self._per_request[request.request_id] = self._per_request.get(request.request_id, 0) + 1
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -64,7 +64,7 @@ class FakeMeta:
             error = self.script(request, n)
             if error is not None:
                 raise error
-            return SentMessage(wamid=f"wamid.{next(self._ids)}", wa_id=request.to.lstrip("+"), http_status=200)
+            return SentMessage(wamid=f"wamid.{next(self._ids)}", wa_id=(request.to or "").lstrip("+"), http_status=200)
 
     async def ready(self, phone_number_id: str) -> None:
         if self.connect_seconds:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -76,6 +77,29 @@ async def test_a_fenced_producer_is_fatal_and_not_retried() -> None:
     with pytest.raises(ProducerFenced):
         await conclude.outcome(work(origin, tracker), Terminal(MessageOutcome.SENT), wamid="wamid.1")
     assert isinstance(conclude.fatal, ProducerFenced)
+    assert tracker.position == 0
+
+
+async def test_once_fatal_the_other_outcomes_in_flight_mark_nothing_and_report_nothing() -> None:
+    failures: list[str] = []
+
+    class Reporting(SenderTelemetry):
+        def publish_failed(self, topic: str, origin: Origin, error: BaseException, retry_in: float) -> None:
+            failures.append(type(error).__name__)
+
+    class Fenced(MemorySink):
+        async def publish(self, *args: object, **kwargs: object) -> None:
+            raise ProducerFenced()
+
+    tracker = OffsetTracker(0)
+    conclude = Concluder(Fenced(), Reporting(trace.get_tracer("tests"), "g"), results_topic=RESULTS,
+                         dead_letters_topic=DLQ, holds=lambda partition, t: True, clock=time.monotonic)
+    origins = [Origin("send.requests", 0, offset, b"k", (), b"{}") for offset in range(3)]
+    outcomes = [conclude.outcome(work(o, tracker), Terminal(MessageOutcome.SENT), wamid="wamid.1") for o in origins]
+    ends = await asyncio.gather(*outcomes, return_exceptions=True)
+    # One raises (the process stops); the others hand their work back.
+    assert [type(e).__name__ for e in ends] == ["ProducerFenced", "NoneType", "NoneType"]
+    assert failures == ["ProducerFenced"]
     assert tracker.position == 0
 
 

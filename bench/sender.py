@@ -196,7 +196,9 @@ async def wait_ready(port: int, process: asyncio.subprocess.Process, timeout: fl
     raise TimeoutError("sender not ready")
 
 
-async def count_results(bootstrap: str, topic: str, want: int, tag: str, timeout: float) -> list[SendResult]:
+async def count_results(bootstrap: str, topic: str, want: int, tag: str, timeout: float,
+                        sender: asyncio.subprocess.Process | None = None) -> list[SendResult]:
+    """The results tagged `tag`, until `want` of them or `timeout`; fails at once if `sender` exits."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 isolation_level="read_committed")
     await consumer.start()
@@ -204,6 +206,9 @@ async def count_results(bootstrap: str, topic: str, want: int, tag: str, timeout
     deadline = time.monotonic() + timeout
     try:
         while len(results) < want and time.monotonic() < deadline:
+            if sender is not None and sender.returncode is not None:
+                raise RuntimeError(f"the sender exited ({sender.returncode}) after {len(results)} of {want} results;"
+                                   " its log says why")
             for records in (await consumer.getmany(timeout_ms=200, max_records=5000)).values():
                 for record in records:
                     result = SendResult.model_validate_json(record.value)
@@ -280,7 +285,7 @@ async def throughput(args: argparse.Namespace, mode: str, round_: int, sandbox: 
         cpu0, t0 = cpu_seconds(sender.pid), time.monotonic()
         others0 = {name: cpu_seconds(pid) for name, pid in others.items() if pid}
         busy0, total0 = machine_busy()
-        results = await count_results(bootstrap, catalog.send_results, args.messages, tag, timeout=600)
+        results = await count_results(bootstrap, catalog.send_results, args.messages, tag, timeout=600, sender=sender)
         cpu1, t1 = cpu_seconds(sender.pid), time.monotonic()
         others1 = {name: cpu_seconds(pid) for name, pid in others.items() if pid}
         busy1, total1 = machine_busy()
@@ -397,7 +402,8 @@ async def run(args: argparse.Namespace) -> None:
                 await sandbox.control.configure(rate_per_second=args.rate, latency_median_seconds=latency)
                 produced = await open_loop(bootstrap, catalog.send_requests, args.rate * 0.9 * len(numbers),
                                            args.latency_seconds, "lat", numbers)
-                lat_results = await count_results(bootstrap, catalog.send_results, produced, "lat", timeout=120)
+                lat_results = await count_results(bootstrap, catalog.send_results, produced, "lat", timeout=120,
+                                                  sender=sender)
                 latencies = [(r.completed_at - r.accepted_at).total_seconds() * 1000 for r in lat_results
                              if r.accepted_at is not None]
                 lat_numbers = (await sandbox.control.stats())["numbers"]

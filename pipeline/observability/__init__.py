@@ -28,7 +28,6 @@ from pipeline.observability.redaction import mask_phone, redact, register_secret
 from pipeline.observability.stage import bind_stage
 from pipeline.observability.tracing import (
     configure_tracing,
-    instrument_http_client,
     instrument_httpx,
     register_stage_provider,
 )
@@ -79,7 +78,6 @@ __all__ = [
     "current_trace_id",
     "current_traceparent",
     "get_logger",
-    "instrument_http_client",
     "mask_phone",
     "new_broker",
     "ops_routes",

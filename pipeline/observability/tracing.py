@@ -1,7 +1,7 @@
 """OpenTelemetry tracing from the standard `OTEL_*` environment variables.
 
     provider = configure_tracing("delivery-sender", instance)    # done by `setup()`
-    instrument_http_client(client)                                 # httpx clients on a custom transport
+    instrument_httpx(provider)                                    # client spans for httpx's own transports
 
 With no exporter endpoint configured, spans are not recorded but still carry ids (trace ids reach
 logs, exemplars and Kafka headers) and nothing is exported. Each stage gets its own provider (its
@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import httpx
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
@@ -187,27 +186,6 @@ def instrument_httpx(provider: TracerProvider | None = None) -> None:
     instrumentor = HTTPXClientInstrumentor()
     if not instrumentor.is_instrumented_by_opentelemetry:
         instrumentor.instrument(tracer_provider=_ROUTER)
-
-
-def instrument_http_client(client: httpx.AsyncClient | httpx.Client) -> None:
-    """Client spans for a client whose transport httpx's global instrumentation does not cover.
-
-    `instrument_httpx` patches `httpx.AsyncHTTPTransport` only; a client on another transport
-    (httpx-aiohttp's `AiohttpTransport`) produces no spans without this. Safe on any client:
-    one on httpx's own transport is left alone (it would get two spans per request otherwise). A
-    client that makes its own spans (`pipeline.whatsapp.WhatsAppClient`) does not need it.
-    """
-    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
-
-    provider = provider_for_current_stage()
-    if isinstance(provider, TracerProvider) and not records_spans(provider):
-        return  # nothing would record the spans (see instrument_httpx)
-    transport = client._transport
-    if isinstance(transport, httpx.AsyncHTTPTransport | httpx.HTTPTransport):
-        return
-    if getattr(client, "_is_instrumented_by_opentelemetry", False):
-        return
-    HTTPXClientInstrumentor.instrument_client(client, tracer_provider=_ROUTER)
 
 
 def messaging_attributes(

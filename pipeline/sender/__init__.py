@@ -50,6 +50,10 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             enable_idempotence=True,
             acks="all",
             linger_ms=5,
+            # aiokafka keeps one produce request in flight per broker, holding at most one batch per
+            # partition: at the 16 KB default (~30 outcomes) one number's outcomes went out at 30 per
+            # round trip, below the send rate once the broker took 30 ms to answer (bench/sender.py).
+            max_batch_size=256 * 1024,
             partitioner=kafka_partitioner,
             transactional_id=transactional_id,
             transaction_timeout_ms=int(sender.transaction_timeout_seconds * 1000),

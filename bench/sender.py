@@ -276,10 +276,12 @@ async def throughput(args: argparse.Namespace, mode: str, round_: int, sandbox: 
     try:
         await wait_ready(port, sender)
         profiler = None
-        if args.profile and first:
+        # The first run's profile in FILE, the others' beside it (FILE.off.1, …): on against off.
+        profile = args.profile if first else f"{args.profile}.{mode}.{round_}"
+        if args.profile:
             profiler = await asyncio.create_subprocess_exec(
                 str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(sender.pid), "-r", "250",
-                "-f", "raw", "-o", args.profile, "--nonblocking",
+                "-f", "raw", "-o", profile, "--nonblocking",
                 "-d", str(int(args.messages / args.rate / len(numbers))),
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         cpu0, t0 = cpu_seconds(sender.pid), time.monotonic()
@@ -291,7 +293,7 @@ async def throughput(args: argparse.Namespace, mode: str, round_: int, sandbox: 
         busy1, total1 = machine_busy()
         if profiler is not None:
             await profiler.wait()
-            print(f"py-spy profile (collapsed stacks) of the sender: {args.profile}")
+            print(f"py-spy profile (collapsed stacks) of the sender: {profile}")
     except BaseException:
         await stop_sender(sender)
         raise
@@ -496,7 +498,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="throughput runs on, off, on, off, ...: this many of each (ratio: median of the rounds')")
     parser.add_argument("--keep-log", action="store_true")
-    parser.add_argument("--profile", metavar="FILE", help="py-spy the sender during the throughput phase")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="py-spy the sender during each throughput run (FILE, then FILE.off.1, …)")
     parser.add_argument("--nice", action="store_true",
                         help="run everything at nice -10 (root): less noise from other work on the machine")
     args = parser.parse_args()

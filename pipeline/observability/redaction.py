@@ -45,6 +45,8 @@ _BSUID_IN_TEXT = re.compile(r"\b[A-Z]{2}\.(?:ENT\.)?(?=[A-Za-z]*[0-9])[0-9A-Za-z
 _TOKEN_IN_TEXT = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]{8,}|\bEAA[A-Za-z0-9]{20,}")
 # Keys that hold a wamid: Meta's message ids are base64 of a record that holds the recipient's number.
 WAMID_KEYS = frozenset({"wamid", "context_wamid", "message_id"})
+# A wamid inside free text (an error message that quotes one): the same reference as under its keys.
+_WAMID_IN_TEXT = re.compile(r"\bwamid\.[A-Za-z0-9+/=_-]+")
 # A `+`-prefixed E.164 number in free text ("sending to +16505551234"). Bare digit runs are left
 # alone: business phone number ids and timestamps look the same and are needed for debugging.
 _PHONE_IN_TEXT = re.compile(r"\+\d{7,15}\b")
@@ -133,9 +135,14 @@ def _secrets_in(model: BaseModel) -> list[SecretStr | str]:
 
 
 def scrub_text(text: str) -> str:
-    text = _TOKEN_IN_TEXT.sub(lambda m: f"{m.group(1) or ''}{REDACTED}", text)
+    # Substring tests first: a regex scan of every field of every log line cost more than the rest
+    # of the line's redaction, and both token shapes start with a fixed word.
+    if "Bearer" in text or "EAA" in text:
+        text = _TOKEN_IN_TEXT.sub(lambda m: f"{m.group(1) or ''}{REDACTED}", text)
     if _known_pattern is not None:
         text = _known_pattern.sub(REDACTED, text)
+    if "wamid." in text:  # before the phone numbers: base64 can hold a "+" and digits
+        text = _WAMID_IN_TEXT.sub(lambda m: wamid_ref(m.group(0)), text)
     if "+" in text:
         text = _PHONE_IN_TEXT.sub(lambda m: mask_phone(m.group(0)), text)
     if "." in text:
@@ -165,12 +172,31 @@ def scrub_url(url: str) -> str:
     return f"{scrub_text(base)}?{scrub_query(query)}{fragment}"
 
 
+def _str_by_key(value: str, key: str | None) -> str:
+    if key in PHONE_KEYS:  # `to`, `recipient`, `input`: a phone number or, since BSUIDs, one of those
+        return bsuid_ref(value) if _BSUID.match(value) else mask_phone(value)
+    if key in USER_ID_KEYS:
+        return bsuid_ref(value) if _BSUID.match(value) else scrub_text(value)
+    if key in WAMID_KEYS:
+        return wamid_ref(value)
+    return scrub_text(value)
+
+
 def redact(value: Any, key: str | None = None) -> Any:
     """Recursively redact secrets and mask phone numbers in a log event or error payload.
 
     Anything that is not plain data (exceptions, arbitrary objects) becomes scrubbed text here, so
     that no `str()` further down the line can reveal what this function never saw.
     """
+    kind = type(value)
+    if kind is str:  # most fields of every log line: the checks below in the same order, without the walk
+        if key is not None:
+            if is_secret_key(key):
+                return REDACTED if value != "" else value
+            return _str_by_key(value, key)
+        return scrub_text(value)
+    if kind is int or kind is float:
+        return value if key is None or not is_secret_key(key) else REDACTED
     if value is None or isinstance(value, bool):
         return value  # says whether something is set or valid, never what it is
     if isinstance(value, SecretStr):
@@ -180,13 +206,7 @@ def redact(value: Any, key: str | None = None) -> Any:
     if isinstance(value, int | float | date | time | timedelta | UUID):
         return value  # the JSON renderer formats them
     if isinstance(value, str):
-        if key in PHONE_KEYS:  # `to`, `recipient`, `input`: a phone number or, since BSUIDs, one of those
-            return bsuid_ref(value) if _BSUID.match(value) else mask_phone(value)
-        if key in USER_ID_KEYS:
-            return bsuid_ref(value) if _BSUID.match(value) else scrub_text(value)
-        if key in WAMID_KEYS:
-            return wamid_ref(value)
-        return scrub_text(value)
+        return _str_by_key(value, key)
     if isinstance(value, Mapping):
         return {str(k): redact(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from pipeline.observability.redaction import (
@@ -96,6 +99,8 @@ def test_wamids_become_the_same_short_reference_wherever_they_are_logged() -> No
     assert redact({"wamid": wamid, "context_wamid": wamid, "message_id": wamid}) == {
         "wamid": ref, "context_wamid": ref, "message_id": ref,
     }
+    # Quoted in free text (an error about a message), it becomes the same reference.
+    assert redact({"error": f"message {wamid} not found"}) == {"error": f"message {ref} not found"}
 
 
 def test_bsuids_become_a_stable_reference_under_their_keys_under_to_and_in_text() -> None:
@@ -117,3 +122,35 @@ def test_bsuids_become_a_stable_reference_under_their_keys_under_to_and_in_text(
     }
     # Text that only looks a little like one stays readable.
     assert scrub_text("OK.Thanks, see US.ENT docs v1.2") == "OK.Thanks, see US.ENT docs v1.2"
+
+
+_KEYS = ["access_token", "X-Api-Key", "to", "wa_id", "wamid", "user_id", "request_id", "error", "count", "note"]
+_PHONE, _TOKEN, _SECRET = "+16505551234", "EAAGm0PX4ZCpsBAKZBZCx7fZBq0", "registered-s3cret-value"
+_TEXTS = st.sampled_from(["", "ok", _PHONE, f"to {_PHONE} failed", _TOKEN, f"Bearer {_TOKEN[:12]}", f"x{_SECRET}y",
+                          "US.13491208655302741918", "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQzQUZDMEIz"])
+_VALUES = st.recursive(
+    st.one_of(_TEXTS, st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False), st.none(), st.booleans()),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(_KEYS), inner, max_size=4)),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(event=st.dictionaries(st.sampled_from(_KEYS), _VALUES, max_size=6))
+def test_no_rendered_event_holds_a_secret_a_token_or_a_phone_number(event: dict[str, object]) -> None:
+    register_secrets([_SECRET])
+    rendered = orjson.dumps(redact(event)).decode()
+    for leaked in (_PHONE, _PHONE[1:], _TOKEN, _TOKEN[:12], _SECRET, "13491208655302741918", "HBgLMTY1MDU1"):
+        assert leaked not in rendered
+
+    def walk(value: object, key: str | None) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, k)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v, key)
+        elif key in ("access_token", "X-Api-Key"):
+            assert value in (REDACTED, "", None, True, False)  # a secret's value never shows
+
+    walk(redact(event), None)

@@ -275,10 +275,10 @@ async def throughput(args: argparse.Namespace, mode: str, round_: int, sandbox: 
     sender = await start_sender(env, log)
     try:
         await wait_ready(port, sender)
-        profiler = None
-        # The first run's profile in FILE, the others' beside it (FILE.off.1, …): on against off.
-        profile = args.profile if first else f"{args.profile}.{mode}.{round_}"
+        profiler = profile = None
         if args.profile:
+            # The first run's profile in FILE, the others' beside it (FILE.off.1, …): on against off.
+            profile = args.profile if first else f"{args.profile}.{mode}.{round_}"
             profiler = await asyncio.create_subprocess_exec(
                 str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(sender.pid), "-r", "250",
                 "-f", "raw", "-o", profile, "--nonblocking",

@@ -4,6 +4,7 @@
     KafkaBroker(**broker_options(settings.kafka))                   # FastStream: servers, client id, security
     check_tls(settings.kafka)                                        # at start: a bad CA is named, not a timeout
     broker.subscriber(topic, **group_timeouts(10.0))                 # session 10,000 ms, heartbeat 2,000 ms
+    AIOKafkaProducer(..., max_batch_size=PRODUCER_BATCH_BYTES)       # a round trip's worth per partition
 
 TLS: `KAFKA_SSL_CA` (else the system's CAs), optional `KAFKA_SSL_CERT` + `KAFKA_SSL_KEY` for mutual TLS,
 each a file path or PEM text; host names are checked unless `KAFKA_SSL_CHECK_HOSTNAME=false`. SASL: PLAIN,
@@ -27,6 +28,13 @@ if TYPE_CHECKING:
     from faststream.security import BaseSecurity
 
     from pipeline.config import KafkaSettings
+
+
+# `max_batch_size` of the stages' producers. aiokafka keeps one produce request in flight per broker,
+# holding at most one batch per partition, so the batch is the ceiling of what a partition takes per
+# round trip: the 16 KB default holds ~30 records (a sender's outcomes, an API's requests), and the
+# records arriving meanwhile queued behind it whenever the broker took more than a few milliseconds.
+PRODUCER_BATCH_BYTES = 256 * 1024
 
 
 def uses_tls(kafka: KafkaSettings) -> bool:

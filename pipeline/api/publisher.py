@@ -31,6 +31,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from pipeline.config import Settings
 from pipeline.contracts import SendRequest
+from pipeline.kafka_client import PRODUCER_BATCH_BYTES
 from pipeline.observability import current_traceparent, get_logger
 from pipeline.observability.tracing import messaging_attributes
 from pipeline.produce_guard import leaders_reachable, request_timeout_ms, withdraw
@@ -94,7 +95,7 @@ class Publisher:
                 # aiokafka (module docstring of produce_guard). A drained batch is retried by the
                 # idempotent producer (written once) and its request answered 504 at the deadline.
                 request_timeout_ms=request_timeout_ms(self._timeout),
-                max_batch_size=256 * 1024,
+                max_batch_size=PRODUCER_BATCH_BYTES,
             )
             try:
                 await producer.start()

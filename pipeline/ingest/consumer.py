@@ -32,7 +32,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
 from pipeline.config import Settings
-from pipeline.kafka_client import group_timeouts, seek_to_first
+from pipeline.kafka_client import PRODUCER_BATCH_BYTES, group_timeouts, seek_to_first
 from pipeline.observability import get_logger
 from pipeline.topics import partition_for
 
@@ -101,7 +101,7 @@ def new_producer(settings: Settings, linger_seconds: float) -> AIOKafkaProducer:
         enable_idempotence=True,
         acks="all",
         linger_ms=round(linger_seconds * 1000),
-        max_batch_size=256 * 1024,
+        max_batch_size=PRODUCER_BATCH_BYTES,
         max_request_size=8 * 1024 * 1024,  # a dead letter carries a whole webhook (up to 3 MB, base64)
     )
 

@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError
 
 from pipeline.config import Settings
 from pipeline.contracts import Stage
+from pipeline.kafka_client import PRODUCER_BATCH_BYTES
 from pipeline.lifecycle import release_signals, stop_on_signals
 from pipeline.observability import OpsServer, get_logger, setup, track_lag
 from pipeline.sender.ambiguous import StatusFeed, StatusWatch
@@ -50,10 +51,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             enable_idempotence=True,
             acks="all",
             linger_ms=5,
-            # aiokafka keeps one produce request in flight per broker, holding at most one batch per
-            # partition: at the 16 KB default (~30 outcomes) one number's outcomes went out at 30 per
-            # round trip, below the send rate once the broker took 30 ms to answer (bench/sender.py).
-            max_batch_size=256 * 1024,
+            max_batch_size=PRODUCER_BATCH_BYTES,  # at 16 KB, one number's outcomes fell behind its sends
             partitioner=kafka_partitioner,
             transactional_id=transactional_id,
             transaction_timeout_ms=int(sender.transaction_timeout_seconds * 1000),

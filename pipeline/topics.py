@@ -13,7 +13,6 @@ docs/topics.md describes each topic for people; this module is what the code use
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import random
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from enum import StrEnum
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 from aiokafka.partitioner import murmur2
 
 from pipeline.config import KafkaSettings
@@ -241,17 +240,30 @@ def strimzi_topics(kafka: KafkaSettings, cluster: str) -> list[dict[str, Any]]:
 
 
 async def create_topics(kafka: KafkaSettings) -> list[str]:
-    """Create every catalog topic that does not exist yet; return the names created."""
+    """Create every catalog topic that does not exist yet; return the names this call created.
+
+    Raises the broker's error, naming the topic, when one cannot be created (a replication factor
+    above the broker count, a config the broker refuses).
+    """
     admin = AIOKafkaAdminClient(**kafka.client_kwargs())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in new_topics(kafka) if t.name not in existing]
-        if missing:
-            # Another process may create them between list and create; that is success too.
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(missing)
-        return [t.name for t in missing]
+        if not missing:
+            return []
+        response = await admin.create_topics(missing)
+        # aiokafka returns the per-topic answers rather than raising them. "Already exists" is
+        # success: another process got there first, or (KRaft) this broker's metadata had not yet
+        # caught up with a creation the controller had already committed when we listed.
+        created = []
+        for topic, code, *message in response.topic_errors:
+            if code == 0:
+                created.append(topic)
+            elif code != TopicAlreadyExistsError.errno:
+                error = for_code(code)
+                raise error(f"cannot create topic {topic}: {message[0] if message else error.description}")
+        return created
     finally:
         await admin.close()
 

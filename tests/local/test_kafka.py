@@ -6,9 +6,11 @@ import asyncio
 import os
 from pathlib import Path
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource
+from aiokafka.errors import InvalidReplicationFactorError
 from aiokafka.structs import OffsetAndMetadata
 
 from pipeline.config import Settings
@@ -67,6 +69,26 @@ async def test_create_topics_is_idempotent_and_applies_the_catalog(settings: Set
         assert entries["cleanup.policy"] == "compact"
     finally:
         await admin.close()
+
+
+async def test_create_topics_counts_a_topic_the_broker_already_has_as_not_created(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # KRaft: a creation the controller committed may not be in this broker's metadata yet, so the
+    # list misses it and the create is answered "already exists". That topic was not created by us.
+    await create_topics(settings.kafka)
+
+    async def stale_list(self: AIOKafkaAdminClient) -> list[str]:
+        return []
+
+    monkeypatch.setattr(AIOKafkaAdminClient, "list_topics", stale_list)
+    assert await create_topics(settings.kafka) == []
+
+
+async def test_create_topics_raises_the_brokers_refusal_naming_the_topic(settings: Settings) -> None:
+    one_broker = settings.kafka.model_copy(update={"topic_prefix": "refused.", "replication_factor": 3})
+    with pytest.raises(InvalidReplicationFactorError, match=r"cannot create topic refused\.send\.requests"):
+        await create_topics(one_broker)
 
 
 def test_second_fetch_downloads_nothing(monkeypatch) -> None:

@@ -54,6 +54,12 @@ class RawServer:
         finally:
             writer.close()
 
+    async def until_received(self, count: int) -> None:
+        """Until `count` requests were read: a call in a task has really reached the server."""
+        async with asyncio.timeout(10):
+            while len(self.received) < count:
+                await asyncio.sleep(0.005)
+
     async def __aenter__(self) -> RawServer:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
@@ -263,7 +269,7 @@ async def test_waiting_for_a_pool_slot_times_out_without_sending() -> None:
     transport = Http11Transport(max_connections=1, trust_env=False)
     async with RawServer(held) as server:
         first = asyncio.create_task(send_through(transport, server.url, timeout=5))
-        await asyncio.sleep(0.1)
+        await server.until_received(1)
         second = await send_through(transport, server.url, timeout=0.2)
         release.set()
         assert await first == "wamid.OK"
@@ -394,7 +400,7 @@ async def test_a_cancelled_call_closes_its_connection(transport: Http11Transport
 
     async with RawServer(late) as server:
         call = asyncio.create_task(send_through(transport, server.url, timeout=5))
-        await asyncio.sleep(0.1)
+        await server.until_received(1)
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call

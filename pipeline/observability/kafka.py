@@ -28,7 +28,6 @@ from faststream.response import PublishType
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CollectorRegistry
 
@@ -38,11 +37,10 @@ from pipeline.observability.context import format_traceparent, parse_traceparent
 from pipeline.observability.kafka_metrics import KafkaMetrics, kafka_metrics
 from pipeline.observability.metrics import registry
 from pipeline.observability.redaction import mask_phone
-from pipeline.observability.tracing import messaging_attributes, records_spans
+from pipeline.observability.tracing import messaging_attributes, records_spans, unrecorded_child
 from pipeline.topics import TopicName
 
 _W3C = TraceContextTextMapPropagator()
-_ids = RandomIdGenerator()
 _KEY = "messaging.kafka.message.key"
 # Topics keyed by a person's phone number: the key must not reach spans unmasked.
 _PERSONAL_KEY_TOPICS = (TopicName.INBOUND_MESSAGES.value,)
@@ -179,7 +177,7 @@ class _ContextScope(_MetricsScope):
         parent = trace.get_current_span().get_span_context()
         if not parent.is_valid:
             # A publish outside any trace starts one, as FastStream's "create" span would.
-            parent = _unrecorded_child(None).get_span_context()
+            parent = unrecorded_child(None).get_span_context()
         if parent.trace_state:
             _W3C.inject(cmd.headers, context=trace.set_span_in_context(trace.NonRecordingSpan(parent)))
         else:
@@ -195,21 +193,11 @@ def _consumer_span(headers: Mapping[str, Any]) -> trace.Span:
     cost, for the version-00 form every SDK sends; the propagator for anything with a tracestate)."""
     header = headers.get("traceparent")
     if header is None:
-        return _unrecorded_child(None)
+        return unrecorded_child(None)
     parent = parse_traceparent(header) if "tracestate" not in headers else None
     if parent is None:
         parent = trace.get_current_span(_W3C.extract(headers)).get_span_context()
-    return _unrecorded_child(parent)
-
-
-def _unrecorded_child(parent: trace.SpanContext | None) -> trace.Span:
-    """What an SDK tracer with an always-off sampler returns, without the sampler's cost."""
-    if parent is not None and parent.is_valid:
-        trace_id, flags, state = parent.trace_id, parent.trace_flags, parent.trace_state
-    else:
-        trace_id, flags, state = _ids.generate_trace_id(), trace.TraceFlags(trace.TraceFlags.DEFAULT), None
-    span_context = trace.SpanContext(trace_id, _ids.generate_span_id(), False, flags, state)
-    return trace.NonRecordingSpan(span_context)
+    return unrecorded_child(parent)
 
 
 def new_broker(

@@ -12,7 +12,9 @@ several stages (tests, `pipeline run`).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from opentelemetry import trace
@@ -20,6 +22,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.util.types import Attributes
 
@@ -82,10 +85,10 @@ def configure_tracing(service_name: str, instance: str, exporter: SpanExporter |
     exporting = exporter is not None or (
         any(os.environ.get(var) for var in _ENDPOINT_VARS) and os.environ.get("OTEL_TRACES_EXPORTER") != "none"
     )
-    # Nothing to export to: spans are not recorded (no attributes, no processors: a few µs each) but
+    # Nothing to export to: spans are not recorded (`unrecorded_child`: a few µs each) but
     # still get trace and span ids, which propagate in headers and reach logs and exemplars.
     # Otherwise the sampler comes from OTEL_TRACES_SAMPLER(_ARG), default parent-based always-on.
-    provider = TracerProvider(resource=resource, sampler=None if exporting else ALWAYS_OFF)
+    provider = TracerProvider(resource=resource) if exporting else IdsOnlyTracerProvider(resource=resource)
     provider.add_span_processor(ConventionsSpanProcessor())
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -94,6 +97,81 @@ def configure_tracing(service_name: str, instance: str, exporter: SpanExporter |
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     return provider
+
+
+_IDS = RandomIdGenerator()
+_NEW_TRACE = trace.TraceFlags(trace.TraceFlags.DEFAULT)
+
+
+def unrecorded_child(parent: trace.SpanContext | None) -> trace.Span:
+    """A span that records nothing: the parent's trace, flags and trace state, and a span id of its own.
+
+        span = unrecorded_child(parse_traceparent(header))   # continue a record's trace, unrecorded
+        unrecorded_child(None)                                # or start one
+
+    The parent's sampling decision travels on unchanged (an SDK tracer with an always-off sampler would
+    clear it): a stage that records nothing does not decide for the stages after it that do.
+    """
+    if parent is not None and parent.is_valid:
+        trace_id, flags, state = parent.trace_id, parent.trace_flags, parent.trace_state
+    else:
+        trace_id, flags, state = _IDS.generate_trace_id(), _NEW_TRACE, None
+    return trace.NonRecordingSpan(trace.SpanContext(trace_id, _IDS.generate_span_id(), False, flags, state))
+
+
+class IdsOnlyTracerProvider(TracerProvider):
+    """The provider of a stage with nowhere to export: every span is an `unrecorded_child`.
+
+        span = IdsOnlyTracerProvider().get_tracer("x").start_span("process send.requests", context=parent)
+        span.get_span_context().trace_id    # the parent's trace, a fresh span id, nothing recorded
+
+    The SDK's tracer with an always-off sampler makes nearly the same span through its general path
+    (sampler call, parent trace-state lookup, its own span metrics): 5.4 µs a span against 2.3 to 3.6 µs
+    here, measured in one loop; the sender starts three a message, the other stages one or two.
+    """
+
+    def __init__(self, resource: Resource | None = None) -> None:
+        super().__init__(resource=resource, sampler=ALWAYS_OFF)
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+        if self._disabled:  # OTEL_SDK_DISABLED: the SDK's no-op tracer, spans without ids
+            return super().get_tracer(*args, **kwargs)
+        return _UNRECORDED
+
+
+class _UnrecordedTracer(trace.Tracer):
+    def start_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> trace.Span:
+        return unrecorded_child(trace.get_current_span(context).get_span_context())
+
+    # The API types this with its private `_AgnosticContextManager`; a plain context manager does the same.
+    @contextlib.contextmanager
+    def start_as_current_span(  # type: ignore[override]
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> Iterator[trace.Span]:
+        with trace.use_span(self.start_span(name, context), end_on_exit=end_on_exit) as span:
+            yield span
+
+
+_UNRECORDED = _UnrecordedTracer()
 
 
 def records_spans(provider: TracerProvider) -> bool:

@@ -95,6 +95,9 @@ def current_trace_id() -> str | None:
     return format(span_context.trace_id, "032x") if span_context.is_valid else None
 
 
-def current_span_id() -> str | None:
+def current_trace_ids() -> tuple[str, str] | None:
+    """The current span's trace id and span id, as logs write them; None outside a trace."""
     span_context = trace.get_current_span().get_span_context()
-    return format(span_context.span_id, "016x") if span_context.is_valid else None
+    if not span_context.is_valid:
+        return None
+    return format(span_context.trace_id, "032x"), format(span_context.span_id, "016x")

@@ -21,7 +21,7 @@ import orjson
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
-from pipeline.observability.context import current_span_id, current_trace_id
+from pipeline.observability.context import current_trace_ids
 from pipeline.observability.redaction import redact, scrub_url
 from pipeline.observability.stage import current_stage
 
@@ -60,10 +60,12 @@ class _PipelineHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def _add_trace(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
-    trace_id = current_trace_id()
-    if trace_id:
-        event.setdefault("trace_id", trace_id)
-        event.setdefault("span_id", current_span_id())
+    # An event that names its trace (the sender's outcome line: the request's trace, logged from
+    # another task) keeps it, and gets no span id from whatever span happens to be current.
+    if "trace_id" not in event:
+        ids = current_trace_ids()
+        if ids is not None:
+            event["trace_id"], event["span_id"] = ids
     return event
 
 
@@ -168,7 +170,6 @@ def configure_logging(stage: str, instance: str, level: str = "INFO", stream: Te
     _defaults.update(stage=stage, instance=instance)
     numeric_level = logging.getLevelName(level) if isinstance(level, str) else level
     shared: list[Processor] = [
-        structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),

@@ -79,6 +79,19 @@ async def test_lines_are_json_with_trace_stage_and_instance(settings: Settings, 
     assert library["logger"] == "aiokafka.consumer"
 
 
+async def test_a_line_that_names_its_own_trace_gets_no_span_id_from_another(settings: Settings, capsys) -> None:
+    # The sender logs a request's outcome with the request's trace id, from a task whose current span
+    # may belong to another request: that span's id would pair two traces on one line.
+    telemetry = setup(Stage.SENDER, settings, span_exporter=InMemorySpanExporter())
+    log = get_logger("pipeline.sender.test")
+    own_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    with telemetry.tracer("test").start_as_current_span("another request"):
+        log.info("message_sent", request_id="req_1", trace_id=own_trace)
+    (line,) = json_lines(capsys.readouterr().out)
+    assert line["trace_id"] == own_trace
+    assert "span_id" not in line
+
+
 async def test_settings_and_graph_api_errors_reach_the_log_without_secrets(settings: Settings, capsys) -> None:
     settings = _secret_settings(settings)
     setup(Stage.SENDER, settings)

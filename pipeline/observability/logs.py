@@ -69,6 +69,30 @@ def _add_trace(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     return event
 
 
+class _UtcTimestamp:
+    """`ts`: ISO 8601 in UTC with microseconds, `2026-12-07T18:25:01.123456Z`.
+
+    Written by hand because structlog's `TimeStamper(fmt="iso", utc=True)` builds and formats a whole
+    datetime for every line (3.8 µs, a fifth of the sender's outcome line); the part up to the second
+    changes once a second, so it is formatted once a second. It also always writes the microseconds,
+    which `isoformat()` drops when they happen to be zero.
+    """
+
+    __slots__ = ("_second",)
+
+    def __init__(self) -> None:
+        self._second: tuple[int, str] = (-1, "")  # one tuple, swapped whole: threads log too
+
+    def __call__(self, _: WrappedLogger, __: str, event: EventDict) -> EventDict:
+        second, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+        cached, prefix = self._second
+        if second != cached:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, prefix)
+        event["ts"] = f"{prefix}.{nanoseconds // 1000:06d}Z"
+        return event
+
+
 def _stage_fields(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     event.setdefault("stage", current_stage() or _defaults["stage"])
     event.setdefault("instance", _defaults["instance"])
@@ -172,7 +196,7 @@ def configure_logging(stage: str, instance: str, level: str = "INFO", stream: Te
     shared: list[Processor] = [
         structlog.processors.add_log_level,
         structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+        _UtcTimestamp(),
         _add_trace,
         structlog.processors.format_exc_info,
     ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 from faststream.kafka import KafkaBroker
@@ -18,7 +18,7 @@ from starlette.routing import Mount, Route
 from pipeline.config import Settings, load_settings
 from pipeline.contracts.vocabulary import Stage
 from pipeline.observability import broker_middlewares, get_logger, ops_routes, setup
-from pipeline.observability.logs import _Repeats
+from pipeline.observability.logs import _Repeats, _UtcTimestamp
 from pipeline.topics import TopicCatalog
 from tests.observability.helpers import json_lines, serve_app
 
@@ -254,3 +254,16 @@ def test_the_first_line_after_the_window_says_how_many_were_held_back() -> None:
     quiet = record()
     assert repeats.filter(quiet)
     assert not hasattr(quiet, "repeated")  # nothing held back since the last line
+
+
+def test_timestamps_are_utc_with_microseconds_across_a_second(monkeypatch) -> None:
+    stamp = _UtcTimestamp()
+    midnight = int(datetime(2026, 12, 8, tzinfo=UTC).timestamp()) * 1_000_000_000
+    clock = iter([midnight - 1_000, midnight, midnight + 420_999])
+    monkeypatch.setattr("pipeline.observability.logs.time.time_ns", lambda: next(clock))
+    stamps = [stamp(None, "info", {})["ts"] for _ in range(3)]
+    assert stamps == ["2026-12-07T23:59:59.999999Z", "2026-12-08T00:00:00.000000Z", "2026-12-08T00:00:00.000420Z"]
+    for text in stamps:
+        parsed = datetime.fromisoformat(text)
+        assert parsed.utcoffset() == timedelta(0)
+        assert abs(parsed.timestamp() - datetime.fromisoformat(stamps[0]).timestamp()) < 0.01

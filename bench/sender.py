@@ -4,7 +4,7 @@
                                      [--max-in-flight 300xN] [--no-off] [--rounds 1] [--nice]
                                      [--profile FILE] [--env VAR=value]
     .venv/bin/python bench/sender.py --numbers 2     # two business numbers in one sender process
-    .venv/bin/python bench/sender.py --rounds 3      # on, off, on, off, on, off: a steadier CPU ratio
+    .venv/bin/python bench/sender.py --rounds 3      # on, off, off, on, on, off: a steadier CPU ratio
 
 Starts its own Kafka broker and the sandbox (its own process: cap `--rate`/s per number, lognormal
 latency around `--latency-ms`, only the bench's numbers exist), then, each in its own process so that
@@ -24,7 +24,7 @@ latency around `--latency-ms`, only the bench's numbers exist), then, each in it
    fresh group, with a new sender whose per-message observability is switched off by configuration
    only: `OTEL_SDK_DISABLED=true` (every tracer is a no-op: no span objects, no ids) and
    `LOG_LEVEL=WARNING` (no `message_sent` line). Metrics have no switch: they stay on in both.
-   `--rounds K` runs phase 2 and 4 alternately K times each (fresh topics and group every time).
+   `--rounds K` runs phase 2 and 4 K times each, on, off, off, on, ... (fresh topics and group every time).
 
 Without an OTLP endpoint (`--env OTEL_EXPORTER_OTLP_ENDPOINT=...`) the `on` sender's spans are not
 recorded (ids only, see `pipeline.observability.tracing`), as in a deployment that exports no traces.
@@ -420,8 +420,12 @@ async def run(args: argparse.Namespace) -> None:
             # 4. throughput, observability off: a new sender on fresh topics and group (then on/off again)
             ons: list[Throughput] = [on]
             offs: list[Throughput] = []
+            chronological = [on]
             for i in rounds:
-                for mode in modes:
+                # on, off, off, on, on, off, ...: a machine that drifts slower or faster over the run
+                # then weighs on both modes alike (in order on/off, every round's off ran last, and the
+                # first round's on/off was the highest of three in 4 of 5 runs on 2026-12-07).
+                for mode in (modes if i % 2 else modes[::-1]):
                     if (mode, i) == ("on", 1):
                         continue
                     figures, sender = await throughput(
@@ -430,6 +434,7 @@ async def run(args: argparse.Namespace) -> None:
                     codes.append(await stop_sender(sender))
                     figures.log_lines = log_lines(logs[mode, i], mode, i)
                     (ons if mode == "on" else offs).append(figures)
+                    chronological.append(figures)
                 if offs:
                     print(f"sender CPU per message{f', round {i}' if args.rounds > 1 else ''}: on {ons[-1].cpu_us:.0f}"
                           f" µs, off {offs[-1].cpu_us:.0f} µs, on/off {ons[-1].cpu_us / offs[-1].cpu_us:.3f}; "
@@ -463,7 +468,7 @@ async def run(args: argparse.Namespace) -> None:
                 # The median of each round's ratio: one round on a machine others saturate moves a mean a lot.
                 print(f"| CPU on / off{' (median of the rounds)' if len(offs) > 1 else ''} | "
                       f"{statistics.median(ratios):.3f}{detail} | ≤ {TARGET_OVERHEAD:.2f} |")
-                runs = [r for pair in zip(ons, offs, strict=True) for r in pair]
+                runs = chronological
                 each_run = " · ".join(f"{r.sustained:.0f}; {'/'.join(str(r.max_requests[n]) for n in numbers)}; "
                                       f"{r.throttled}" for r in runs)
                 print(f"| every run ({', '.join(r.mode for r in runs)}): sustained sent/s; max in 1 s; 130429 | "
@@ -496,7 +501,7 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], help="extra VAR=value for the sender process")
     parser.add_argument("--no-off", action="store_true", help="skip the observability-off throughput run")
     parser.add_argument("--rounds", type=int, default=1,
-                        help="throughput runs on, off, on, off, ...: this many of each (ratio: median of the rounds')")
+                        help="throughput runs on, off, off, on, ...: this many of each (ratio: median of the rounds')")
     parser.add_argument("--keep-log", action="store_true")
     parser.add_argument("--profile", metavar="FILE",
                         help="py-spy the sender during each throughput run (FILE, then FILE.off.1, …)")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 from opentelemetry import trace
@@ -140,32 +140,14 @@ class IdsOnlyTracerProvider(TracerProvider):
 
 
 class _UnrecordedTracer(trace.Tracer):
-    def start_span(
-        self,
-        name: str,
-        context: Context | None = None,
-        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
-        attributes: Attributes = None,
-        links: Sequence[trace.Link] | None = None,
-        start_time: int | None = None,
-        record_exception: bool = True,
-        set_status_on_exception: bool = True,
-    ) -> trace.Span:
+    # Nothing but the parent is read: kind, attributes, links and the rest are for recorded spans.
+    def start_span(self, name: str, context: Context | None = None, *_: Any, **__: Any) -> trace.Span:
         return unrecorded_child(trace.get_current_span(context).get_span_context())
 
     # The API types this with its private `_AgnosticContextManager`; a plain context manager does the same.
     @contextlib.contextmanager
     def start_as_current_span(  # type: ignore[override]
-        self,
-        name: str,
-        context: Context | None = None,
-        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
-        attributes: Attributes = None,
-        links: Sequence[trace.Link] | None = None,
-        start_time: int | None = None,
-        record_exception: bool = True,
-        set_status_on_exception: bool = True,
-        end_on_exit: bool = True,
+        self, name: str, context: Context | None = None, *_: Any, end_on_exit: bool = True, **__: Any
     ) -> Iterator[trace.Span]:
         with trace.use_span(self.start_span(name, context), end_on_exit=end_on_exit) as span:
             yield span

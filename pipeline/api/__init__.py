@@ -14,18 +14,17 @@ import uvicorn
 
 from pipeline.config import Settings
 from pipeline.contracts import Stage
-from pipeline.observability import get_logger, setup
+from pipeline.observability import get_logger, setup, uvicorn_config
 
 log = get_logger(__name__)
 
 
 def server_config(app: Any, settings: Settings) -> uvicorn.Config:
     """uvicorn settings shared by `serve` and the tests: our JSON logs, no access log (metrics count requests)."""
-    return uvicorn.Config(
+    return uvicorn_config(
         app,
-        host=settings.api.host,
-        port=settings.api.port,
-        log_config=None,
+        settings.api.host,
+        settings.api.port,
         access_log=False,
         lifespan="on",  # the app's lifespan connects to Kafka and flushes the producer on shutdown
         timeout_graceful_shutdown=max(5, int(settings.api.publish_timeout_seconds) + 2),

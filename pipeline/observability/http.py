@@ -24,6 +24,12 @@ from starlette.routing import Route
 
 from pipeline.observability.metrics import registry
 
+# How long an idle keep-alive connection stays open, as aiohttp's server and nginx keep it. uvicorn's
+# default (5 s) equals httpx's client expiry, so a client could reuse a connection in the instant the
+# server closed it and read a reset (seen in CI: `httpx.ReadError` on a burst of POSTs to the API after
+# ~5 s idle). Servers must outlive their clients' idle expiry, and a load balancer's (AWS ALB: 60 s).
+KEEP_ALIVE_SECONDS = 75
+
 ReadyCheck = Callable[[], bool | Awaitable[bool]]
 ReadyDetails = Callable[[], dict[str, Any]]  # extra fields of /readyz's body (e.g. a restore's progress)
 
@@ -55,8 +61,10 @@ def uvicorn_config(app: Any, host: str, port: int, **options: Any) -> uvicorn.Co
     """A uvicorn config whose logs (access lines included) go through the pipeline's JSON formatter.
 
     uvicorn's default `log_config` installs plain-text handlers; `None` leaves logging to `setup()`.
+    Idle connections are kept `KEEP_ALIVE_SECONDS`, longer than clients and load balancers keep theirs.
     """
     options.setdefault("lifespan", "off")
+    options.setdefault("timeout_keep_alive", KEEP_ALIVE_SECONDS)
     return uvicorn.Config(app, host=host, port=port, log_config=None, **options)
 
 

@@ -13,12 +13,19 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pipeline.api import server_config
 from pipeline.config import Settings
 from pipeline.local.kafka import free_port
 from pipeline.topics import TopicCatalog
 from tests.api.conftest import read_topic, text_request
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_api_keeps_idle_connections_open_longer_than_its_clients_do(settings: Settings) -> None:
+    # httpx expires idle connections at 5 s and AWS's load balancer at 60 s; uvicorn's own default
+    # (5 s) raced the first into `httpx.ReadError`s. tests/observability/test_http.py shows it live.
+    assert server_config(None, settings).timeout_keep_alive > 60
 
 
 @pytest.mark.slow

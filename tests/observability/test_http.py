@@ -103,5 +103,25 @@ async def test_healthz_is_always_up_and_readyz_follows_the_check() -> None:
     assert (now_ready.status_code, now_ready.json()) == (200, {"ready": True})
 
 
+async def test_a_connection_idle_past_a_clients_keep_alive_expiry_is_still_open() -> None:
+    # httpx drops an idle connection after 5 s; a server that closes it at the same moment races a
+    # reuse into a reset (`httpx.ReadError`). So after 5 s idle the server must still hold it open.
+    # httpx checks a pooled connection before reusing it and silently opens a new one if the server
+    # closed it, so the same local port on both requests shows the first connection was kept.
+    client_expiry = 5.0
+    async with OpsServer("127.0.0.1", 0, lambda: True) as ops, httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{ops.port}", limits=httpx.Limits(keepalive_expiry=60)
+    ) as client:
+
+        async def local_port() -> int:
+            answer = await client.get("/healthz")
+            assert answer.status_code == 200
+            return int(answer.extensions["network_stream"].get_extra_info("client_addr")[1])
+
+        before = await local_port()
+        await asyncio.sleep(client_expiry + 0.5)
+        assert await local_port() == before, "the server closed an idle connection a client would still reuse"
+
+
 def test_exemplar_is_none_outside_a_span() -> None:
     assert metrics.exemplar() is None

@@ -250,7 +250,8 @@ async def test_the_sweep_dead_letters_events_that_aged_out_behind_an_open_breake
 
 
 async def test_the_breaker_stops_calls_to_a_failing_endpoint_and_a_probe_reopens_it() -> None:
-    harness = Harness([sub(FAST)], breaker_failures=3, breaker_reset_seconds=0.5, concurrency=1,
+    # The reset outlasts the 0.3 s look below by a margin a loaded event loop cannot eat.
+    harness = Harness([sub(FAST)], breaker_failures=3, breaker_reset_seconds=1.5, concurrency=1,
                       backoff=Backoff(0.001, 0.002))
     up = False
 
@@ -329,10 +330,10 @@ async def test_a_send_result_goes_before_statuses_that_overtook_it() -> None:
 
 
 async def test_a_held_status_goes_alone_when_no_result_comes() -> None:
-    harness = Harness([sub(FAST)], order_hold_seconds=0.3)
+    harness = Harness([sub(FAST)], order_hold_seconds=1.0)
     harness.submit(from_status(status("wamid.Y", DeliveryStatus.SENT, "req_Y")))
     harness.submit(text_event(0, sender="16505559999"))  # another customer is not held
-    await harness.until(lambda: len(harness.finished) == 1, timeout=0.25)
+    await harness.until(lambda: len(harness.finished) == 1, timeout=0.8)
     await harness.until(lambda: len(harness.finished) == 2, timeout=2.0)
     await harness.dispatcher.aclose()
 

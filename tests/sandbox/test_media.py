@@ -70,11 +70,12 @@ async def test_expired_media_id_is_131053_until_uploaded_again(graph: Graph) -> 
 
 
 async def test_media_ids_expire_after_the_configured_ttl(http: aiohttp.ClientSession) -> None:
-    async with running_sandbox(media_ttl_seconds=0.2) as sandbox:
+    # A TTL long enough that the first send lands inside it on a loaded machine.
+    async with running_sandbox(media_ttl_seconds=1.0) as sandbox:
         graph = Graph(sandbox, http)
         media_id = (await upload(graph))[1]["id"]
         assert (await graph.send(image_by_id(media_id)))[0] == 200
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(1.05)
         assert (await graph.send(image_by_id(media_id)))[1]["error"]["code"] == 131053
 
 

@@ -156,7 +156,9 @@ async def test_a_restart_on_the_same_disk_reads_only_the_tail(
 ) -> None:
     """Issue 22: answers live on disk (API_STATE_DIR), memory holds only claims in flight, and a
     replica restarting with its store reads no record it already has."""
-    settings = with_api(api_settings, state_dir=str(tmp_path / "state"), publish_timeout_seconds=0.3)
+    # The publish timeout sets the claim TTL the test sleeps out below (3x + 5 s). 0.3 s was too short
+    # for the first publishes to a new topic on a loaded machine: one answered 503.
+    settings = with_api(api_settings, state_dir=str(tmp_path / "state"), publish_timeout_seconds=2.0)
     headers = [{"Authorization": "Bearer dev-key", "Idempotency-Key": f"disk-{n}"} for n in range(30)]
     async with running_api(settings) as before:
         first = [await before.client.post("/v1/messages", json=text_request(f"m{n}"), headers=h)

@@ -42,7 +42,7 @@ from pipeline.topics import TopicCatalog
 log = get_logger(__name__)
 
 _RESUME_BELOW = 0.8  # resume a paused partition once it holds less than 80 % of its share
-_FETCH_BATCH = 200  # records per getmany: ~8 ms of intake work, so sends keep their pace
+_FETCH_BATCH = 50  # records per getmany: a slice of intake short enough that sends keep their pace
 
 
 def kafka_consumer(settings: Settings) -> Any:
@@ -164,7 +164,10 @@ class KafkaSource:
                             self._engine.intake(record)
                 # `getmany` returns without suspending while it has records buffered: without this,
                 # a resumed partition's fetch (~1,500 records) was taken batch after batch in one go,
-                # a ~60 ms stall in sending every 1.5 s (bench/sender.py, BENCHMARKS.md).
+                # a ~60 ms stall in sending every 1.5 s (bench/sender.py, BENCHMARKS.md). Slices of
+                # 200 still came with event-loop lags of 40-70 ms, four or five per refill, on a busy
+                # 2-core machine; with 50, a refill's intake goes out between sends (sustained
+                # 951-954/s against 922-938 in the rounds that fetch while they send).
                 await asyncio.sleep(0)
         finally:
             stop_commits.set()  # not cancel(): a commit half-done would leave the transaction unusable

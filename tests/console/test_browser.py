@@ -42,7 +42,7 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    settings = stack_settings(kafka_bootstrap)
+    settings = stack_settings(kafka_bootstrap, f"sqlite:///{tmp_path_factory.mktemp('store')}/store.db")
     keys = f'{{"{KEY}": ["{NUMBER}"], "{OTHER_KEY}": ["{OTHER_NUMBER}"], "dev-key": "*"}}'
     settings = settings.model_copy(update={
         "api": settings.api.model_copy(update={"keys": keys_secret(keys)}),

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -54,7 +53,7 @@ def _text(to: str, number: str = MAIN_NUMBER) -> dict[str, Any]:
     return {"phone_number_id": number, "to": to, "message": {"type": "text", "text": {"body": "hello from e2e"}}}
 
 
-def _stack_settings(settings: Settings, **kafka: object) -> Settings:
+def _stack_settings(settings: Settings, store_dir: Path, **kafka: object) -> Settings:
     """The test's topics and groups, free ports, and timings short enough for a test."""
     return load_settings(
         kafka={"bootstrap_servers": settings.kafka.bootstrap_servers, "topic_prefix": settings.kafka.topic_prefix,
@@ -69,7 +68,7 @@ def _stack_settings(settings: Settings, **kafka: object) -> Settings:
         notify={"port": free_port(), "demo_receiver_port": free_port(),
                 "group_id": f"notify-{settings.kafka.topic_prefix}"},
         store={"port": free_port(), "group_id": f"{settings.kafka.topic_prefix}store",
-               "database_url": f"sqlite:///{tempfile.mkdtemp(prefix='prometheus-store-')}/store.db"},
+               "database_url": f"sqlite:///{store_dir}/store.db"},
         # `…9030` recipients hang past the client's timeout: ambiguous attempts, quickly.
         sandbox={"port": free_port(), "latency_median_seconds": 0.02, "sent_after_seconds": 0.05,
                  "delivered_after_seconds": 0.15, "read_after_seconds": 0.3, "failed_after_seconds": 0.1,
@@ -121,8 +120,8 @@ def _wait_ready(urls: list[str], timeout: float = 90.0) -> None:
 
 @pytest.fixture
 def stages(settings: Settings, topics: TopicCatalog, tmp_path: Path) -> Iterator[Stages]:
-    pipeline = LocalStack(_stack_settings(settings), use_sandbox=True, log_dir=tmp_path / "stages")
-    no_kafka = LocalStack(_stack_settings(settings, bootstrap_servers=f"127.0.0.1:{free_port()}"),
+    pipeline = LocalStack(_stack_settings(settings, tmp_path), use_sandbox=True, log_dir=tmp_path / "stages")
+    no_kafka = LocalStack(_stack_settings(settings, tmp_path, bootstrap_servers=f"127.0.0.1:{free_port()}"),
                           stages=["api"], use_sandbox=False, log_dir=tmp_path / "no-kafka")
     try:
         pipeline.start()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,8 @@ from pipeline.local.stack import LocalStack
 from pipeline.topics import create_topics
 
 
-def stack_settings(kafka_bootstrap: str, notify: dict[str, object] | None = None, **sandbox: object) -> Settings:
+def stack_settings(kafka_bootstrap: str, store_database_url: str, notify: dict[str, object] | None = None,
+                   **sandbox: object) -> Settings:
     prefix = f"e2e{uuid.uuid4().hex[:8]}."
     return load_settings(
         kafka={"bootstrap_servers": kafka_bootstrap, "topic_prefix": prefix, "partitions": 3},
@@ -24,7 +24,7 @@ def stack_settings(kafka_bootstrap: str, notify: dict[str, object] | None = None
         sender={"port": free_port(), "group_id": f"{prefix}sender", "rate_per_second": 80.0},
         ingest={"port": free_port(), "metrics_port": free_port(), "group_id": f"{prefix}ingest"},
         store={"port": free_port(), "group_id": f"{prefix}store",
-               "database_url": f"sqlite:///{tempfile.mkdtemp(prefix='e2e-store-')}/store.db"},
+               "database_url": store_database_url},
         notify={"port": free_port(), "demo_receiver_port": free_port(), "group_id": f"{prefix}notify",
                 **(notify or {})},
         sandbox={
@@ -41,7 +41,7 @@ def stack_settings(kafka_bootstrap: str, notify: dict[str, object] | None = None
 
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    settings = stack_settings(kafka_bootstrap)
+    settings = stack_settings(kafka_bootstrap, f"sqlite:///{tmp_path_factory.mktemp('store')}/store.db")
     asyncio.run(create_topics(settings.kafka))
     log_dir: Path = tmp_path_factory.mktemp("stack-logs")
     stack = LocalStack(settings, use_sandbox=True, log_dir=log_dir)

@@ -47,7 +47,7 @@ def stack(
 ) -> Iterator[LocalStack]:
     mine, theirs = receivers
     subscriptions = [mine.subscription(NUMBER), theirs.subscription(OTHER_NUMBER)]
-    settings = stack_settings(kafka_bootstrap, notify={
+    settings = stack_settings(kafka_bootstrap, f"sqlite:///{tmp_path_factory.mktemp('store')}/store.db", notify={
         "subscriptions": json.dumps(subscriptions), "retry_base_seconds": 0.5, "retry_max_seconds": 4.0,
         "breaker_reset_seconds": 3.0, "read_timeout_seconds": 15.0,
     })

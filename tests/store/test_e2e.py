@@ -25,7 +25,7 @@ CONTACT = "16505550188"
 
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    settings = stack_settings(kafka_bootstrap)
+    settings = stack_settings(kafka_bootstrap, f"sqlite:///{tmp_path_factory.mktemp('store')}/store.db")
     asyncio.run(create_topics(settings.kafka))
     log_dir: Path = tmp_path_factory.mktemp("store-stack-logs")
     stack = LocalStack(settings, use_sandbox=True, log_dir=log_dir)

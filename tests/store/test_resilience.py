@@ -14,10 +14,8 @@ import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from pydantic import SecretStr
 
 from pipeline.config import Settings
-from pipeline.local.kafka import free_port
 from pipeline.local.stack import LocalStack
 from pipeline.store.projection import Record
 from pipeline.topics import TopicCatalog, create_topics
@@ -30,11 +28,8 @@ HEADERS = {"Authorization": "Bearer dev-key"}
 
 
 def _settings(kafka_bootstrap: str, database_url: str, **store: Any) -> Settings:
-    settings = stack_settings(kafka_bootstrap)
-    group = f"{settings.kafka.topic_prefix}store"
-    return settings.model_copy(update={"store": settings.store.model_copy(update={
-        "database_url": SecretStr(database_url), "port": free_port(), "group_id": group,
-        **store})})
+    settings = stack_settings(kafka_bootstrap, database_url)
+    return settings.model_copy(update={"store": settings.store.model_copy(update=store)})
 
 
 async def _publish(settings: Settings, records: list[Record]) -> None:

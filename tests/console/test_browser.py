@@ -18,10 +18,9 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from pipeline.local.kafka import free_port
 from pipeline.local.stack import LocalStack
 from pipeline.topics import create_topics
-from tests.e2e.conftest import stack_settings
+from tests.e2e.conftest import sqlite_store_url, stack_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -42,14 +41,10 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    settings = stack_settings(kafka_bootstrap, f"sqlite:///{tmp_path_factory.mktemp('store')}/store.db")
+    settings = stack_settings(kafka_bootstrap, sqlite_store_url(tmp_path_factory.mktemp("store")))
     keys = f'{{"{KEY}": ["{NUMBER}"], "{OTHER_KEY}": ["{OTHER_NUMBER}"], "dev-key": "*"}}'
     settings = settings.model_copy(update={
         "api": settings.api.model_copy(update={"keys": keys_secret(keys)}),
-        "store": settings.store.model_copy(update={
-            "port": free_port(),
-            "database_url": keys_secret(f"sqlite:///{tmp_path_factory.mktemp('store')}/store.db"),
-        }),
         "console": settings.console.model_copy(update={"trace_url": TRACE_URL}),
     })
     asyncio.run(create_topics(settings.kafka))

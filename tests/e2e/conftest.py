@@ -15,6 +15,11 @@ from pipeline.local.stack import LocalStack
 from pipeline.topics import create_topics
 
 
+def sqlite_store_url(directory: Path) -> str:
+    """The store's SQLite database in `directory`, as `pipeline run` places it (pipeline/local/run.py)."""
+    return f"sqlite:///{directory / 'store.db'}"
+
+
 def stack_settings(kafka_bootstrap: str, store_database_url: str, notify: dict[str, object] | None = None,
                    **sandbox: object) -> Settings:
     prefix = f"e2e{uuid.uuid4().hex[:8]}."
@@ -41,7 +46,7 @@ def stack_settings(kafka_bootstrap: str, store_database_url: str, notify: dict[s
 
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    settings = stack_settings(kafka_bootstrap, f"sqlite:///{tmp_path_factory.mktemp('store')}/store.db")
+    settings = stack_settings(kafka_bootstrap, sqlite_store_url(tmp_path_factory.mktemp("store")))
     asyncio.run(create_topics(settings.kafka))
     log_dir: Path = tmp_path_factory.mktemp("stack-logs")
     stack = LocalStack(settings, use_sandbox=True, log_dir=log_dir)

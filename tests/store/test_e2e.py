@@ -16,7 +16,7 @@ import pytest
 
 from pipeline.local.stack import LocalStack
 from pipeline.topics import create_topics
-from tests.e2e.conftest import stack_settings
+from tests.e2e.conftest import sqlite_store_url, stack_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 HEADERS = {"Authorization": "Bearer dev-key"}
@@ -25,7 +25,7 @@ CONTACT = "16505550188"
 
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    settings = stack_settings(kafka_bootstrap, f"sqlite:///{tmp_path_factory.mktemp('store')}/store.db")
+    settings = stack_settings(kafka_bootstrap, sqlite_store_url(tmp_path_factory.mktemp("store")))
     asyncio.run(create_topics(settings.kafka))
     log_dir: Path = tmp_path_factory.mktemp("store-stack-logs")
     stack = LocalStack(settings, use_sandbox=True, log_dir=log_dir)

@@ -291,7 +291,7 @@ class SenderSettings(_Group):
         default=300.0, gt=0, description="after an auth/policy error, how often one request probes the number"
     )
     rate_window_guard_seconds: float = Field(
-        default=0.04, ge=0, le=1.0,
+        default=0.025, ge=0, le=1.0,
         description="sends are spaced so that no window of 1 s + guard holds more than the rate: absorbs jitter",
     )
     rebalance_grace_seconds: float = Field(default=3.0, ge=0, description="in-flight calls of revoked partitions")

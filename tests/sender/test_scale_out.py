@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.serial]
 
 PARTITIONS = 6
 CAP = 50  # per number and second, at the sandbox and in the sender
-PER_NUMBER = 1500  # ~31 s at the sender's pace (50 / 1.04 per second per number) plus the rebalances
+PER_NUMBER = 1500  # ~31 s at the sender's pace (50 / 1.025 per second per number) plus the rebalances
 
 
 async def test_two_replicas_one_killed_and_restarted_then_a_third_never_exceed_the_cap(

@@ -117,8 +117,9 @@ def _tune_gc() -> None:
     Measured: with a backlog of buffered requests, full (gen2) collections took 60-175 ms several
     times a minute, each one a pause in sending followed by a burst. Objects that exist once start-up
     is over (modules, settings, clients) live for the whole process: `gc.freeze()` moves them out of
-    the collector's sight. A larger young generation makes collections rarer without making them
-    longer (each young pass only walks young objects).
+    the collector's sight. A larger young generation makes collections rarer; each young pass walks
+    only the young objects, so it grows with the threshold but stays short (at 50,000: 8 passes in a
+    20,000-message run, 10 ms median, 16 ms at most, under the pacer's 20 ms burst; 2026-12-08).
     """
     gc.collect()
     gc.freeze()

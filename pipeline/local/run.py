@@ -39,7 +39,7 @@ from pipeline.local.kafka import CACHE, LocalKafka
 from pipeline.local.process import single_instance
 from pipeline.local.stack import LocalStack, StackError
 from pipeline.local.status import Rates, scrape
-from pipeline.store.settings import DEFAULT_DATABASE_URL
+from pipeline.store.settings import DEFAULT_DATABASE_URL, sqlite_url
 from pipeline.topics import create_topics
 
 _WHAT = {
@@ -59,7 +59,7 @@ def _store_in_data_dir(settings: Settings, data_dir: Path) -> Settings:
     """The default SQLite file in the data directory, wherever `pipeline run` is started."""
     if settings.store.database_url.get_secret_value() != DEFAULT_DATABASE_URL:
         return settings
-    url = SecretStr(f"sqlite:///{data_dir / 'store' / 'store.db'}")
+    url = SecretStr(sqlite_url(data_dir / "store" / "store.db"))
     return settings.model_copy(update={"store": settings.store.model_copy(update={"database_url": url})})
 
 

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from pipeline.config import ApiKey
 from pipeline.store.rows import AnalyticsFacts, Changes, ConversationItem, Erased, MessageView, StatusRow
-from pipeline.store.settings import StoreSettings
+from pipeline.store.settings import SQLITE_SCHEME, StoreSettings
 
 TABLES = ("outbound_messages", "status_events", "inbound_messages")
 RESPONSE_WINDOW_SECONDS = 24 * 3600
@@ -111,7 +111,7 @@ def open_backend(settings: StoreSettings) -> Backend:
     if settings.backend == "sqlite":
         from pipeline.store.sqlite import SqliteBackend
 
-        return SqliteBackend(url.removeprefix("sqlite:///"))
+        return SqliteBackend(url.removeprefix(SQLITE_SCHEME))
     from pipeline.store.postgres import PostgresBackend
 
     return PostgresBackend(url, pool_size=settings.pool_size)

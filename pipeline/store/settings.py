@@ -2,6 +2,7 @@
 
     settings.store.database_url.get_secret_value()   # "sqlite:///…/store.db" or "postgresql://…"
     settings.store.retention_days                    # 90
+    sqlite_url(Path("/data/store.db"))               # "sqlite:////data/store.db"
 
 The database URL is a SecretStr: it may hold a password, so no dump of the settings shows it.
 """
@@ -10,12 +11,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_DATABASE_URL = "sqlite:///.cache/store/store.db"
+SQLITE_SCHEME = "sqlite:///"
+
+
+def sqlite_url(path: Path | str) -> str:
+    """The database URL of the SQLite file at `path` (relative or absolute)."""
+    return f"{SQLITE_SCHEME}{path}"
+
+
+DEFAULT_DATABASE_URL = sqlite_url(".cache/store/store.db")
 
 
 class StoreSettings(BaseSettings):
@@ -58,7 +68,7 @@ class StoreSettings(BaseSettings):
     @classmethod
     def _known_scheme(cls, value: SecretStr) -> SecretStr:
         url = value.get_secret_value()
-        if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        if not url.startswith((SQLITE_SCHEME, "postgresql://", "postgres://")):
             raise ValueError("must start with sqlite:/// or postgresql://")
         return value
 

@@ -19,8 +19,9 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from pipeline.local.stack import LocalStack
+from pipeline.store.settings import sqlite_url
 from pipeline.topics import create_topics
-from tests.e2e.conftest import sqlite_store_url, stack_settings
+from tests.e2e.conftest import stack_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -41,7 +42,7 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    settings = stack_settings(kafka_bootstrap, sqlite_store_url(tmp_path_factory.mktemp("store")))
+    settings = stack_settings(kafka_bootstrap, sqlite_url(tmp_path_factory.mktemp("store") / "store.db"))
     keys = f'{{"{KEY}": ["{NUMBER}"], "{OTHER_KEY}": ["{OTHER_NUMBER}"], "dev-key": "*"}}'
     settings = settings.model_copy(update={
         "api": settings.api.model_copy(update={"keys": keys_secret(keys)}),

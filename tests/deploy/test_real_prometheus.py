@@ -29,9 +29,9 @@ from pipeline.config import Settings, load_settings
 from pipeline.local.kafka import free_port
 from pipeline.local.prometheus import PrometheusServer, ScrapeTarget
 from pipeline.local.stack import LocalStack
+from pipeline.store.settings import sqlite_url
 from pipeline.topics import TopicCatalog
 from tests.deploy.promcheck import collect_expressions, selectors
-from tests.e2e.conftest import sqlite_store_url
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -69,7 +69,7 @@ def _stack_settings(settings: Settings, store_dir: Path, **kafka: object) -> Set
         notify={"port": free_port(), "demo_receiver_port": free_port(),
                 "group_id": f"notify-{settings.kafka.topic_prefix}"},
         store={"port": free_port(), "group_id": f"{settings.kafka.topic_prefix}store",
-               "database_url": sqlite_store_url(store_dir)},
+               "database_url": sqlite_url(store_dir / "store.db")},
         # `…9030` recipients hang past the client's timeout: ambiguous attempts, quickly.
         sandbox={"port": free_port(), "latency_median_seconds": 0.02, "sent_after_seconds": 0.05,
                  "delivered_after_seconds": 0.15, "read_after_seconds": 0.3, "failed_after_seconds": 0.1,

@@ -12,12 +12,8 @@ import pytest
 from pipeline.config import Settings, load_settings
 from pipeline.local.kafka import free_port
 from pipeline.local.stack import LocalStack
+from pipeline.store.settings import sqlite_url
 from pipeline.topics import create_topics
-
-
-def sqlite_store_url(directory: Path) -> str:
-    """The store's SQLite database in `directory`, as `pipeline run` places it (pipeline/local/run.py)."""
-    return f"sqlite:///{directory / 'store.db'}"
 
 
 def stack_settings(kafka_bootstrap: str, store_database_url: str, notify: dict[str, object] | None = None,
@@ -46,7 +42,7 @@ def stack_settings(kafka_bootstrap: str, store_database_url: str, notify: dict[s
 
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    settings = stack_settings(kafka_bootstrap, sqlite_store_url(tmp_path_factory.mktemp("store")))
+    settings = stack_settings(kafka_bootstrap, sqlite_url(tmp_path_factory.mktemp("store") / "store.db"))
     asyncio.run(create_topics(settings.kafka))
     log_dir: Path = tmp_path_factory.mktemp("stack-logs")
     stack = LocalStack(settings, use_sandbox=True, log_dir=log_dir)

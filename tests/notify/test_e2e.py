@@ -22,8 +22,9 @@ from aiokafka import AIOKafkaConsumer
 from pipeline.contracts import DeadLetter
 from pipeline.local.stack import LocalStack
 from pipeline.sandbox.testing import SandboxControl
+from pipeline.store.settings import sqlite_url
 from pipeline.topics import TopicCatalog, create_topics
-from tests.e2e.conftest import sqlite_store_url, stack_settings
+from tests.e2e.conftest import stack_settings
 from tests.notify.conftest import OTHER_NUMBER, SECRET
 from tests.notify.receiver import Receiver
 
@@ -47,7 +48,7 @@ def stack(
 ) -> Iterator[LocalStack]:
     mine, theirs = receivers
     subscriptions = [mine.subscription(NUMBER), theirs.subscription(OTHER_NUMBER)]
-    settings = stack_settings(kafka_bootstrap, sqlite_store_url(tmp_path_factory.mktemp("store")), notify={
+    settings = stack_settings(kafka_bootstrap, sqlite_url(tmp_path_factory.mktemp("store") / "store.db"), notify={
         "subscriptions": json.dumps(subscriptions), "retry_base_seconds": 0.5, "retry_max_seconds": 4.0,
         "breaker_reset_seconds": 3.0, "read_timeout_seconds": 15.0,
     })

@@ -15,8 +15,9 @@ import httpx
 import pytest
 
 from pipeline.local.stack import LocalStack
+from pipeline.store.settings import sqlite_url
 from pipeline.topics import create_topics
-from tests.e2e.conftest import sqlite_store_url, stack_settings
+from tests.e2e.conftest import stack_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 HEADERS = {"Authorization": "Bearer dev-key"}
@@ -25,7 +26,7 @@ CONTACT = "16505550188"
 
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    settings = stack_settings(kafka_bootstrap, sqlite_store_url(tmp_path_factory.mktemp("store")))
+    settings = stack_settings(kafka_bootstrap, sqlite_url(tmp_path_factory.mktemp("store") / "store.db"))
     asyncio.run(create_topics(settings.kafka))
     log_dir: Path = tmp_path_factory.mktemp("store-stack-logs")
     stack = LocalStack(settings, use_sandbox=True, log_dir=log_dir)

@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pipeline.config import Settings
 from pipeline.local.stack import LocalStack
 from pipeline.store.projection import Record
+from pipeline.store.settings import sqlite_url
 from pipeline.topics import TopicCatalog, create_topics
 from tests.e2e.conftest import stack_settings
 from tests.store.conftest import PostgresServer
@@ -79,7 +80,7 @@ async def test_kill_9_mid_projection_then_restart_leaves_no_duplicate_and_nothin
     kafka_bootstrap: str, tmp_path: Path, stack_logs: Path
 ) -> None:
     db = tmp_path / "store.db"
-    settings = _settings(kafka_bootstrap, f"sqlite:///{db}", batch_size=50)
+    settings = _settings(kafka_bootstrap, sqlite_url(db), batch_size=50)
     await create_topics(settings.kafka)
     n = 4000
     records: list[Record] = []

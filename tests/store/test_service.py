@@ -18,6 +18,7 @@ from pipeline.config import Settings
 from pipeline.local.kafka import free_port
 from pipeline.store.projection import Record
 from pipeline.store.service import StoreService
+from pipeline.store.settings import sqlite_url
 from pipeline.topics import TopicCatalog
 from tests.store.conftest import PostgresServer
 from tests.store.records import CONTACT, at, delivered_chain, inbound
@@ -35,7 +36,7 @@ def store_settings(settings: Settings, database_url: str) -> Settings:
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'store.db'}"
+        return sqlite_url(tmp_path / "store.db")
     server: PostgresServer = request.getfixturevalue("postgres_server")
     return server.dsn(server.new_database())
 
